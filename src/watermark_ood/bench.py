@@ -1,0 +1,118 @@
+"""The benchmark pipeline behind ``watermark-ood bench``: baseline vs watermark on real data, resumable.
+
+Each objective's fit checkpoints into ``OUT/fit-<objective>/`` and its
+finished run is kept in ``OUT/runs/<objective>.json``; running the same
+command again continues where it stopped and skips finished objectives.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .config import FitConfig, get_preset
+from .data import ImageSet
+from .datasets import load_id_data, load_ood_data
+from .errors import WatermarkOODError
+from .evaluation import condition_logits, evaluate, protocol_subsample
+from .fileio import atomic_write_json
+from .learner import WatermarkLearner
+from .models import LoadedModel, load_model
+from .reporting import (build_run, format_terminal_table, plot_histograms, plot_history, plot_roc, plot_watermark,
+                        write_report, write_results)
+from .runtime import ExecutionConfig
+from .scores import score_for_objective
+
+
+@dataclass
+class BenchConfig:
+    model: str
+    id_data: str
+    ood_data: Sequence[str]
+    out: str
+    checkpoint: str | None = None
+    objectives: Sequence[str] = ("msp", "energy")
+    preset: str = "cifar10"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    protocol: bool = True
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    checkpoint_every: int = 200
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+
+
+def fit_config_for(preset: str, objective: str, overrides: dict[str, Any]) -> FitConfig:
+    return get_preset(preset, objective).config(**overrides)
+
+
+def load_inputs(cfg: BenchConfig) -> tuple[LoadedModel, ImageSet, ImageSet, list[ImageSet]]:
+    """Everything is read and checked before anything is written."""
+    train, test = load_id_data(cfg.id_data)
+    model = load_model(cfg.model, cfg.checkpoint, None, train.images.shape[1], cfg.mean, cfg.std,
+                       fallback_classes=train.num_classes)
+    model.normalization.check_channels(train.images.shape[1])
+    ood = [load_ood_data(spec, test.image_shape, count=len(test)) for spec in cfg.ood_data]
+    names = [s.name for s in ood]
+    if len(set(names)) != len(names):
+        raise WatermarkOODError(f"two OOD sets share a name: {names}; OOD sets are named by file or folder stem")
+    return model, train, test, ood
+
+
+def run_benchmark(cfg: BenchConfig, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    for objective in cfg.objectives:
+        fit_config_for(cfg.preset, objective, cfg.overrides)  # fail fast on a bad preset or override
+    model, train, test, ood = load_inputs(cfg)
+    out = Path(cfg.out)
+    seed = cfg.overrides.get("seed", 0) or 0
+    sets = protocol_subsample(ood, len(test), seed) if cfg.protocol else ood
+    log(f"model {model.model_id}; ID {train.name} ({len(train)}) / {test.name} ({len(test)}); OOD "
+        + ", ".join(f"{s.name} ({len(s)})" for s in sets))
+    baseline = condition_logits(model.module, model.normalization, test, sets, None, cfg.execution, progress)
+
+    runs = []
+    for objective in cfg.objectives:
+        config = fit_config_for(cfg.preset, objective, cfg.overrides)
+        run_file = out / "runs" / f"{objective}.json"
+        if run_file.is_file():
+            run = json.loads(run_file.read_text())
+            if run.get("hyperparameters") == config.hyperparameters():
+                log(f"{objective}: finished earlier, reusing {run_file}")
+                runs.append(run)
+                continue
+        learner = WatermarkLearner(model.module, model.normalization, config, cfg.execution, model.model_id)
+        log(f"{objective}: fitting on {min(len(train), config.train_limit or len(train))} images, "
+            f"{config.epochs} epochs")
+        result = learner.fit(train, progress=progress, checkpoint_dir=out / f"fit-{objective}",
+                             checkpoint_every=cfg.checkpoint_every)
+        evaluation = evaluate(model.module, model.normalization, test, sets, result.watermark, cfg.execution,
+                              protocol=False, baseline=baseline, progress=progress)
+        score = score_for_objective(objective)
+        fit_seconds = sum(r.seconds for r in result.history)
+        run = build_run(
+            objective, score, config.hyperparameters(), evaluation, fit_seconds,
+            (len(train) if config.train_limit is None else min(config.train_limit, len(train))) * config.epochs
+            / max(fit_seconds, 1e-9),
+            model=model.model_id, id_data=str(cfg.id_data), ood_data=[str(s) for s in cfg.ood_data],
+            num_id_test=len(test), num_ood={s.name: len(s) for s in sets}, device=str(cfg.execution.torch_device()),
+            precision=cfg.execution.precision, watermark_stats=result.watermark.stats(),
+            history=[r.to_dict() for r in result.history],
+        )
+        result.watermark.metadata["metrics"] = {"accuracy": run["accuracy"], "mean": run["watermarked"]["mean"]}
+        result.watermark.save(out / f"watermark-{objective}.safetensors")
+        plot_watermark(result.watermark.tensor, out / f"watermark-{objective}.png", f"{objective} watermark")
+        plot_histograms(evaluation, score, out / f"hist-{objective}.png")
+        plot_roc(evaluation, score, out / f"roc-{objective}.png")
+        if result.history:
+            plot_history(run["history"], out / f"history-{objective}.png")
+        atomic_write_json(run_file, run)
+        log(format_terminal_table(run))
+        runs.append(run)
+
+    write_results(out / "results.json", runs, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    images = [(f"{r['objective']} {kind}", f"{kind}-{r['objective']}.png") for r in runs
+              for kind in ("watermark", "hist", "roc")]
+    write_report(out / "report.md", runs, f"watermark-ood bench: {model.model_id}", images=images)
+    return {"runs": runs}

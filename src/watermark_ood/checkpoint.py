@@ -1,0 +1,85 @@
+"""Fit checkpoints: enough state to continue a fit exactly where it stopped.
+
+Randomness in the learner is derived from (seed, epoch, step), so the
+watermark, the position in the schedule and the history are the whole state;
+no RNG state needs saving. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
+
+from .config import FitConfig
+from .errors import WatermarkOODError
+from .fileio import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from .learner import EpochRecord
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+
+
+@dataclass
+class CheckpointState:
+    watermark: torch.Tensor
+    epoch: int
+    step: int
+    history: list["EpochRecord"]
+
+
+class FitCheckpoint:
+    """One checkpoint file in ``directory``, tied to a configuration and a training set size."""
+
+    def __init__(self, directory: str | Path, config: FitConfig, image_shape: tuple[int, ...], num_images: int):
+        self.path = Path(directory) / CHECKPOINT_NAME
+        self.identity = {
+            "config": config.hyperparameters() | {"objective": config.objective},
+            "image_shape": list(image_shape),
+            "num_images": int(num_images),
+        }
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def save(self, w: torch.Tensor, epoch: int, step: int, history: list["EpochRecord"], steps_per_epoch: int) -> None:
+        if step >= steps_per_epoch:
+            epoch, step = epoch + 1, 0
+        state = {**self.identity, "epoch": epoch, "step": step, "history": [r.to_dict() for r in history]}
+        blob = save_bytes({"watermark": w.detach().to("cpu", torch.float32).contiguous()},
+                          metadata={"state": json.dumps(state)})
+        atomic_write_bytes(self.path, blob)
+
+    def load(self) -> CheckpointState:
+        from .learner import EpochRecord
+
+        blob = self.path.read_bytes()
+        try:
+            tensors = load_bytes(blob)
+            header = json.loads(blob[8: 8 + int.from_bytes(blob[:8], "little")])
+            state: dict[str, Any] = json.loads(header["__metadata__"]["state"])
+            watermark = tensors["watermark"]
+        except (SafetensorError, ValueError, KeyError, TypeError, OverflowError) as error:
+            raise WatermarkOODError(
+                f"{self.path}: unreadable fit checkpoint ({error}); delete it to start the fit afresh"
+            ) from None
+        for key, expected in self.identity.items():
+            if state.get(key) != expected:
+                raise WatermarkOODError(
+                    f"{self.path}: checkpoint was made with a different {key} ({state.get(key)} vs {expected}); "
+                    "use another output folder or delete the checkpoint to start afresh"
+                )
+        if not torch.isfinite(watermark).all():
+            raise WatermarkOODError(f"{self.path}: checkpoint watermark contains NaN or infinite values")
+        history = [EpochRecord(**r) for r in state["history"]]
+        return CheckpointState(watermark, int(state["epoch"]), int(state["step"]), history)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)

@@ -1,0 +1,279 @@
+"""Command-line interface: a thin layer over the library API.
+
+Every user error becomes one line on stderr and exit status 2; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .config import PRESETS
+from .errors import WatermarkOODError
+
+EPILOG = """examples:
+  watermark-ood demo --out demo-out
+  watermark-ood fit --model resnet20 --checkpoint resnet20.th --id-data data/cifar10 --preset cifar10 \\
+      --objective energy --epochs 2 --train-limit 10000 --out runs/r20
+  watermark-ood evaluate --model resnet20 --checkpoint resnet20.th --watermark runs/r20/watermark.safetensors \\
+      --id-data data/cifar10 --ood-data data/ood/textures.npz data/svhn/test_32x32.mat --out runs/r20-eval
+  watermark-ood bench --model resnet20 --checkpoint resnet20.th --id-data data/cifar10 \\
+      --ood-data data/ood/*.npz --objective msp energy --epochs 1 --train-limit 5000 --out runs/bench
+"""
+
+FIT_OVERRIDES = ("sigma", "rho", "beta", "t_in", "t_out", "alpha", "epochs", "batch_size", "train_limit", "seed",
+                 "linf_budget", "l2_budget")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("execution")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA if available) [auto]")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision for the model's forward/backward [fp32]")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch [PyTorch's default]")
+    g.add_argument("--eval-batch-size", type=int, default=1000, help="batch size for scoring [1000]")
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=True,
+                   help="registry name (wrn40_2, resnet20/32/44/56/110, small_cnn), torchvision:NAME, "
+                        "or package.module:callable")
+    g.add_argument("--checkpoint", help="weights file (.pt/.th/.pth loaded with weights_only=True, or .safetensors)")
+    g.add_argument("--mean", type=_floats, help="override the model's input mean, e.g. 0.485,0.456,0.406")
+    g.add_argument("--std", type=_floats, help="override the model's input std")
+
+
+def _add_fit(p: argparse.ArgumentParser, multi_objective: bool) -> None:
+    g = p.add_argument_group("watermark fitting (defaults: the preset, i.e. the paper)")
+    if multi_objective:
+        g.add_argument("--objective", nargs="+", default=["msp", "energy"], choices=["msp", "energy"],
+                       help="objectives to fit, one run each [msp energy]")
+    else:
+        g.add_argument("--objective", default="msp", choices=["msp", "energy"], help="training objective [msp]")
+    g.add_argument("--preset", default="cifar10",
+                   help=f"hyperparameter preset: cifar10, cifar100, or a full name ({', '.join(PRESETS)}) [cifar10]")
+    g.add_argument("--epochs", type=int, help="epochs over the ID training data [50]")
+    g.add_argument("--train-limit", type=int, help="fit on a seeded random subset of this many ID training images")
+    g.add_argument("--batch-size", type=int, help="ID images per step; as many noise images are added [128]")
+    g.add_argument("--alpha", type=float, help="sign-descent step size, divided by 10 half-way [0.01]")
+    g.add_argument("--sigma", type=float, help="std of the Gaussian surrogate outliers, normalized units")
+    g.add_argument("--rho", type=float, help="sharpness-aware perturbation radius")
+    g.add_argument("--beta", type=float, help="weight of the outlier term")
+    g.add_argument("--t-in", type=float, help="energy objective: ID temperature")
+    g.add_argument("--t-out", type=float, help="energy objective: outlier temperature")
+    g.add_argument("--linf-budget", type=float, help="clip the watermark to [-B, B] after each step (not in the paper)")
+    g.add_argument("--l2-budget", type=float, help="project the watermark onto an L2 ball (not in the paper)")
+    g.add_argument("--seed", type=int, default=0, help="seed for data order, flips and noise [0]")
+    g.add_argument("--checkpoint-every", type=int, default=200, help="steps between fit checkpoints [200]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="watermark-ood",
+        description="Learn one input-space watermark that makes a fixed, trained classifier better at telling "
+                    "in-distribution inputs from unknown ones (Wang et al., NeurIPS 2022). No weights change.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"watermark-ood {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="offline end-to-end demo on scikit-learn's digits (no download, ~2 min on CPU)",
+                          description="Train a small classifier on digits 0-5, fit MSP and energy watermarks, and "
+                                      "evaluate against held-out digits, photo patches and noise.")
+    demo.add_argument("--out", required=True, help="folder for results.json, report.md and the plots")
+    demo.add_argument("--epochs", type=int, default=50, help="watermark epochs per objective [50]")
+    demo.add_argument("--seed", type=int, default=0)
+    _add_runtime(demo)
+
+    fit = sub.add_parser("fit", help="learn a watermark for a model on an ID training set",
+                         description="Fit a watermark and write watermark.safetensors (+ .json), history.json and "
+                                     "watermark.png to --out. Re-running the same command resumes.")
+    _add_model(fit)
+    fit.add_argument("--id-data", required=True, help="ID data folder (train.npz/test.npz, CIFAR or ImageFolder)")
+    fit.add_argument("--out", required=True, help="output folder")
+    _add_fit(fit, multi_objective=False)
+    _add_runtime(fit)
+
+    ev = sub.add_parser("evaluate", help="score ID vs OOD sets with and without a watermark",
+                        description="Write results.json, report.md, histograms and ROC curves to --out.")
+    _add_model(ev)
+    ev.add_argument("--watermark", required=True, help="a .safetensors watermark written by fit or bench")
+    ev.add_argument("--id-data", required=True, help="ID data folder; its test split is evaluated")
+    ev.add_argument("--ood-data", nargs="+", required=True,
+                    help="OOD sets: image folders, SVHN .mat, .npz, synthetic:gaussian, synthetic:uniform")
+    ev.add_argument("--score", choices=["msp", "energy", "maxlogit"],
+                    help="score to report [the watermark's objective]")
+    ev.add_argument("--all-ood", action="store_true",
+                    help="use every OOD image instead of the paper's |ID test|/5 per set")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the OOD subsampling [0]")
+    ev.add_argument("--out", required=True, help="output folder")
+    _add_runtime(ev)
+
+    bench = sub.add_parser("bench", help="the paper's protocol: baseline vs watermark for each objective",
+                           description="Fit one watermark per objective and compare with the baseline on every OOD "
+                                       "set. Writes results.json, report.md, watermarks and plots; re-running the "
+                                       "same command resumes an interrupted run.")
+    _add_model(bench)
+    bench.add_argument("--id-data", required=True, help="ID data folder (train.npz/test.npz, CIFAR or ImageFolder)")
+    bench.add_argument("--ood-data", nargs="+", required=True,
+                       help="OOD sets: image folders, SVHN .mat, .npz, synthetic:gaussian, synthetic:uniform")
+    bench.add_argument("--all-ood", action="store_true",
+                       help="use every OOD image instead of the paper's |ID test|/5 per set")
+    bench.add_argument("--out", required=True, help="output folder")
+    _add_fit(bench, multi_objective=True)
+    _add_runtime(bench)
+    return parser
+
+
+def _execution(args: argparse.Namespace):
+    from .runtime import ExecutionConfig
+
+    return ExecutionConfig(device=args.device, precision=args.precision, compile=args.compile,
+                           threads=args.threads, eval_batch_size=args.eval_batch_size)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in FIT_OVERRIDES if getattr(args, k, None) is not None}
+
+
+def _check_out(path: str) -> Path:
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise WatermarkOODError(f"--out {out} exists and is not a folder")
+    return out
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoSettings, run_demo
+
+    out = _check_out(args.out)
+    run_demo(out, DemoSettings(epochs=args.epochs, seed=args.seed), progress=not args.no_progress,
+             execution=_execution(args))
+    print(f"wrote {out}/results.json, {out}/report.md and plots")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .bench import fit_config_for
+    from .datasets import load_id_data
+    from .learner import WatermarkLearner
+    from .models import load_model
+    from .reporting import plot_history, plot_watermark
+    from .fileio import atomic_write_json
+
+    out = _check_out(args.out)
+    config = fit_config_for(args.preset, args.objective, _overrides(args))
+    train, _ = load_id_data(args.id_data)
+    model = load_model(args.model, args.checkpoint, None, train.images.shape[1], args.mean, args.std,
+                       fallback_classes=train.num_classes)
+    learner = WatermarkLearner(model.module, model.normalization, config, _execution(args), model.model_id)
+    _install_stop_handler(learner)
+    result = learner.fit(train, progress=not args.no_progress, checkpoint_dir=out,
+                         checkpoint_every=args.checkpoint_every)
+    path = result.watermark.save(out / "watermark.safetensors")
+    atomic_write_json(out / "history.json", [r.to_dict() for r in result.history])
+    plot_watermark(result.watermark.tensor, out / "watermark.png", f"{args.objective} watermark")
+    if result.history:
+        plot_history([r.to_dict() for r in result.history], out / "history.png")
+    stats = result.watermark.stats()
+    print(f"wrote {path} (max |w| {stats['max_abs']:.3f}); fit {result.fit_seconds:.1f}s")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .datasets import load_id_data, load_ood_data
+    from .evaluation import evaluate
+    from .models import load_model
+    from .reporting import build_run, format_terminal_table, plot_histograms, plot_roc, write_report, write_results
+    from .watermark import Watermark
+
+    out = _check_out(args.out)
+    _, test = load_id_data(args.id_data)
+    watermark = Watermark.load(args.watermark, expected_shape=test.image_shape)
+    model = load_model(args.model, args.checkpoint, None, test.images.shape[1], args.mean, args.std,
+                       fallback_classes=test.num_classes)
+    ood = [load_ood_data(spec, test.image_shape, count=len(test), seed=args.seed) for spec in args.ood_data]
+    objective = watermark.metadata.get("objective", "msp")
+    score = args.score or objective
+    evaluation = evaluate(model.module, model.normalization, test, ood, watermark, _execution(args),
+                          protocol=not args.all_ood, seed=args.seed, progress=not args.no_progress)
+    run = build_run(objective, score, watermark.metadata.get("hyperparameters", {}), evaluation, 0.0, 0.0,
+                    model=model.model_id, watermark=str(args.watermark))
+    write_results(out / "results.json", [run])
+    plot_histograms(evaluation, score, out / f"hist-{score}.png")
+    plot_roc(evaluation, score, out / f"roc-{score}.png")
+    write_report(out / "report.md", [run], "watermark-ood evaluation",
+                 images=[("score histograms", f"hist-{score}.png"), ("ROC", f"roc-{score}.png")])
+    print(format_terminal_table(run))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import BenchConfig, run_benchmark
+
+    cfg = BenchConfig(
+        model=args.model, checkpoint=args.checkpoint, id_data=args.id_data, ood_data=args.ood_data,
+        out=str(_check_out(args.out)), objectives=args.objective, preset=args.preset, overrides=_overrides(args),
+        protocol=not args.all_ood, mean=args.mean, std=args.std, checkpoint_every=args.checkpoint_every,
+        execution=_execution(args),
+    )
+    run_benchmark(cfg, progress=not args.no_progress)
+    print(f"wrote {cfg.out}/results.json and {cfg.out}/report.md")
+    return 0
+
+
+def _install_stop_handler(learner) -> None:
+    """SIGINT/SIGTERM: finish the current step, write a checkpoint, then stop (see learner.StopRequested)."""
+    def handler(signum, frame):  # noqa: ARG001
+        if learner.stop_requested:  # a second signal stops at once
+            raise KeyboardInterrupt
+        learner.stop_requested = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
+COMMANDS = {"demo": cmd_demo, "fit": cmd_fit, "evaluate": cmd_evaluate, "bench": cmd_bench}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Path(args.out) if getattr(args, "out", None) else None
+    created = out is not None and not out.exists()
+    from .learner import StopRequested
+
+    try:
+        return COMMANDS[args.command](args)
+    except StopRequested as stop:
+        print(f"watermark-ood: stopped; checkpoint written to {stop.args[0]}. Run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+    except WatermarkOODError as error:
+        if args.debug:
+            raise
+        if created and out is not None and out.is_dir() and not any(out.iterdir()):
+            shutil.rmtree(out, ignore_errors=True)
+        print(f"watermark-ood: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Typed fit configuration and the paper's presets, kept as data."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import WatermarkOODError
+
+OBJECTIVES = ("msp", "energy")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything that determines a watermark fit.
+
+    Defaults follow the official code: 50 epochs, batch 128 ID + 128 noise,
+    alpha 0.01 divided by 10 half-way (epoch 25 of 50), random horizontal flip.
+    """
+
+    objective: str = "msp"
+    sigma: float = 0.4
+    rho: float = 1.0
+    beta: float = 3.5
+    t_in: float = 0.0
+    t_out: float = 0.0
+    alpha: float = 0.01
+    epochs: int = 50
+    batch_size: int = 128
+    lr_decay_at: tuple[float, ...] = (0.5,)
+    lr_decay_factor: float = 0.1
+    hflip: bool = True
+    drop_last: bool = False
+    train_limit: int | None = None
+    seed: int = 0
+    linf_budget: float | None = None
+    l2_budget: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise WatermarkOODError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        if self.epochs < 1:
+            raise WatermarkOODError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise WatermarkOODError(f"batch_size must be >= 1, got {self.batch_size}")
+        for name in ("sigma", "rho", "alpha", "beta"):
+            value = getattr(self, name)
+            if not value >= 0:  # also rejects NaN
+                raise WatermarkOODError(f"{name} must be a non-negative number, got {value}")
+        for name in ("linf_budget", "l2_budget"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise WatermarkOODError(f"{name} must be positive, got {value}")
+        if self.train_limit is not None and self.train_limit < 1:
+            raise WatermarkOODError(f"train_limit must be >= 1, got {self.train_limit}")
+        if any(not 0.0 <= f <= 1.0 for f in self.lr_decay_at):
+            raise WatermarkOODError(f"lr_decay_at are fractions of the schedule in [0, 1], got {self.lr_decay_at}")
+        object.__setattr__(self, "lr_decay_at", tuple(float(f) for f in self.lr_decay_at))
+
+    def alpha_at(self, epoch: int) -> float:
+        """Step size for a 0-based epoch; milestones scale with the schedule length."""
+        alpha = self.alpha
+        for fraction in self.lr_decay_at:
+            if epoch >= round(fraction * self.epochs):
+                alpha *= self.lr_decay_factor
+        return alpha
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The objective's hyperparameters plus the schedule, for results.json."""
+        data = dataclasses.asdict(self)
+        data["lr_decay_at"] = list(self.lr_decay_at)
+        if self.objective == "msp":
+            data.pop("t_in")
+            data.pop("t_out")
+        for name in ("linf_budget", "l2_budget"):
+            if data[name] is None:
+                data.pop(name)
+        return data
+
+    def project(self, w):
+        """Keep the watermark inside the optional L-infinity / L2 budgets (a stabilizer, not in the paper)."""
+        if self.linf_budget is not None:
+            w = w.clamp(-self.linf_budget, self.linf_budget)
+        if self.l2_budget is not None:
+            norm = w.norm()
+            if norm > self.l2_budget:
+                w = w * (self.l2_budget / norm)
+        return w
+
+    def replace(self, **changes: Any) -> "FitConfig":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FitConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise WatermarkOODError(f"unknown fit settings: {', '.join(sorted(unknown))}")
+        data = dict(data)
+        if "lr_decay_at" in data:
+            data["lr_decay_at"] = tuple(data["lr_decay_at"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Hyperparameters published in the paper for one (dataset, objective) pair."""
+
+    name: str
+    objective: str
+    sigma: float
+    rho: float
+    beta: float
+    t_in: float = 0.0
+    t_out: float = 0.0
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def config(self, **overrides: Any) -> FitConfig:
+        base = FitConfig(
+            objective=self.objective, sigma=self.sigma, rho=self.rho, beta=self.beta,
+            t_in=self.t_in, t_out=self.t_out, **self.extra,
+        )
+        return base.replace(**overrides)
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("cifar10-msp", "msp", sigma=0.4, rho=1.0, beta=3.5, description="paper, CIFAR-10, softmax score"),
+        Preset("cifar100-msp", "msp", sigma=1.0, rho=0.2, beta=2.5, description="paper, CIFAR-100, softmax score"),
+        Preset("cifar10-energy", "energy", sigma=1.5, rho=0.05, beta=0.1, t_in=0.2, t_out=0.7,
+               description="paper, CIFAR-10, energy score"),
+        Preset("cifar100-energy", "energy", sigma=0.4, rho=0.1, beta=0.1, t_in=0.9, t_out=0.1,
+               description="paper, CIFAR-100, energy score"),
+    )
+}
+
+
+def get_preset(name: str, objective: str | None = None) -> Preset:
+    """Look up a preset by full name, or by dataset prefix plus objective ("cifar10" + "energy")."""
+    key = name if name in PRESETS or objective is None else f"{name}-{objective}"
+    if key not in PRESETS:
+        raise WatermarkOODError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+    preset = PRESETS[key]
+    if objective is not None and preset.objective != objective:
+        raise WatermarkOODError(f"preset {preset.name!r} is for objective {preset.objective!r}, not {objective!r}")
+    return preset

@@ -1,0 +1,128 @@
+"""In-memory image sets and the generic readers every loader builds on."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import WatermarkOODError
+
+
+@dataclass
+class ImageSet:
+    """uint8 images (N, C, H, W) with int64 labels (-1 for OOD) and a name.
+
+    Everything the learner and the evaluator consume; loaders of every on-disk
+    layout produce one of these, so the training loop never touches files.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    name: str = "data"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.images, torch.Tensor):
+            self.images = torch.as_tensor(self.images)
+        if not isinstance(self.labels, torch.Tensor):
+            self.labels = torch.as_tensor(self.labels)
+        if self.images.dtype != torch.uint8:
+            raise WatermarkOODError(f"{self.name}: images must be uint8, got {self.images.dtype}")
+        if self.images.ndim != 4:
+            raise WatermarkOODError(f"{self.name}: images must be (N, C, H, W), got shape {tuple(self.images.shape)}")
+        if self.labels.ndim != 1 or len(self.labels) != len(self.images):
+            raise WatermarkOODError(
+                f"{self.name}: {len(self.images)} images but labels of shape {tuple(self.labels.shape)}"
+            )
+        if len(self.images) == 0:
+            raise WatermarkOODError(f"{self.name}: the set is empty")
+        self.labels = self.labels.to(torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.max().item()) + 1 if (self.labels >= 0).any() else 0
+
+    def subset(self, indices: torch.Tensor | np.ndarray, name: str | None = None) -> "ImageSet":
+        indices = torch.as_tensor(indices, dtype=torch.int64)
+        return ImageSet(self.images[indices], self.labels[indices], name or self.name)
+
+    def sample(self, count: int, seed: int) -> "ImageSet":
+        """A seeded random subset of ``count`` images (all of them if there are fewer)."""
+        if count >= len(self):
+            return self
+        generator = torch.Generator().manual_seed(seed)
+        return self.subset(torch.randperm(len(self), generator=generator)[:count].sort().values)
+
+    def split(self, fraction: float, seed: int) -> tuple["ImageSet", "ImageSet"]:
+        """A seeded (1 - fraction, fraction) split, e.g. train / validation."""
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(self), generator=generator)
+        cut = len(self) - max(1, int(round(fraction * len(self))))
+        return self.subset(order[:cut].sort().values), self.subset(order[cut:].sort().values)
+
+
+def images_from_array(array: np.ndarray, source: str) -> torch.Tensor:
+    """NHWC or NCHW (or NHW for grey) uint8 array -> NCHW tensor, with checks that name the source."""
+    if array.dtype != np.uint8:
+        raise WatermarkOODError(f"{source}: images must be uint8 (0-255), got dtype {array.dtype}")
+    if array.ndim == 3:
+        array = array[:, :, :, None]
+    if array.ndim != 4:
+        raise WatermarkOODError(f"{source}: images must be N x H x W x C, got shape {array.shape}")
+    if array.shape[-1] in (1, 3, 4) and array.shape[1] not in (1, 3, 4):
+        array = array.transpose(0, 3, 1, 2)
+    elif array.shape[1] not in (1, 3, 4):
+        raise WatermarkOODError(f"{source}: cannot tell the channel axis of shape {array.shape}")
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def load_npz(path: str | Path, name: str | None = None, require_labels: bool = False) -> ImageSet:
+    """A ``.npz`` with ``x`` (uint8 N x H x W x C) and optionally ``y`` (int64)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WatermarkOODError(f"{path}: file not found (expected an .npz with arrays 'x' uint8 NxHxWxC and 'y')")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "x" not in archive.files:
+                raise WatermarkOODError(f"{path}: no array 'x' in the archive (found: {', '.join(archive.files) or 'none'})")
+            x = archive["x"]
+            y = archive["y"] if "y" in archive.files else None
+    except WatermarkOODError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as error:
+        raise WatermarkOODError(f"{path}: not a readable .npz archive ({error})") from None
+    images = images_from_array(x, str(path))
+    if y is None:
+        if require_labels:
+            raise WatermarkOODError(f"{path}: labels 'y' are required for an ID set")
+        labels = torch.full((len(images),), -1, dtype=torch.int64)
+    else:
+        if y.ndim != 1 or len(y) != len(images) or not np.issubdtype(y.dtype, np.integer):
+            raise WatermarkOODError(f"{path}: 'y' must be {len(images)} integers, got {y.dtype} of shape {y.shape}")
+        labels = torch.from_numpy(y.astype(np.int64))
+    return ImageSet(images, labels, name or path.stem)
+
+
+def gaussian_set(count: int, shape: tuple[int, int, int], seed: int, mean: float = 127.5, std: float = 64.0,
+                 name: str = "gaussian") -> ImageSet:
+    """Gaussian pixel noise clipped to uint8: a synthetic OOD set."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randn((count, *shape), generator=generator) * std + mean
+    return ImageSet(pixels.round().clamp(0, 255).to(torch.uint8), torch.full((count,), -1), name)
+
+
+def uniform_set(count: int, shape: tuple[int, int, int], seed: int, name: str = "uniform") -> ImageSet:
+    """Uniform pixel noise: a synthetic OOD set."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (count, *shape), generator=generator, dtype=torch.int64)
+    return ImageSet(pixels.to(torch.uint8), torch.full((count,), -1), name)

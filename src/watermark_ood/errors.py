@@ -1,0 +1,9 @@
+"""The project's single exception type for problems a user can fix.
+
+The CLI turns it into one line and a non-zero exit; anything else is a bug
+and keeps its traceback.
+"""
+
+
+class WatermarkOODError(Exception):
+    """Bad input, a missing or malformed file, or an unusable configuration."""

@@ -1,0 +1,154 @@
+"""Evaluation: ID test set vs named OOD sets, with and without the watermark."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import ImageSet
+from .errors import WatermarkOODError
+from .metrics import mean_metrics, ood_metrics
+from .preprocessing import Normalization
+from .runtime import ExecutionConfig
+from .scores import get_score
+from .watermark import Watermark
+
+
+def predict_logits(
+    model: torch.nn.Module,
+    images: ImageSet,
+    normalization: Normalization,
+    watermark: Watermark | None = None,
+    execution: ExecutionConfig | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Logits (float32, on CPU) of ``model(normalize(x) + w)`` over a set, in large batches."""
+    execution = execution or ExecutionConfig()
+    device = execution.torch_device()
+    normalization.check_channels(images.images.shape[1])
+    # Layout changes happen outside inference mode, or the parameters would become inference tensors.
+    model.eval().to(device)
+    if execution.channels_last:
+        model.to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        return _predict(model, images, normalization, watermark, execution, device, progress)
+
+
+def _predict(model, images, normalization, watermark, execution, device, progress) -> torch.Tensor:
+    w = watermark.tensor.to(device) if watermark is not None else None
+    if w is not None and tuple(w.shape[1:]) != images.image_shape:
+        raise WatermarkOODError(
+            f"{images.name}: images of shape {images.image_shape} do not match the watermark's {tuple(w.shape[1:])}"
+        )
+    out = []
+    size = execution.eval_batch_size
+    for start in tqdm(range(0, len(images), size), desc=f"scoring {images.name}", disable=not progress,
+                      leave=False, unit="batch"):
+        x = normalization(images.images[start:start + size].to(device))
+        if w is not None:
+            x = x + w
+        if execution.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with execution.autocast(device):
+            logits = model(x)
+        out.append(logits.float().cpu())
+    return torch.cat(out)
+
+
+def protocol_subsample(ood_sets: Sequence[ImageSet], id_count: int, seed: int) -> list[ImageSet]:
+    """The paper's protocol: each OOD set contributes ``id_count // 5`` images, chosen with a seed."""
+    count = max(1, id_count // 5)
+    return [s.sample(count, seed + i) for i, s in enumerate(ood_sets)]
+
+
+@dataclass
+class ConditionLogits:
+    """Logits of the ID test set and every OOD set under one condition (with or without watermark)."""
+
+    id_logits: torch.Tensor
+    id_labels: torch.Tensor
+    ood_logits: dict[str, torch.Tensor]
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.id_logits.argmax(1) == self.id_labels).float().mean())
+
+    def scores(self, score: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        fn = get_score(score)
+        return fn(self.id_logits).numpy(), {k: fn(v).numpy() for k, v in self.ood_logits.items()}
+
+    def metrics(self, score: str) -> dict[str, dict[str, float]]:
+        """``{ood set: {fpr95, auroc, aupr_in, aupr_out}, ..., "mean": {...}}``."""
+        id_scores, ood_scores = self.scores(score)
+        per_set = {name: ood_metrics(id_scores, s) for name, s in ood_scores.items()}
+        return {**per_set, "mean": mean_metrics(per_set)}
+
+
+def condition_logits(model, normalization, id_test: ImageSet, ood_sets: Sequence[ImageSet],
+                     watermark: Watermark | None, execution: ExecutionConfig | None = None,
+                     progress: bool = False) -> ConditionLogits:
+    names = [s.name for s in ood_sets]
+    if len(set(names)) != len(names) or "mean" in names:
+        raise WatermarkOODError(f"OOD set names must be unique and not 'mean', got {names}")
+    if (id_test.labels < 0).any():
+        raise WatermarkOODError(f"{id_test.name}: the ID test set needs class labels")
+    id_logits = predict_logits(model, id_test, normalization, watermark, execution, progress)
+    ood = {s.name: predict_logits(model, s, normalization, watermark, execution, progress) for s in ood_sets}
+    return ConditionLogits(id_logits, id_test.labels.clone(), ood)
+
+
+@dataclass
+class Evaluation:
+    """Baseline and (optionally) watermarked logits; metrics for any score are computed on demand."""
+
+    baseline: ConditionLogits
+    watermarked: ConditionLogits | None = None
+    ood_names: list[str] = field(default_factory=list)
+
+    def accuracy(self) -> dict[str, float]:
+        acc = {"baseline": self.baseline.accuracy}
+        if self.watermarked is not None:
+            acc["watermarked"] = self.watermarked.accuracy
+        return acc
+
+    def metrics(self, score: str) -> dict[str, dict[str, dict[str, float]]]:
+        out = {"baseline": self.baseline.metrics(score)}
+        if self.watermarked is not None:
+            out["watermarked"] = self.watermarked.metrics(score)
+        return out
+
+
+def evaluate(
+    model: torch.nn.Module,
+    normalization: Normalization,
+    id_test: ImageSet,
+    ood_sets: Sequence[ImageSet],
+    watermark: Watermark | None = None,
+    execution: ExecutionConfig | None = None,
+    protocol: bool = True,
+    seed: int = 0,
+    baseline: ConditionLogits | None = None,
+    progress: bool = False,
+) -> Evaluation:
+    """Score ID and OOD sets with and without ``watermark``.
+
+    With ``protocol`` each OOD set is subsampled to |ID test| / 5 images
+    (seeded), as in the paper. Pass ``baseline`` to reuse logits already computed.
+    """
+    if not ood_sets:
+        raise WatermarkOODError("evaluation needs at least one OOD set")
+    for s in ood_sets:
+        if s.image_shape != id_test.image_shape:
+            raise WatermarkOODError(
+                f"OOD set {s.name} has images of shape {s.image_shape}, the ID set {id_test.image_shape}"
+            )
+    sets = protocol_subsample(ood_sets, len(id_test), seed) if protocol else list(ood_sets)
+    if baseline is None:
+        baseline = condition_logits(model, normalization, id_test, sets, None, execution, progress)
+    marked = (condition_logits(model, normalization, id_test, sets, watermark, execution, progress)
+              if watermark is not None else None)
+    return Evaluation(baseline, marked, [s.name for s in sets])

@@ -1,0 +1,250 @@
+"""Learning the watermark: the paper's sharpness-aware sign descent, done efficiently.
+
+Efficiency choices (issue: speed): the model's parameters are frozen so
+autograd computes only the input gradient; data stay uint8 tensors on the
+device and are normalized and flipped per batch on tensors; randomness is
+derived statelessly from (seed, epoch, step), which also makes resuming from a
+checkpoint exact.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import FitCheckpoint
+from .config import FitConfig
+from .data import ImageSet
+from .errors import WatermarkOODError
+from .objectives import objective_loss
+from .preprocessing import Normalization
+from .runtime import ExecutionConfig, generator
+from .watermark import Watermark
+
+PERMUTATION_TAG = 0x5EED
+SUBSET_TAG = 0x5B5E7
+
+
+@dataclass
+class EpochRecord:
+    """One epoch of history: the running loss and how large the watermark has grown."""
+
+    epoch: int
+    loss: float
+    alpha: float
+    max_abs: float
+    mean_abs: float
+    l2: float
+    seconds: float
+    steps: int
+
+    def to_dict(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class FitResult:
+    watermark: Watermark
+    history: list[EpochRecord] = field(default_factory=list)
+    fit_seconds: float = 0.0
+    images_seen: int = 0
+    resumed_from_step: int = 0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_seen / self.fit_seconds if self.fit_seconds > 0 else 0.0
+
+
+EpochCallback = Callable[[EpochRecord, torch.Tensor], None]
+
+
+class StopRequested(Exception):
+    """Raised inside the loop when a signal handler asked the fit to stop after a checkpoint."""
+
+
+class WatermarkLearner:
+    """Learns a watermark for a fixed classifier ``model`` that maps normalized images to logits.
+
+    The model is put in eval mode and its parameters are never changed; their
+    ``requires_grad`` flags are restored after fitting.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        normalization: Normalization,
+        config: FitConfig | None = None,
+        execution: ExecutionConfig | None = None,
+        model_id: str = "model",
+    ) -> None:
+        self.model = model
+        self.normalization = normalization
+        self.config = config or FitConfig()
+        self.execution = execution or ExecutionConfig()
+        self.model_id = model_id
+        self.stop_requested = False
+
+    # ------------------------------------------------------------------ helpers
+    def training_subset(self, train: ImageSet) -> ImageSet:
+        """The seeded subset named by ``train_limit`` (all of ``train`` when unset)."""
+        limit = self.config.train_limit
+        if limit is None or limit >= len(train):
+            return train
+        order = torch.randperm(len(train), generator=generator(torch.device("cpu"), self.config.seed, SUBSET_TAG))
+        return train.subset(order[:limit].sort().values)
+
+    def steps_per_epoch(self, n: int) -> int:
+        b = self.config.batch_size
+        return n // b if self.config.drop_last else math.ceil(n / b)
+
+    def metadata(self, image_shape: tuple[int, ...]) -> dict[str, Any]:
+        from . import __version__
+
+        return {
+            "objective": self.config.objective,
+            "hyperparameters": self.config.hyperparameters(),
+            "input_shape": list(image_shape),
+            "normalization": self.normalization.to_dict(),
+            "model": self.model_id,
+            "package_version": __version__,
+        }
+
+    def batch(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, rng: torch.Generator,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalized, randomly flipped ID batch, its labels and a same-sized noise batch."""
+        x = self.normalization(images[index])
+        y = labels[index]
+        if self.config.hflip:
+            flip = torch.rand(len(index), generator=rng, device=device) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        noise = torch.randn(x.shape, generator=rng, device=device) * self.config.sigma
+        return x, y, noise
+
+    # --------------------------------------------------------------------- fit
+    def fit(
+        self,
+        train: ImageSet,
+        callback: EpochCallback | None = None,
+        progress: bool = True,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int = 200,
+    ) -> FitResult:
+        """Run the schedule on ``train`` (labels required) and return the watermark and its history."""
+        cfg, exe = self.config, self.execution
+        exe.apply_threads()
+        device = exe.torch_device()
+        train = self.training_subset(train)
+        if (train.labels < 0).any():
+            raise WatermarkOODError(f"{train.name}: training needs class labels, found negative labels")
+        self.normalization.check_channels(train.images.shape[1])
+        image_shape = train.image_shape
+        images, labels = train.images.to(device), train.labels.to(device)
+        n, steps = len(train), self.steps_per_epoch(len(train))
+        if steps == 0:
+            raise WatermarkOODError(f"{n} training images is fewer than one batch of {cfg.batch_size} with drop_last")
+
+        ckpt = FitCheckpoint(checkpoint_dir, cfg, image_shape, n) if checkpoint_dir is not None else None
+        start_epoch, start_step, history = 0, 0, []
+        w = torch.zeros((1, *image_shape), device=device)
+        if ckpt is not None and ckpt.exists():
+            state = ckpt.load()
+            w = state.watermark.to(device)
+            start_epoch, start_step, history = state.epoch, state.step, state.history
+
+        forward = self._prepare_model(device)
+        flags = [p.requires_grad for p in self.model.parameters()]
+        was_training = self.model.training
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+        def loss_at(point: torch.Tensor, x, y, noise) -> torch.Tensor:
+            inputs = torch.cat([x, noise]) + point
+            if exe.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with exe.autocast(device):
+                logits = forward(inputs)
+            return objective_loss(cfg, logits[: len(x)], y, logits[len(x):])
+
+        def grad_at(point: torch.Tensor, x, y, noise) -> tuple[torch.Tensor, torch.Tensor]:
+            point = point.detach().requires_grad_(True)
+            loss = loss_at(point, x, y, noise)
+            (grad,) = torch.autograd.grad(loss, point)
+            return loss.detach(), grad
+
+        t0, images_seen = time.perf_counter(), 0
+        global_step = start_epoch * steps + start_step
+        try:
+            for epoch in range(start_epoch, cfg.epochs):
+                alpha = cfg.alpha_at(epoch)
+                order = torch.randperm(n, generator=generator(torch.device("cpu"), cfg.seed, PERMUTATION_TAG, epoch))
+                order = order.to(device)
+                first = start_step if epoch == start_epoch else 0
+                loss_sum = torch.zeros((), device=device)
+                epoch_t0 = time.perf_counter()
+                bar = tqdm(range(first, steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+                           leave=False, unit="step", initial=first, total=steps)
+                for step in bar:
+                    rng = generator(device, cfg.seed, epoch, step)
+                    index = order[step * cfg.batch_size: (step + 1) * cfg.batch_size]
+                    x, y, noise = self.batch(images, labels, index, rng, device)
+                    loss, g1 = grad_at(w, x, y, noise)
+                    if not torch.isfinite(loss):
+                        raise WatermarkOODError(
+                            f"the loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}; "
+                            "lower alpha/beta/temperatures (the last good checkpoint is kept)"
+                        )
+                    e = g1 / g1.norm().clamp_min(1e-12)
+                    _, g2 = grad_at(w + cfg.rho * e, x, y, noise)
+                    w = cfg.project(w - alpha * torch.sign(g2))
+                    loss_sum += loss
+                    images_seen += len(index)
+                    global_step += 1
+                    if progress and (step % 10 == 0 or step == steps - 1):
+                        bar.set_postfix(loss=f"{float(loss_sum) / (step - first + 1):.4f}")
+                    if ckpt is not None and (global_step % checkpoint_every == 0 or self.stop_requested):
+                        ckpt.save(w, epoch, step + 1, history, steps)
+                    if self.stop_requested:
+                        raise StopRequested(ckpt.path if ckpt else None)
+                bar.close()
+                stats = w.abs()
+                record = EpochRecord(
+                    epoch=epoch + 1, loss=float(loss_sum) / max(1, steps - first), alpha=alpha,
+                    max_abs=float(stats.max()), mean_abs=float(stats.mean()), l2=float(w.norm()),
+                    seconds=time.perf_counter() - epoch_t0, steps=steps - first,
+                )
+                history.append(record)
+                if ckpt is not None:
+                    ckpt.save(w, epoch + 1, 0, history, steps)
+                if callback is not None:
+                    callback(record, w.detach().cpu())
+        finally:
+            for p, flag in zip(self.model.parameters(), flags):
+                p.requires_grad_(flag)
+            self.model.train(was_training)
+
+        seconds = time.perf_counter() - t0
+        watermark = Watermark(w, self.metadata(image_shape))
+        watermark.metadata["history"] = [r.to_dict() for r in history]
+        return FitResult(watermark, history, seconds, images_seen, start_epoch * steps + start_step)
+
+    def _prepare_model(self, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+        self.model.to(device)
+        if self.execution.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if self.execution.compile:
+            return torch.compile(self.model)
+        return self.model
+
+
+def fit_watermark(model: torch.nn.Module, train: ImageSet, normalization: Normalization,
+                  config: FitConfig | None = None, execution: ExecutionConfig | None = None,
+                  **fit_kwargs: Any) -> FitResult:
+    """One-call API: ``fit_watermark(model, train_set, CIFAR, get_preset('cifar10-msp').config())``."""
+    return WatermarkLearner(model, normalization, config, execution).fit(train, **fit_kwargs)

@@ -1,0 +1,66 @@
+"""How work runs (device, precision, memory layout, compilation), separate from what it computes."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import WatermarkOODError
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """Execution settings. Only ``precision`` changes numerics; it defaults to fp32."""
+
+    device: str = "auto"
+    precision: str = "fp32"
+    channels_last: bool = True
+    compile: bool = False
+    eval_batch_size: int = 1000
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise WatermarkOODError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.eval_batch_size < 1:
+            raise WatermarkOODError("eval_batch_size must be >= 1")
+
+    def torch_device(self) -> torch.device:
+        return resolve_device(self.device)
+
+    def autocast(self, device: torch.device):
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=dtype)
+
+    def apply_threads(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; an unavailable device is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise WatermarkOODError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise WatermarkOODError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+    return device
+
+
+def derived_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers, so (seed, epoch, step) streams never overlap."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def generator(device: torch.device, *parts: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(derived_seed(*parts))

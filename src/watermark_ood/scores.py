@@ -1,0 +1,42 @@
+"""OOD scores from logits. Convention: a higher score means "more in-distribution"."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .errors import WatermarkOODError
+
+
+def msp_score(logits: torch.Tensor) -> torch.Tensor:
+    """Maximum softmax probability (Hendrycks & Gimpel, 2017)."""
+    return torch.softmax(logits.float(), dim=1).amax(dim=1)
+
+
+def energy_score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Negative free energy ``T * logsumexp(z / T)`` (Liu et al., 2020)."""
+    return temperature * torch.logsumexp(logits.float() / temperature, dim=1)
+
+
+def max_logit_score(logits: torch.Tensor) -> torch.Tensor:
+    """Largest logit (Hendrycks et al., 2022)."""
+    return logits.float().amax(dim=1)
+
+
+SCORES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "msp": msp_score,
+    "energy": energy_score,
+    "maxlogit": max_logit_score,
+}
+
+
+def get_score(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if name not in SCORES:
+        raise WatermarkOODError(f"unknown score {name!r}; choose one of {', '.join(SCORES)}")
+    return SCORES[name]
+
+
+def score_for_objective(objective: str) -> str:
+    """The score each objective is trained for."""
+    return {"msp": "msp", "energy": "energy"}[objective]
