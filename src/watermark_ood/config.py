@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,10 +60,14 @@ class FitConfig:
         object.__setattr__(self, "lr_decay_at", tuple(float(f) for f in self.lr_decay_at))
 
     def alpha_at(self, epoch: int) -> float:
-        """Step size for a 0-based epoch; milestones scale with the schedule length."""
+        """Step size for a 0-based epoch; milestones scale with the schedule length.
+
+        A milestone is ``floor(fraction * epochs)`` but never the first epoch,
+        so epoch 25 of 50 in the paper and no decay at all in a 1-epoch run.
+        """
         alpha = self.alpha
         for fraction in self.lr_decay_at:
-            if epoch >= round(fraction * self.epochs):
+            if epoch >= max(1, math.floor(fraction * self.epochs + 1e-9)):
                 alpha *= self.lr_decay_factor
         return alpha
 

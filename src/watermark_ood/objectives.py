@@ -11,8 +11,9 @@ from .config import FitConfig
 def msp_objective(z_in: torch.Tensor, y: torch.Tensor, z_out: torch.Tensor, beta: float) -> torch.Tensor:
     """CE on ID plus beta times the cross-entropy of the outliers to the uniform distribution.
 
-    The uniform CE of one row is ``logsumexp(z) - mean_k z_k``; it is zero only
-    when all logits are equal, i.e. when max softmax is as low as it gets.
+    The uniform CE of one row is ``logsumexp(z) - mean_k z_k``; it reaches its
+    minimum, log K, only when all logits are equal, i.e. when max softmax is as
+    low as it gets.
     """
     uniform_ce = torch.logsumexp(z_out, dim=1) - z_out.mean(dim=1)
     return F.cross_entropy(z_in, y) + beta * uniform_ce.mean()

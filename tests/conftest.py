@@ -1,0 +1,57 @@
+"""Shared fixtures: small generated data and models, never ../shared."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from watermark_ood.architectures import SmallCNN
+from watermark_ood.data import ImageSet
+from watermark_ood.preprocessing import Normalization
+
+torch.set_num_threads(2)
+
+
+def make_images(n: int, classes: int = 3, size: int = 8, channels: int = 3, seed: int = 0,
+                name: str = "toy") -> ImageSet:
+    """Class k is a bright square at a class-specific position on a noisy background."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 60, size=(n, channels, size, size)).astype(np.uint8)
+    y = np.arange(n) % classes
+    half = size // 2
+    for i, k in enumerate(y):
+        r, c = divmod(int(k) % 4, 2)
+        x[i, :, r * half:(r + 1) * half, c * half:(c + 1) * half] += 150
+    return ImageSet(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), name)
+
+
+@pytest.fixture
+def toy_train() -> ImageSet:
+    return make_images(64, seed=1, name="toy-train")
+
+
+@pytest.fixture
+def toy_test() -> ImageSet:
+    return make_images(60, seed=2, name="toy-test")
+
+
+@pytest.fixture
+def toy_model() -> SmallCNN:
+    torch.manual_seed(0)
+    return SmallCNN(num_classes=3, in_channels=3, width=8).eval()
+
+
+@pytest.fixture
+def norm3() -> Normalization:
+    return Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def write_npz_dataset(folder, n_train=64, n_test=30, classes=3, size=8, seed=0):
+    """A train.npz / test.npz folder in the layout of ../shared/data (N x H x W x C)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 1)):
+        data = make_images(n, classes, size, seed=s)
+        np.savez_compressed(folder / f"{split}.npz", x=data.images.permute(0, 2, 3, 1).numpy(),
+                            y=data.labels.numpy())
+    return folder

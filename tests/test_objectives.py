@@ -1,0 +1,32 @@
+import torch
+import torch.nn.functional as F
+
+from watermark_ood.config import FitConfig
+from watermark_ood.objectives import energy_objective, msp_objective, objective_loss
+
+
+def test_msp_outlier_term_is_cross_entropy_to_uniform():
+    torch.manual_seed(0)
+    z_in, y, z_out = torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0]), torch.randn(6, 4)
+    uniform = torch.full((6, 4), 0.25)
+    ce_uniform = -(uniform * F.log_softmax(z_out, 1)).sum(1).mean()
+    expected = F.cross_entropy(z_in, y) + 3.5 * ce_uniform
+    assert torch.allclose(msp_objective(z_in, y, z_out, 3.5), expected, atol=1e-6)
+
+
+def test_msp_outlier_term_is_smallest_for_flat_logits():
+    z_in, y = torch.zeros(2, 3), torch.tensor([0, 1])
+    ce = F.cross_entropy(z_in, y)
+    flat = msp_objective(z_in, y, torch.full((4, 3), 7.0), 1.0) - ce
+    peaked = msp_objective(z_in, y, torch.tensor([[7.0, 0.0, 0.0]] * 4), 1.0) - ce
+    assert torch.allclose(flat, torch.log(torch.tensor(3.0)))
+    assert peaked > flat
+
+
+def test_energy_objective_matches_formula():
+    torch.manual_seed(1)
+    z_in, y, z_out = torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1]), torch.randn(7, 3)
+    expected = F.cross_entropy(z_in, y) + 0.1 * (torch.exp(0.7 * z_out).mean() + torch.exp(-0.2 * z_in).mean())
+    assert torch.allclose(energy_objective(z_in, y, z_out, 0.1, 0.2, 0.7), expected)
+    cfg = FitConfig(objective="energy", beta=0.1, t_in=0.2, t_out=0.7)
+    assert torch.allclose(objective_loss(cfg, z_in.bfloat16(), y, z_out), expected, atol=0.05)
