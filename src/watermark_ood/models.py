@@ -90,7 +90,10 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> tuple
             f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))}, torchvision:NAME, package.module:callable"
         )
     spec = REGISTRY[name]
-    return spec.builder(num_classes, in_channels), spec.normalization
+    normalization = spec.normalization
+    if normalization.channels == 1 and in_channels > 1:  # a grey-level default serves every channel
+        normalization = Normalization(normalization.mean * in_channels, normalization.std * in_channels)
+    return spec.builder(num_classes, in_channels), normalization
 
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "state")
@@ -173,7 +176,7 @@ def load_model(
     in_channels: int = 3,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
-    fallback_classes: int = 10,
+    fallback_classes: int | None = None,
 ) -> LoadedModel:
     """Architecture + weights + normalization (overridable with ``mean``/``std``), in eval mode.
 
@@ -182,8 +185,8 @@ def load_model(
     """
     state = read_state_dict(checkpoint) if checkpoint is not None else None
     if num_classes is None:
-        num_classes = (infer_num_classes(state) if state else None) or fallback_classes
-    if num_classes < fallback_classes:
+        num_classes = (infer_num_classes(state) if state else None) or fallback_classes or 10
+    if fallback_classes is not None and num_classes < fallback_classes:
         raise WatermarkOODError(
             f"the model predicts {num_classes} classes but the ID data has {fallback_classes}; "
             "check --model/--checkpoint against --id-data"

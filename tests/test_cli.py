@@ -1,0 +1,126 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import write_npz_dataset
+from watermark_ood.cli import main
+from watermark_ood.watermark import Watermark
+
+FAST = ["--model", "small_cnn", "--epochs", "2", "--batch-size", "16", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture
+def data(tmp_path):
+    root = write_npz_dataset(tmp_path / "toy", n_train=48, n_test=30)
+    import numpy as np
+
+    np.savez(tmp_path / "noise.npz", x=np.random.default_rng(0).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8))
+    return root, tmp_path / "noise.npz"
+
+
+def test_help_explains_commands(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for word in ("demo", "fit", "evaluate", "bench", "watermark"):
+        assert word in text
+
+
+def test_fit_then_evaluate(data, tmp_path, capsys):
+    id_data, noise = data
+    out = tmp_path / "fit"
+    assert main(["fit", *FAST, "--id-data", str(id_data), "--objective", "energy", "--out", str(out)]) == 0
+    for name in ("watermark.safetensors", "watermark.json", "history.json", "watermark.png", "checkpoint.safetensors"):
+        assert (out / name).is_file(), name
+    w = Watermark.load(out / "watermark.safetensors")
+    assert w.metadata["objective"] == "energy" and w.metadata["hyperparameters"]["sigma"] == 1.5
+    assert len(json.loads((out / "history.json").read_text())) == 2
+    # Running the same command again resumes from the finished checkpoint: same watermark, no new work.
+    assert main(["fit", *FAST, "--id-data", str(id_data), "--objective", "energy", "--out", str(out)]) == 0
+    assert torch.equal(Watermark.load(out / "watermark.safetensors").tensor, w.tensor)
+
+    ev = tmp_path / "eval"
+    assert main(["evaluate", "--model", "small_cnn", "--device", "cpu", "--no-progress",
+                 "--watermark", str(out / "watermark.safetensors"), "--id-data", str(id_data),
+                 "--ood-data", str(noise), "synthetic:uniform", "--out", str(ev)]) == 0
+    results = json.loads((ev / "results.json").read_text())
+    run = results["runs"][0]
+    assert run["score"] == "energy" and set(run["baseline"]) == {"noise", "uniform", "mean"}
+    assert (ev / "report.md").is_file() and (ev / "roc-energy.png").is_file()
+    assert "noise" in capsys.readouterr().out
+
+
+def test_bench_runs_both_objectives_and_resumes(data, tmp_path):
+    id_data, noise = data
+    out = tmp_path / "bench"
+    args = ["bench", *FAST, "--id-data", str(id_data), "--ood-data", str(noise), "synthetic:gaussian",
+            "--out", str(out)]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [r["objective"] for r in results["runs"]] == ["msp", "energy"]
+    assert all(r["hyperparameters"]["epochs"] == 2 for r in results["runs"])
+    for objective in ("msp", "energy"):
+        for name in (f"watermark-{objective}.safetensors", f"hist-{objective}.png", f"roc-{objective}.png"):
+            assert (out / name).is_file()
+    assert "| mean |" in (out / "report.md").read_text()
+    before = (out / "runs" / "msp.json").read_text()
+    assert main(args) == 0  # finished objectives are reused, not refitted
+    assert (out / "runs" / "msp.json").read_text() == before
+    assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--preset", "imagenet"], "unknown preset"),
+    (["--epochs", "0"], "epochs"),
+    (["--objective", "energy", "--t-in", "1e6", "--t-out", "1e6"], "loss became"),
+])
+def test_bad_fit_settings_exit_2_with_one_line(data, tmp_path, capsys, extra, message):
+    id_data, _ = data
+    out = tmp_path / "never"
+    code = main(["fit", *FAST, "--id-data", str(id_data), "--out", str(out), *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not (out / "watermark.safetensors").exists()
+
+
+def test_missing_inputs_leave_nothing_behind(data, tmp_path, capsys):
+    id_data, noise = data
+    out = tmp_path / "out"
+    assert main(["fit", *FAST, "--id-data", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "nope" in capsys.readouterr().err and not out.exists()
+    assert main(["bench", *FAST, "--id-data", str(id_data), "--ood-data", str(tmp_path / "gone.npz"),
+                 "--out", str(out)]) == 2
+    assert "gone.npz" in capsys.readouterr().err and not out.exists()
+
+
+def test_wrong_shape_watermark_is_refused(data, tmp_path, capsys):
+    id_data, noise = data
+    Watermark(torch.zeros(1, 3, 32, 32)).save(tmp_path / "w32.safetensors")
+    code = main(["evaluate", "--model", "small_cnn", "--device", "cpu", "--watermark", str(tmp_path / "w32.safetensors"),
+                 "--id-data", str(id_data), "--ood-data", str(noise), "--out", str(tmp_path / "e")])
+    assert code == 2 and "shape" in capsys.readouterr().err
+
+
+def test_subprocess_error_is_one_line_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "watermark_ood", "evaluate", "--model", "resnet20",
+                           "--watermark", str(tmp_path / "missing.safetensors"), "--id-data", str(tmp_path),
+                           "--ood-data", "synthetic:gaussian", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--epochs", "2", "--no-progress", "--device", "cpu"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [r["objective"] for r in results["runs"]] == ["msp", "energy"]
+    run = results["runs"][0]
+    assert set(run["baseline"]) == {"digits6-9", "photo-patches", "gaussian-noise", "uniform-noise", "mean"}
+    assert run["accuracy"]["baseline"] > 0.9  # the demo classifier really learned the digits
+    for name in ("report.md", "watermark-msp.png", "hist-energy.png", "roc-msp.png", "watermark-energy.safetensors"):
+        assert (out / name).is_file(), name

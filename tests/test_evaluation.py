@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from watermark_ood.data import gaussian_set, uniform_set
+from watermark_ood.errors import WatermarkOODError
+from watermark_ood.evaluation import evaluate, predict_logits, protocol_subsample
+from watermark_ood.runtime import ExecutionConfig
+from watermark_ood.watermark import Watermark
+
+CPU = ExecutionConfig(device="cpu", eval_batch_size=7)
+
+
+def test_predict_logits_batches_and_adds_watermark(toy_model, toy_test, norm3):
+    plain = predict_logits(toy_model, toy_test, norm3, None, CPU)
+    w = Watermark(torch.full((1, 3, 8, 8), 0.3))
+    marked = predict_logits(toy_model, toy_test, norm3, w, CPU)
+    with torch.no_grad():
+        expected = toy_model(norm3(toy_test.images) + 0.3)
+    assert plain.shape == (60, 3)
+    assert torch.allclose(marked, expected, atol=1e-5)
+    assert not torch.allclose(plain, marked)
+    # The model stays usable for autograd after inference-mode scoring.
+    toy_model(norm3(toy_test.images[:2])).sum().backward()
+
+
+def test_protocol_subsamples_each_ood_set_to_a_fifth_of_id(toy_test):
+    sets = [gaussian_set(100, (3, 8, 8), 0, name="g"), uniform_set(5, (3, 8, 8), 0, name="u")]
+    sub = protocol_subsample(sets, len(toy_test), seed=0)
+    assert [len(s) for s in sub] == [12, 5]
+    again = protocol_subsample(sets, len(toy_test), seed=0)
+    assert torch.equal(sub[0].images, again[0].images)
+
+
+def test_evaluate_reports_per_set_mean_and_accuracy(toy_model, toy_test, norm3):
+    sets = [gaussian_set(40, (3, 8, 8), 0, name="g"), uniform_set(40, (3, 8, 8), 1, name="u")]
+    ev = evaluate(toy_model, norm3, toy_test, sets, Watermark(torch.zeros(1, 3, 8, 8)), CPU)
+    metrics = ev.metrics("msp")
+    assert set(metrics["baseline"]) == {"g", "u", "mean"}
+    assert metrics["baseline"] == metrics["watermarked"]  # a zero watermark changes nothing
+    acc = ev.accuracy()
+    assert acc["baseline"] == acc["watermarked"]
+    manual = (predict_logits(toy_model, toy_test, norm3, None, CPU).argmax(1) == toy_test.labels).float().mean()
+    assert acc["baseline"] == pytest.approx(float(manual))
+
+
+def test_evaluate_rejects_bad_sets(toy_model, toy_test, norm3):
+    with pytest.raises(WatermarkOODError):
+        evaluate(toy_model, norm3, toy_test, [], None, CPU)
+    with pytest.raises(WatermarkOODError, match="shape"):
+        evaluate(toy_model, norm3, toy_test, [gaussian_set(5, (3, 16, 16), 0)], None, CPU)
+    with pytest.raises(WatermarkOODError, match="unique"):
+        evaluate(toy_model, norm3, toy_test, [gaussian_set(5, (3, 8, 8), 0, name="a")] * 2, None, CPU,
+                 protocol=False)
