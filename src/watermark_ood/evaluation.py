@@ -13,7 +13,7 @@ from .data import ImageSet
 from .errors import WatermarkOODError
 from .metrics import mean_metrics, ood_metrics
 from .preprocessing import Normalization
-from .runtime import ExecutionConfig
+from .runtime import ExecutionConfig, prepare_model
 from .scores import get_score
 from .watermark import Watermark
 
@@ -30,10 +30,8 @@ def predict_logits(
     execution = execution or ExecutionConfig()
     device = execution.torch_device()
     normalization.check_channels(images.images.shape[1])
-    # Layout changes happen outside inference mode, or the parameters would become inference tensors.
-    model.eval().to(device)
-    if execution.channels_last:
-        model.to(memory_format=torch.channels_last)
+    # Preparation happens outside inference mode, or new parameters would become inference tensors.
+    model = prepare_model(model, execution, device)
     with torch.inference_mode():
         return _predict(model, images, normalization, watermark, execution, device, progress)
 

@@ -24,7 +24,7 @@ from .data import ImageSet
 from .errors import WatermarkOODError
 from .objectives import objective_loss
 from .preprocessing import Normalization
-from .runtime import ExecutionConfig, generator
+from .runtime import ExecutionConfig, generator, prepare_model
 from .watermark import Watermark
 
 PERMUTATION_TAG = 0x5EED
@@ -235,12 +235,10 @@ class WatermarkLearner:
         return FitResult(watermark, history, seconds, images_seen, start_epoch * steps + start_step)
 
     def _prepare_model(self, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-        self.model.to(device)
-        if self.execution.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        module = prepare_model(self.model, self.execution, device)
         if self.execution.compile:
-            return torch.compile(self.model)
-        return self.model
+            return torch.compile(module)
+        return module
 
 
 def fit_watermark(model: torch.nn.Module, train: ImageSet, normalization: Normalization,

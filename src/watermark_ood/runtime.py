@@ -15,11 +15,17 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass(frozen=True)
 class ExecutionConfig:
-    """Execution settings. Only ``precision`` changes numerics; it defaults to fp32."""
+    """Execution settings.
+
+    ``precision`` changes numerics (measured in benchmarks/speed.py); ``fuse_bn``
+    folds eval-mode BatchNorm into the preceding convolution, which is exact in
+    real arithmetic and differs only by float rounding.
+    """
 
     device: str = "auto"
     precision: str = "fp32"
     channels_last: bool = True
+    fuse_bn: bool = True
     compile: bool = False
     eval_batch_size: int = 1000
     threads: int | None = None
@@ -64,3 +70,28 @@ def derived_seed(*parts: int) -> int:
 
 def generator(device: torch.device, *parts: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(derived_seed(*parts))
+
+
+def prepare_model(model: torch.nn.Module, execution: ExecutionConfig, device: torch.device) -> torch.nn.Module:
+    """A frozen, eval-mode module for input-gradient work, leaving the caller's model untouched when possible.
+
+    With ``fuse_bn`` the model is traced and copied (torch.fx), BatchNorm is
+    folded into convolutions, and the copy's parameters are frozen. Models that
+    cannot be traced are used as they are.
+    """
+    model.eval()
+    module = model
+    if execution.fuse_bn:
+        try:
+            from torch.fx.experimental.optimization import fuse
+
+            module = fuse(model, inplace=False)
+        except Exception:  # noqa: BLE001 - untraceable models simply skip the optimisation
+            module = model
+    module = module.to(device)
+    if execution.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    if module is not model:
+        for p in module.parameters():
+            p.requires_grad_(False)
+    return module
