@@ -153,3 +153,11 @@ def test_bf16_autocast_runs_and_stays_close(toy_model, toy_train, norm3):
     # Sign updates: each pixel differs by 0 or a multiple of alpha; most must agree.
     agree = (fp32.watermark.tensor - bf16.watermark.tensor).abs() < 1e-6
     assert agree.float().mean() > 0.5
+
+
+def test_max_steps_ends_early_with_the_same_prefix(toy_model, toy_train, norm3):
+    cfg = small_config(epochs=2)
+    short = WatermarkLearner(toy_model, norm3, cfg.replace(epochs=1), CPU).fit(toy_train, progress=False, max_steps=2)
+    capped = WatermarkLearner(toy_model, norm3, cfg, CPU).fit(toy_train, progress=False, max_steps=2)
+    assert short.images_seen == capped.images_seen == 32
+    assert torch.equal(short.watermark.tensor, capped.watermark.tensor)

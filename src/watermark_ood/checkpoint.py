@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from .config import FitConfig
-from .errors import WatermarkOODError
+from .errors import WatermarkOODError, describe
 from .fileio import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -66,9 +65,9 @@ class FitCheckpoint:
             header = json.loads(blob[8: 8 + int.from_bytes(blob[:8], "little")])
             state: dict[str, Any] = json.loads(header["__metadata__"]["state"])
             watermark = tensors["watermark"]
-        except (SafetensorError, ValueError, KeyError, TypeError, OverflowError) as error:
+        except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways
             raise WatermarkOODError(
-                f"{self.path}: unreadable fit checkpoint ({error}); delete it to start the fit afresh"
+                f"{self.path}: unreadable fit checkpoint ({describe(error)}); delete it to start the fit afresh"
             ) from None
         for key, expected in self.identity.items():
             if state.get(key) != expected:

@@ -184,7 +184,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.checkpoint, None, train.images.shape[1], args.mean, args.std,
                        fallback_classes=train.num_classes)
     learner = WatermarkLearner(model.module, model.normalization, config, _execution(args), model.model_id)
-    _install_stop_handler(learner)
     result = learner.fit(train, progress=not args.no_progress, checkpoint_dir=out,
                          checkpoint_every=args.checkpoint_every)
     path = result.watermark.save(out / "watermark.safetensors")
@@ -239,12 +238,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _install_stop_handler(learner) -> None:
+def _install_stop_handler() -> None:
     """SIGINT/SIGTERM: finish the current step, write a checkpoint, then stop (see learner.StopRequested)."""
+    from .learner import STOP
+
+    STOP.clear()
+
     def handler(signum, frame):  # noqa: ARG001
-        if learner.stop_requested:  # a second signal stops at once
+        if STOP.is_set():  # a second signal stops at once
             raise KeyboardInterrupt
-        learner.stop_requested = True
+        STOP.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handler)
@@ -260,11 +263,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     created = out is not None and not out.exists()
     from .learner import StopRequested
 
+    if args.command in ("fit", "bench"):
+        _install_stop_handler()
     try:
         return COMMANDS[args.command](args)
     except StopRequested as stop:
         print(f"watermark-ood: stopped; checkpoint written to {stop.args[0]}. Run the same command again to resume.",
               file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("watermark-ood: interrupted", file=sys.stderr)
         return 130
     except WatermarkOODError as error:
         if args.debug:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import WatermarkOODError
+from .errors import WatermarkOODError, describe
 
 
 @dataclass
@@ -99,8 +98,8 @@ def load_npz(path: str | Path, name: str | None = None, require_labels: bool = F
             y = archive["y"] if "y" in archive.files else None
     except WatermarkOODError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as error:
-        raise WatermarkOODError(f"{path}: not a readable .npz archive ({error})") from None
+    except Exception as error:  # noqa: BLE001 - damaged archives fail in many ways inside numpy/zipfile
+        raise WatermarkOODError(f"{path}: not a readable .npz archive ({describe(error)})") from None
     images = images_from_array(x, str(path))
     if y is None:
         if require_labels:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .data import ImageSet, gaussian_set, images_from_array, load_npz, uniform_set
-from .errors import WatermarkOODError
+from .errors import WatermarkOODError, describe
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 ID_LAYOUTS = (
@@ -57,8 +57,8 @@ def _read_cifar_batch(path: Path) -> dict:
             batch = _ArrayOnlyUnpickler(io.BufferedReader(handle), encoding="latin1").load()
     except FileNotFoundError:
         raise WatermarkOODError(f"{path}: missing CIFAR batch file") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as error:
-        raise WatermarkOODError(f"{path}: not a readable CIFAR batch ({error})") from None
+    except Exception as error:  # noqa: BLE001 - a damaged pickle fails in many ways
+        raise WatermarkOODError(f"{path}: not a readable CIFAR batch ({describe(error)})") from None
     if not isinstance(batch, dict) or "data" not in batch:
         raise WatermarkOODError(f"{path}: a CIFAR batch is a dict with 'data' and labels")
     return batch
@@ -122,7 +122,7 @@ def _image_files(folder: Path) -> list[Path]:
 def load_image_files(files: list[Path], size: int | None, channels: int, name: str,
                      labels: list[int] | None = None) -> ImageSet:
     """Decode images with PIL: shorter side to ``size``, then center crop, as in the paper's OOD sets."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     transform = _image_transform(size, channels)
     tensors = []
@@ -130,8 +130,8 @@ def load_image_files(files: list[Path], size: int | None, channels: int, name: s
         try:
             with Image.open(path) as img:
                 tensors.append(transform(img))
-        except (UnidentifiedImageError, OSError, ValueError) as error:
-            raise WatermarkOODError(f"{path}: not a readable image ({error})") from None
+        except Exception as error:  # noqa: BLE001 - PIL raises many types on damaged files
+            raise WatermarkOODError(f"{path}: not a readable image ({describe(error)})") from None
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) > 1:
         raise WatermarkOODError(f"{name}: images have different sizes {sorted(shapes)[:3]}; give an image size")
@@ -186,8 +186,8 @@ def load_svhn_mat(path: str | Path, name: str | None = None) -> ImageSet:
         raise WatermarkOODError(f"{path}: SVHN file not found (expected test_32x32.mat with X and y)")
     try:
         mat = loadmat(path)
-    except (ValueError, OSError, TypeError, NotImplementedError, IndexError, KeyError) as error:
-        raise WatermarkOODError(f"{path}: not a readable MATLAB file ({error})") from None
+    except Exception as error:  # noqa: BLE001 - scipy raises many types on damaged files
+        raise WatermarkOODError(f"{path}: not a readable MATLAB file ({describe(error)})") from None
     if "X" not in mat:
         raise WatermarkOODError(f"{path}: no 'X' array (expected SVHN's X of shape 32x32x3xN)")
     x = mat["X"]

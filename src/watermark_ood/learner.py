@@ -10,6 +10,7 @@ checkpoint exact.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,9 @@ EpochCallback = Callable[[EpochRecord, torch.Tensor], None]
 
 class StopRequested(Exception):
     """Raised inside the loop when a signal handler asked the fit to stop after a checkpoint."""
+
+
+STOP = threading.Event()  # set by the CLI's SIGINT/SIGTERM handler; every running fit stops after its step
 
 
 class WatermarkLearner:
@@ -134,8 +138,13 @@ class WatermarkLearner:
         progress: bool = True,
         checkpoint_dir: str | Path | None = None,
         checkpoint_every: int = 200,
+        max_steps: int | None = None,
     ) -> FitResult:
-        """Run the schedule on ``train`` (labels required) and return the watermark and its history."""
+        """Run the schedule on ``train`` (labels required) and return the watermark and its history.
+
+        ``max_steps`` ends this call early (for smoke runs and benchmarks); the
+        returned watermark is then the one after that many steps.
+        """
         cfg, exe = self.config, self.execution
         exe.apply_threads()
         device = exe.torch_device()
@@ -202,17 +211,28 @@ class WatermarkLearner:
                         )
                     e = g1 / g1.norm().clamp_min(1e-12)
                     _, g2 = grad_at(w + cfg.rho * e, x, y, noise)
-                    w = cfg.project(w - alpha * torch.sign(g2))
+                    w_next = cfg.project(w - alpha * torch.sign(g2))
+                    if not torch.isfinite(w_next).all():
+                        raise WatermarkOODError(
+                            f"the watermark became NaN/infinite at epoch {epoch + 1}, step {step + 1}; "
+                            "lower alpha/beta/temperatures (the last good checkpoint is kept)"
+                        )
+                    w = w_next
                     loss_sum += loss
                     images_seen += len(index)
                     global_step += 1
                     if progress and (step % 10 == 0 or step == steps - 1):
                         bar.set_postfix(loss=f"{float(loss_sum) / (step - first + 1):.4f}")
-                    if ckpt is not None and (global_step % checkpoint_every == 0 or self.stop_requested):
+                    stopping = self.stop_requested or STOP.is_set()
+                    if ckpt is not None and (global_step % checkpoint_every == 0 or stopping):
                         ckpt.save(w, epoch, step + 1, history, steps)
-                    if self.stop_requested:
+                    if stopping:
                         raise StopRequested(ckpt.path if ckpt else None)
+                    if max_steps is not None and images_seen >= max_steps * cfg.batch_size:
+                        break
                 bar.close()
+                if max_steps is not None and images_seen >= max_steps * cfg.batch_size:
+                    break
                 stats = w.abs()
                 record = EpochRecord(
                     epoch=epoch + 1, loss=float(loss_sum) / max(1, steps - first), alpha=alpha,

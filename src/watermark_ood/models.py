@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 
 from .architectures import SmallCNN, WideResNet, cifar_resnet
-from .errors import WatermarkOODError
+from .errors import WatermarkOODError, describe
 from .preprocessing import CIFAR, IMAGENET, Normalization
 
 Builder = Callable[[int, int], nn.Module]  # (num_classes, in_channels) -> module
@@ -109,19 +108,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
         try:
             state: Any = load_file(str(path))
-        except Exception as error:  # safetensors raises several types
-            raise WatermarkOODError(f"{path}: not a readable safetensors checkpoint ({error})") from None
+        except Exception as error:  # noqa: BLE001 - safetensors raises several types
+            raise WatermarkOODError(f"{path}: not a readable safetensors checkpoint ({describe(error)})") from None
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
-            first = str(error).splitlines()[0] if str(error) else "unsupported content"
             raise WatermarkOODError(
                 f"{path}: refused to load: the checkpoint contains objects other than tensors "
-                f"(weights_only=True): {first}"
+                f"(weights_only=True): {describe(error)}"
             ) from None
-        except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
-            raise WatermarkOODError(f"{path}: not a readable PyTorch checkpoint ({str(error).splitlines()[0]})") from None
+        except Exception as error:  # noqa: BLE001 - a damaged file can fail in many ways inside torch.load
+            raise WatermarkOODError(f"{path}: not a readable PyTorch checkpoint ({describe(error)})") from None
     if isinstance(state, dict):
         for key in STATE_DICT_KEYS:
             if isinstance(state.get(key), dict):
@@ -191,7 +189,9 @@ def load_model(
             f"the model predicts {num_classes} classes but the ID data has {fallback_classes}; "
             "check --model/--checkpoint against --id-data"
         )
-    model, normalization = build_model(name, num_classes, in_channels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # without a checkpoint the random weights are at least reproducible
+        model, normalization = build_model(name, num_classes, in_channels)
     if state is not None:
         load_weights(model, state, str(checkpoint))
     if (mean is None) != (std is None):

@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from .errors import WatermarkOODError
+from .errors import WatermarkOODError, describe
 from .fileio import atomic_write_bytes, atomic_write_json
 
 TENSOR_KEY = "watermark"
@@ -79,15 +78,19 @@ class Watermark:
             tensors = load_safetensors_bytes(blob)
             header_len = int.from_bytes(blob[:8], "little")
             header = json.loads(blob[8 : 8 + header_len])
-        except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError) as error:
-            raise WatermarkOODError(f"{path}: not a valid safetensors watermark file ({error})") from None
+        except Exception as error:  # noqa: BLE001 - safetensors/json raise several types on damaged files
+            raise WatermarkOODError(f"{path}: not a valid safetensors watermark file ({describe(error)})") from None
         if TENSOR_KEY not in tensors:
             raise WatermarkOODError(f"{path}: no tensor named {TENSOR_KEY!r} (found: {', '.join(tensors) or 'none'})")
         try:
             metadata = json.loads(header.get("__metadata__", {}).get(METADATA_KEY, "{}"))
-        except (json.JSONDecodeError, AttributeError) as error:
+        except (json.JSONDecodeError, AttributeError, TypeError) as error:
             raise WatermarkOODError(f"{path}: corrupted watermark metadata ({error})") from None
+        if not isinstance(metadata, dict):
+            raise WatermarkOODError(f"{path}: watermark metadata must be a JSON object")
         tensor = tensors[TENSOR_KEY]
+        if tensor.ndim != 4 or tensor.shape[0] != 1:
+            raise WatermarkOODError(f"{path}: a watermark has shape (1, C, H, W), got {tuple(tensor.shape)}")
         if expected_shape is not None and tuple(tensor.shape[-3:]) != tuple(expected_shape[-3:]):
             raise WatermarkOODError(
                 f"{path}: watermark has shape {tuple(tensor.shape)}, but the model's inputs are {tuple(expected_shape)}"
