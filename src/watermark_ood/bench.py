@@ -45,6 +45,8 @@ class BenchConfig:
 
 
 def fit_config_for(preset: str, objective: str, overrides: dict[str, Any]) -> FitConfig:
+    if preset == "auto":  # the search starts from the paper's CIFAR-10 preset; checked here for bad overrides
+        return get_preset("cifar10", objective).config(**overrides)
     return get_preset(preset, objective).config(**overrides)
 
 
@@ -75,26 +77,33 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, log: Callable[[str], 
     runs = []
     for objective in cfg.objectives:
         config = fit_config_for(cfg.preset, objective, cfg.overrides)
+        request = {"preset": cfg.preset, "overrides": cfg.overrides, "objective": objective}
         run_file = out / "runs" / f"{objective}.json"
         if run_file.is_file():
             run = json.loads(run_file.read_text())
-            if run.get("hyperparameters") == config.hyperparameters():
+            if run.get("request") == request:
                 log(f"{objective}: finished earlier, reusing {run_file}")
                 runs.append(run)
                 continue
-        learner = WatermarkLearner(model.module, model.normalization, config, cfg.execution, model.model_id)
-        log(f"{objective}: fitting on {min(len(train), config.train_limit or len(train))} images, "
-            f"{config.epochs} epochs")
-        result = learner.fit(train, progress=progress, checkpoint_dir=out / f"fit-{objective}",
-                             checkpoint_every=cfg.checkpoint_every)
+        extra: dict[str, Any] = {}
+        if cfg.preset == "auto":
+            result, fit_seconds, images, hyperparameters, extra["auto"] = _auto(cfg, model, train, objective,
+                                                                               config, progress, log)
+        else:
+            learner = WatermarkLearner(model.module, model.normalization, config, cfg.execution, model.model_id)
+            log(f"{objective}: fitting on {min(len(train), config.train_limit or len(train))} images, "
+                f"{config.epochs} epochs")
+            result = learner.fit(train, progress=progress, checkpoint_dir=out / f"fit-{objective}",
+                                 checkpoint_every=cfg.checkpoint_every)
+            fit_seconds = sum(r.seconds for r in result.history)
+            images = min(len(train), config.train_limit or len(train)) * config.epochs
+            hyperparameters = config.hyperparameters()
         evaluation = evaluate(model.module, model.normalization, test, sets, result.watermark, cfg.execution,
                               protocol=False, baseline=baseline, progress=progress)
         score = score_for_objective(objective)
-        fit_seconds = sum(r.seconds for r in result.history)
         run = build_run(
-            objective, score, config.hyperparameters(), evaluation, fit_seconds,
-            (len(train) if config.train_limit is None else min(config.train_limit, len(train))) * config.epochs
-            / max(fit_seconds, 1e-9),
+            objective, score, hyperparameters, evaluation, fit_seconds, images / max(fit_seconds, 1e-9),
+            request=request, preset=cfg.preset, **extra,
             model=model.model_id, id_data=str(cfg.id_data), ood_data=[str(s) for s in cfg.ood_data],
             num_id_test=len(test), num_ood={s.name: len(s) for s in sets}, device=str(cfg.execution.torch_device()),
             precision=cfg.execution.precision, watermark_stats=result.watermark.stats(),
@@ -105,7 +114,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, log: Callable[[str], 
         plot_watermark(result.watermark.tensor, out / f"watermark-{objective}.png", f"{objective} watermark")
         plot_histograms(evaluation, score, out / f"hist-{objective}.png")
         plot_roc(evaluation, score, out / f"roc-{objective}.png")
-        if result.history:
+        if run["history"]:
             plot_history(run["history"], out / f"history-{objective}.png")
         atomic_write_json(run_file, run)
         log(format_terminal_table(run))
@@ -116,3 +125,22 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, log: Callable[[str], 
               for kind in ("watermark", "hist", "roc")]
     write_report(out / "report.md", runs, f"watermark-ood bench: {model.model_id}", images=images)
     return {"runs": runs}
+
+
+def _auto(cfg: BenchConfig, model: LoadedModel, train: ImageSet, objective: str, config: FitConfig, progress: bool,
+          log: Callable[[str], None]):
+    """``--preset auto``: search on the ID training data only, then the final fit (see :mod:`tuning`)."""
+    from types import SimpleNamespace
+
+    from .tuning import AutoSettings, auto_fit
+
+    settings = AutoSettings(epochs=config.epochs, train_limit=config.train_limit, seed=config.seed,
+                            batch_size=config.batch_size)
+    log(f"{objective}: --preset auto, searching with the ID training data only")
+    auto = auto_fit(model.module, model.normalization, train, objective, settings, cfg.execution,
+                    model_id=model.model_id, progress=progress, log=log)
+    seconds = auto.search_seconds + auto.final_seconds
+    hyperparameters = (auto.config.hyperparameters() if auto.config is not None
+                       else {"zero_watermark": True, "objective": objective})
+    result = SimpleNamespace(watermark=auto.watermark, history=[])
+    return result, seconds, auto.final_images, hyperparameters, auto.summary()

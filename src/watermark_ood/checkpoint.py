@@ -32,6 +32,8 @@ class CheckpointState:
     epoch: int
     step: int
     history: list["EpochRecord"]
+    best: dict[str, Any] | None = None
+    validation: list[dict[str, Any]] | None = None
 
 
 class FitCheckpoint:
@@ -48,12 +50,18 @@ class FitCheckpoint:
     def exists(self) -> bool:
         return self.path.is_file()
 
-    def save(self, w: torch.Tensor, epoch: int, step: int, history: list["EpochRecord"], steps_per_epoch: int) -> None:
+    def save(self, w: torch.Tensor, epoch: int, step: int, history: list["EpochRecord"], steps_per_epoch: int,
+             best: dict[str, Any] | None = None, validation: list[dict[str, Any]] | None = None) -> None:
+        """Position, history, and the best validated watermark so far (when validating)."""
         if step >= steps_per_epoch:
             epoch, step = epoch + 1, 0
-        state = {**self.identity, "epoch": epoch, "step": step, "history": [r.to_dict() for r in history]}
-        blob = save_bytes({"watermark": w.detach().to("cpu", torch.float32).contiguous()},
-                          metadata={"state": json.dumps(state)})
+        state = {**self.identity, "epoch": epoch, "step": step, "history": [r.to_dict() for r in history],
+                 "validation": validation or []}
+        tensors = {"watermark": w.detach().to("cpu", torch.float32).contiguous()}
+        if best is not None:
+            state["best"] = {"step": best["step"], "key": list(best["key"])}
+            tensors["best"] = best["watermark"].to(torch.float32).contiguous()
+        blob = save_bytes(tensors, metadata={"state": json.dumps(state)})
         atomic_write_bytes(self.path, blob)
 
     def load(self) -> CheckpointState:
@@ -78,7 +86,11 @@ class FitCheckpoint:
         if not torch.isfinite(watermark).all():
             raise WatermarkOODError(f"{self.path}: checkpoint watermark contains NaN or infinite values")
         history = [EpochRecord(**r) for r in state["history"]]
-        return CheckpointState(watermark, int(state["epoch"]), int(state["step"]), history)
+        best = None
+        if "best" in state and "best" in tensors:
+            best = {**state["best"], "watermark": tensors["best"]}
+        return CheckpointState(watermark, int(state["epoch"]), int(state["step"]), history, best,
+                               state.get("validation", []))
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -28,7 +28,7 @@ EPILOG = """examples:
 """
 
 FIT_OVERRIDES = ("sigma", "rho", "beta", "t_in", "t_out", "alpha", "epochs", "batch_size", "train_limit", "seed",
-                 "linf_budget", "l2_budget")
+                 "linf_budget", "l2_budget", "schedule", "noise_scale")
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -67,7 +67,8 @@ def _add_fit(p: argparse.ArgumentParser, multi_objective: bool) -> None:
     else:
         g.add_argument("--objective", default="msp", choices=["msp", "energy"], help="training objective [msp]")
     g.add_argument("--preset", default="cifar10",
-                   help=f"hyperparameter preset: cifar10, cifar100, or a full name ({', '.join(PRESETS)}) [cifar10]")
+                   help=f"hyperparameter preset: cifar10, cifar100, a full name ({', '.join(PRESETS)}), or auto "
+                        "(search on a held-out split of the ID training data; no OOD data is read) [cifar10]")
     g.add_argument("--epochs", type=int, help="epochs over the ID training data [50]")
     g.add_argument("--train-limit", type=int, help="fit on a seeded random subset of this many ID training images")
     g.add_argument("--batch-size", type=int, help="ID images per step; as many noise images are added [128]")
@@ -79,6 +80,10 @@ def _add_fit(p: argparse.ArgumentParser, multi_objective: bool) -> None:
     g.add_argument("--t-out", type=float, help="energy objective: outlier temperature")
     g.add_argument("--linf-budget", type=float, help="clip the watermark to [-B, B] after each step (not in the paper)")
     g.add_argument("--l2-budget", type=float, help="project the watermark onto an L2 ball (not in the paper)")
+    g.add_argument("--schedule", choices=["step", "cosine"],
+                   help="step size schedule: step (the paper: /10 half-way) or cosine (per step, for short runs)")
+    g.add_argument("--noise-scale", choices=["absolute", "data"],
+                   help="sigma in normalized units (the paper) or relative to the data's per-channel std")
     g.add_argument("--seed", type=int, default=0, help="seed for data order, flips and noise [0]")
     g.add_argument("--checkpoint-every", type=int, default=200, help="steps between fit checkpoints [200]")
 

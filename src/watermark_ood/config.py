@@ -37,6 +37,8 @@ class FitConfig:
     seed: int = 0
     linf_budget: float | None = None
     l2_budget: float | None = None
+    schedule: str = "step"
+    noise_scale: str = "absolute"
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -49,6 +51,10 @@ class FitConfig:
             value = getattr(self, name)
             if not value >= 0:  # also rejects NaN
                 raise WatermarkOODError(f"{name} must be a non-negative number, got {value}")
+        if self.schedule not in ("step", "cosine"):
+            raise WatermarkOODError(f"schedule must be 'step' (the paper) or 'cosine', got {self.schedule!r}")
+        if self.noise_scale not in ("absolute", "data"):
+            raise WatermarkOODError(f"noise_scale must be 'absolute' (the paper) or 'data', got {self.noise_scale!r}")
         for name in ("linf_budget", "l2_budget"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -71,6 +77,18 @@ class FitConfig:
                 alpha *= self.lr_decay_factor
         return alpha
 
+    def alpha_at_step(self, epoch: int, step: int, steps_per_epoch: int) -> float:
+        """Step size of one update: the paper's epoch milestones, or a per-step cosine decay to zero.
+
+        The cosine schedule suits short runs, where the paper's milestone at
+        half of 50 epochs would never be reached.
+        """
+        if self.schedule == "step":
+            return self.alpha_at(epoch)
+        total = max(1, self.epochs * steps_per_epoch)
+        t = epoch * steps_per_epoch + step
+        return self.alpha * 0.5 * (1.0 + math.cos(math.pi * t / total))
+
     def hyperparameters(self) -> dict[str, Any]:
         """The objective's hyperparameters plus the schedule, for results.json."""
         data = dataclasses.asdict(self)
@@ -80,6 +98,9 @@ class FitConfig:
             data.pop("t_out")
         for name in ("linf_budget", "l2_budget"):
             if data[name] is None:
+                data.pop(name)
+        for name, paper in (("schedule", "step"), ("noise_scale", "absolute")):
+            if data[name] == paper:  # keep results.json of paper runs unchanged
                 data.pop(name)
         return data
 

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -30,6 +30,8 @@ from .watermark import Watermark
 
 PERMUTATION_TAG = 0x5EED
 SUBSET_TAG = 0x5B5E7
+
+STOP = threading.Event()  # set by the CLI's SIGINT/SIGTERM handler; every running fit stops after its step
 
 
 @dataclass
@@ -49,6 +51,12 @@ class EpochRecord:
         return dict(self.__dict__)
 
 
+class ValidationFn(Protocol):
+    """Scores a candidate watermark on held-out ID data; lower ``key`` is better."""
+
+    def __call__(self, w: torch.Tensor) -> Any: ...
+
+
 @dataclass
 class FitResult:
     watermark: Watermark
@@ -56,6 +64,8 @@ class FitResult:
     fit_seconds: float = 0.0
     images_seen: int = 0
     resumed_from_step: int = 0
+    selected_step: int | None = None
+    validation: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -69,7 +79,10 @@ class StopRequested(Exception):
     """Raised inside the loop when a signal handler asked the fit to stop after a checkpoint."""
 
 
-STOP = threading.Event()  # set by the CLI's SIGINT/SIGTERM handler; every running fit stops after its step
+def data_channel_std(images: torch.Tensor, normalization: Normalization, limit: int = 10000) -> torch.Tensor:
+    """Per-channel std of the normalized data (on at most ``limit`` images), shape (1, C, 1, 1)."""
+    x = normalization(images[:limit])
+    return x.transpose(0, 1).flatten(1).std(dim=1).view(1, -1, 1, 1)
 
 
 class WatermarkLearner:
@@ -93,6 +106,7 @@ class WatermarkLearner:
         self.execution = execution or ExecutionConfig()
         self.model_id = model_id
         self.stop_requested = False
+        self.noise_std: torch.Tensor | float = self.config.sigma
 
     # ------------------------------------------------------------------ helpers
     def training_subset(self, train: ImageSet) -> ImageSet:
@@ -127,7 +141,7 @@ class WatermarkLearner:
         if self.config.hflip:
             flip = torch.rand(len(index), generator=rng, device=device) < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
-        noise = torch.randn(x.shape, generator=rng, device=device) * self.config.sigma
+        noise = torch.randn(x.shape, generator=rng, device=device) * self.noise_std
         return x, y, noise
 
     # --------------------------------------------------------------------- fit
@@ -139,11 +153,15 @@ class WatermarkLearner:
         checkpoint_dir: str | Path | None = None,
         checkpoint_every: int = 200,
         max_steps: int | None = None,
+        validator: ValidationFn | None = None,
+        validate_every: int | None = None,
     ) -> FitResult:
         """Run the schedule on ``train`` (labels required) and return the watermark and its history.
 
-        ``max_steps`` ends this call early (for smoke runs and benchmarks); the
-        returned watermark is then the one after that many steps.
+        ``max_steps`` ends this call early (for smoke runs and benchmarks).
+        With a ``validator`` the watermark is scored on held-out data at the
+        start, every ``validate_every`` steps (default: each epoch) and at the
+        end, and the best one is returned (validation-based best-step selection).
         """
         cfg, exe = self.config, self.execution
         exe.apply_threads()
@@ -157,14 +175,31 @@ class WatermarkLearner:
         n, steps = len(train), self.steps_per_epoch(len(train))
         if steps == 0:
             raise WatermarkOODError(f"{n} training images is fewer than one batch of {cfg.batch_size} with drop_last")
+        self.noise_std = cfg.sigma
+        if cfg.noise_scale == "data":
+            self.noise_std = cfg.sigma * data_channel_std(train.images, self.normalization).to(device)
+        validate_every = validate_every or steps
 
         ckpt = FitCheckpoint(checkpoint_dir, cfg, image_shape, n) if checkpoint_dir is not None else None
         start_epoch, start_step, history = 0, 0, []
         w = torch.zeros((1, *image_shape), device=device)
+        best: dict[str, Any] | None = None
+        validation: list[dict[str, Any]] = []
         if ckpt is not None and ckpt.exists():
             state = ckpt.load()
             w = state.watermark.to(device)
             start_epoch, start_step, history = state.epoch, state.step, state.history
+            best, validation = state.best, state.validation
+
+        def validate(point: torch.Tensor, at_step: int) -> None:
+            nonlocal best
+            if validator is None or any(v["step"] == at_step for v in validation):
+                return
+            outcome = validator(point.detach().cpu())
+            record = {"step": at_step, **outcome.to_dict()}
+            validation.append(record)
+            if best is None or outcome.key < tuple(best["key"]):
+                best = {"step": at_step, "key": list(outcome.key), "watermark": point.detach().cpu().clone()}
 
         forward = self._prepare_model(device)
         flags = [p.requires_grad for p in self.model.parameters()]
@@ -189,9 +224,9 @@ class WatermarkLearner:
 
         t0, images_seen = time.perf_counter(), 0
         global_step = start_epoch * steps + start_step
+        validate(w, global_step)
         try:
             for epoch in range(start_epoch, cfg.epochs):
-                alpha = cfg.alpha_at(epoch)
                 order = torch.randperm(n, generator=generator(torch.device("cpu"), cfg.seed, PERMUTATION_TAG, epoch))
                 order = order.to(device)
                 first = start_step if epoch == start_epoch else 0
@@ -200,6 +235,7 @@ class WatermarkLearner:
                 bar = tqdm(range(first, steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
                            leave=False, unit="step", initial=first, total=steps)
                 for step in bar:
+                    alpha = cfg.alpha_at_step(epoch, step, steps)
                     rng = generator(device, cfg.seed, epoch, step)
                     index = order[step * cfg.batch_size: (step + 1) * cfg.batch_size]
                     x, y, noise = self.batch(images, labels, index, rng, device)
@@ -223,25 +259,29 @@ class WatermarkLearner:
                     global_step += 1
                     if progress and (step % 10 == 0 or step == steps - 1):
                         bar.set_postfix(loss=f"{float(loss_sum) / (step - first + 1):.4f}")
+                    if global_step % validate_every == 0:
+                        validate(w, global_step)
                     stopping = self.stop_requested or STOP.is_set()
                     if ckpt is not None and (global_step % checkpoint_every == 0 or stopping):
-                        ckpt.save(w, epoch, step + 1, history, steps)
+                        ckpt.save(w, epoch, step + 1, history, steps, best, validation)
                     if stopping:
                         raise StopRequested(ckpt.path if ckpt else None)
                     if max_steps is not None and images_seen >= max_steps * cfg.batch_size:
                         break
                 bar.close()
-                if max_steps is not None and images_seen >= max_steps * cfg.batch_size:
-                    break
                 stats = w.abs()
                 record = EpochRecord(
-                    epoch=epoch + 1, loss=float(loss_sum) / max(1, steps - first), alpha=alpha,
+                    epoch=epoch + 1, loss=float(loss_sum) / max(1, steps - first),
+                    alpha=cfg.alpha_at_step(epoch, steps - 1, steps),
                     max_abs=float(stats.max()), mean_abs=float(stats.mean()), l2=float(w.norm()),
                     seconds=time.perf_counter() - epoch_t0, steps=steps - first,
                 )
+                if max_steps is not None and images_seen >= max_steps * cfg.batch_size:
+                    break
                 history.append(record)
+                validate(w, global_step)
                 if ckpt is not None:
-                    ckpt.save(w, epoch + 1, 0, history, steps)
+                    ckpt.save(w, epoch + 1, 0, history, steps, best, validation)
                 if callback is not None:
                     callback(record, w.detach().cpu())
         finally:
@@ -250,9 +290,15 @@ class WatermarkLearner:
             self.model.train(was_training)
 
         seconds = time.perf_counter() - t0
+        selected = None
+        if best is not None:
+            w, selected = best["watermark"], best["step"]
         watermark = Watermark(w, self.metadata(image_shape))
         watermark.metadata["history"] = [r.to_dict() for r in history]
-        return FitResult(watermark, history, seconds, images_seen, start_epoch * steps + start_step)
+        if selected is not None:
+            watermark.metadata["selected_step"] = selected
+        return FitResult(watermark, history, seconds, images_seen, start_epoch * steps + start_step,
+                         selected, validation)
 
     def _prepare_model(self, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
         module = prepare_model(self.model, self.execution, device)

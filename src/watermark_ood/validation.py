@@ -1,0 +1,106 @@
+"""Validation without OOD data: a held-out ID split and outliers synthesized from it.
+
+The synthetic outliers are deliberately of a different kind than the Gaussian
+training surrogates, so that selecting on them rewards watermarks that
+generalise beyond the training noise: patch-shuffled images (local statistics
+kept, global structure destroyed), images rotated by 90 degrees (natural
+statistics, unfamiliar semantics) and low-frequency colour noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import ImageSet
+from .metrics import auroc, fpr_at_tpr
+from .preprocessing import Normalization
+from .runtime import ExecutionConfig, generator
+from .scores import get_score
+from .watermark import Watermark
+
+OUTLIER_KINDS = ("patch-shuffle", "rotate90", "low-frequency-noise")
+
+
+def patch_shuffle(images: torch.Tensor, grid: int, rng: torch.Generator) -> torch.Tensor:
+    n, c, h, w = images.shape
+    ph, pw = h // grid, w // grid
+    x = images[:, :, : ph * grid, : pw * grid].reshape(n, c, grid, ph, grid, pw)
+    x = x.permute(0, 2, 4, 1, 3, 5).reshape(n, grid * grid, c, ph, pw)
+    order = torch.stack([torch.randperm(grid * grid, generator=rng) for _ in range(n)])
+    x = x[torch.arange(n)[:, None], order]
+    x = x.reshape(n, grid, grid, c, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(n, c, ph * grid, pw * grid)
+    out = images.clone()
+    out[:, :, : ph * grid, : pw * grid] = x
+    return out
+
+
+def low_frequency_noise(n: int, shape: tuple[int, int, int], rng: torch.Generator) -> torch.Tensor:
+    c, h, w = shape
+    coarse = torch.rand((n, c, max(2, h // 8), max(2, w // 8)), generator=rng)
+    return (F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1) * 255).round().to(
+        torch.uint8)
+
+
+def synthesize_outliers(source: ImageSet, seed: int) -> ImageSet:
+    """Equal shares of the three outlier kinds, built from ``source`` (ID validation images)."""
+    rng = generator(torch.device("cpu"), seed, 0x0D7)
+    parts = np.array_split(np.arange(len(source)), len(OUTLIER_KINDS))
+    images = source.images
+    out = [
+        patch_shuffle(images[parts[0]], 4, rng),
+        torch.rot90(images[parts[1]], 1, dims=(2, 3)) if images.shape[2] == images.shape[3]
+        else images[parts[1]].flip(2),
+        low_frequency_noise(len(parts[2]), source.image_shape, rng),
+    ]
+    return ImageSet(torch.cat(out), torch.full((len(source),), -1), "synthetic-validation-outliers")
+
+
+@dataclass
+class ValidationOutcome:
+    fpr95: float
+    auroc: float
+    accuracy: float
+    accuracy_drop: float
+    admissible: bool
+
+    @property
+    def key(self) -> tuple[float, float, float]:
+        """Sort key, lower is better: admissible first, then FPR95, then AUROC."""
+        return (0.0 if self.admissible else 1.0, self.fpr95, -self.auroc)
+
+    def to_dict(self) -> dict[str, float | bool]:
+        return dict(fpr95=self.fpr95, auroc=self.auroc, accuracy=self.accuracy, accuracy_drop=self.accuracy_drop,
+                    admissible=self.admissible)
+
+
+class Validator:
+    """Scores a watermark on the ID validation split vs synthetic outliers, with an accuracy constraint."""
+
+    def __init__(self, model: torch.nn.Module, normalization: Normalization, val_id: ImageSet, score: str,
+                 execution: ExecutionConfig | None = None, max_accuracy_drop: float = 0.01, seed: int = 0) -> None:
+        self.model, self.normalization, self.val_id = model, normalization, val_id
+        self.outliers = synthesize_outliers(val_id, seed)
+        self.score = get_score(score)
+        self.execution = execution or ExecutionConfig()
+        self.max_accuracy_drop = max_accuracy_drop
+        self.calls = 0
+        self.baseline_accuracy: float | None = None
+        self.baseline = self(torch.zeros((1, *val_id.image_shape)))  # the zero watermark
+        self.baseline_accuracy = self.baseline.accuracy
+
+    def __call__(self, w: torch.Tensor) -> ValidationOutcome:
+        from .evaluation import predict_logits
+
+        self.calls += 1
+        mark = Watermark(w)
+        id_logits = predict_logits(self.model, self.val_id, self.normalization, mark, self.execution)
+        out_logits = predict_logits(self.model, self.outliers, self.normalization, mark, self.execution)
+        s_id, s_out = self.score(id_logits).numpy(), self.score(out_logits).numpy()
+        accuracy = float((id_logits.argmax(1) == self.val_id.labels).float().mean())
+        drop = 0.0 if self.baseline_accuracy is None else self.baseline_accuracy - accuracy
+        return ValidationOutcome(fpr_at_tpr(s_id, s_out), auroc(s_id, s_out), accuracy, drop,
+                                 drop <= self.max_accuracy_drop + 1e-12)

@@ -1,0 +1,69 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_images, write_npz_dataset
+from watermark_ood.cli import main
+from watermark_ood.config import get_preset
+from watermark_ood.runtime import ExecutionConfig
+from watermark_ood.tuning import AutoSettings, auto_fit, candidate_configs
+from watermark_ood.validation import Validator, patch_shuffle, synthesize_outliers
+
+
+def test_patch_shuffle_keeps_pixels_and_moves_patches():
+    images = make_images(4, size=8).images
+    shuffled = patch_shuffle(images, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(shuffled.flatten(1).sort(1).values, images.flatten(1).sort(1).values)
+    assert not torch.equal(shuffled, images)
+
+
+def test_synthetic_outliers_are_seeded_and_unlabelled():
+    source = make_images(30, size=8)
+    a, b = synthesize_outliers(source, 1), synthesize_outliers(source, 1)
+    assert torch.equal(a.images, b.images) and len(a) == 30 and (a.labels == -1).all()
+
+
+def test_candidates_include_the_preset_and_stabilized_variants():
+    base = get_preset("cifar10", "energy").config()
+    configs = candidate_configs(base)
+    assert configs[0] == base
+    assert all(c.linf_budget is not None and c.schedule == "cosine" for c in configs[1:])
+    assert len({c for c in configs}) == len(configs)
+
+
+def test_validator_accuracy_constraint(toy_model, toy_test, norm3):
+    validator = Validator(toy_model, norm3, toy_test, "msp", ExecutionConfig(device="cpu"), max_accuracy_drop=0.01)
+    assert validator.baseline.accuracy_drop == 0 and validator.baseline.admissible
+    big = validator(torch.full((1, 3, 8, 8), 50.0))
+    assert big.accuracy_drop >= 0 and big.key >= (0.0,)
+
+
+def test_auto_fit_is_budgeted_and_reads_only_training_data(toy_model, toy_train, norm3):
+    settings = AutoSettings(epochs=2, batch_size=16, seed=0, validation_fraction=0.25)
+    result = auto_fit(toy_model, norm3, toy_train, "msp", settings, ExecutionConfig(device="cpu"))
+    assert result.trials and all(t["steps"] >= 3 for t in result.trials)
+    rounds = {t["round"] for t in result.trials}
+    assert [sum(t["round"] == r for t in result.trials) for r in sorted(rounds)] == [8, 4, 2][: len(rounds)]
+    assert result.watermark.tensor.shape == (1, 3, 8, 8)
+    if result.zero_kept:
+        assert torch.count_nonzero(result.watermark.tensor) == 0
+    else:
+        assert result.chosen_validation["fpr95"] < result.baseline_validation["fpr95"]
+
+
+def test_auto_choice_does_not_depend_on_the_ood_sets(tmp_path):
+    data = write_npz_dataset(tmp_path / "toy", n_train=96, n_test=30)
+    np.savez(tmp_path / "a.npz", x=np.random.default_rng(0).integers(0, 256, (30, 8, 8, 3), dtype=np.uint8))
+    np.savez(tmp_path / "b.npz", x=np.full((30, 8, 8, 3), 200, np.uint8))
+    chosen = []
+    for name, ood in (("one", ["synthetic:uniform", str(tmp_path / "a.npz")]), ("two", [str(tmp_path / "b.npz")])):
+        out = tmp_path / name
+        assert main(["bench", "--model", "small_cnn", "--device", "cpu", "--no-progress", "--preset", "auto",
+                     "--objective", "energy", "--epochs", "2", "--batch-size", "16", "--id-data", str(data),
+                     "--ood-data", *ood, "--out", str(out)]) == 0
+        run = json.loads((out / "results.json").read_text())["runs"][0]
+        assert run["preset"] == "auto" and "trials" in run["auto"]
+        chosen.append((run["hyperparameters"], run["auto"]["trials"], run["auto"]["validation_chosen"]))
+    assert chosen[0] == chosen[1]
