@@ -41,6 +41,7 @@ class BenchConfig:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     checkpoint_every: int = 200
+    image_size: int | None = None
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
 
@@ -52,7 +53,7 @@ def fit_config_for(preset: str, objective: str, overrides: dict[str, Any]) -> Fi
 
 def load_inputs(cfg: BenchConfig) -> tuple[LoadedModel, ImageSet, ImageSet, list[ImageSet]]:
     """Everything is read and checked before anything is written."""
-    train, test = load_id_data(cfg.id_data)
+    train, test = load_id_data(cfg.id_data, cfg.image_size)
     model = load_model(cfg.model, cfg.checkpoint, None, train.images.shape[1], cfg.mean, cfg.std,
                        fallback_classes=train.num_classes)
     model.normalization.check_channels(train.images.shape[1])

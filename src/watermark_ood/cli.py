@@ -7,6 +7,7 @@ shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import sys
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "watermark.png to --out. Re-running the same command resumes.")
     _add_model(fit)
     fit.add_argument("--id-data", required=True, help="ID data folder (train.npz/test.npz, CIFAR or ImageFolder)")
+    fit.add_argument("--image-size", type=int, help="resize ImageFolder images (shorter side, then center crop)")
     fit.add_argument("--out", required=True, help="output folder")
     _add_fit(fit, multi_objective=False)
     _add_runtime(fit)
@@ -121,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(ev)
     ev.add_argument("--watermark", required=True, help="a .safetensors watermark written by fit or bench")
     ev.add_argument("--id-data", required=True, help="ID data folder; its test split is evaluated")
+    ev.add_argument("--image-size", type=int, help="resize ImageFolder images (shorter side, then center crop)")
     ev.add_argument("--ood-data", nargs="+", required=True,
                     help="OOD sets: image folders, SVHN .mat, .npz, synthetic:gaussian, synthetic:uniform")
     ev.add_argument("--score", choices=["msp", "energy", "maxlogit"],
@@ -137,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "same command resumes an interrupted run.")
     _add_model(bench)
     bench.add_argument("--id-data", required=True, help="ID data folder (train.npz/test.npz, CIFAR or ImageFolder)")
+    bench.add_argument("--image-size", type=int, help="resize ImageFolder images (shorter side, then center crop)")
     bench.add_argument("--ood-data", nargs="+", required=True,
                        help="OOD sets: image folders, SVHN .mat, .npz, synthetic:gaussian, synthetic:uniform")
     bench.add_argument("--all-ood", action="store_true",
@@ -185,7 +189,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     out = _check_out(args.out)
     config = fit_config_for(args.preset, args.objective, _overrides(args))
-    train, _ = load_id_data(args.id_data)
+    train, _ = load_id_data(args.id_data, args.image_size)
     model = load_model(args.model, args.checkpoint, None, train.images.shape[1], args.mean, args.std,
                        fallback_classes=train.num_classes)
     learner = WatermarkLearner(model.module, model.normalization, config, _execution(args), model.model_id)
@@ -209,7 +213,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .watermark import Watermark
 
     out = _check_out(args.out)
-    _, test = load_id_data(args.id_data)
+    _, test = load_id_data(args.id_data, args.image_size)
     watermark = Watermark.load(args.watermark, expected_shape=test.image_shape)
     model = load_model(args.model, args.checkpoint, None, test.images.shape[1], args.mean, args.std,
                        fallback_classes=test.num_classes)
@@ -236,7 +240,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         model=args.model, checkpoint=args.checkpoint, id_data=args.id_data, ood_data=args.ood_data,
         out=str(_check_out(args.out)), objectives=args.objective, preset=args.preset, overrides=_overrides(args),
         protocol=not args.all_ood, mean=args.mean, std=args.std, checkpoint_every=args.checkpoint_every,
-        execution=_execution(args),
+        execution=_execution(args), image_size=args.image_size,
     )
     run_benchmark(cfg, progress=not args.no_progress)
     print(f"wrote {cfg.out}/results.json and {cfg.out}/report.md")
@@ -270,6 +274,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command in ("fit", "bench"):
         _install_stop_handler()
+    from . import distributed
+
+    if distributed.launched_by_torchrun() and hasattr(args, "device"):
+        args.device = distributed.init_from_environment(args.device)
+        if not distributed.is_main_process():
+            args.no_progress = True
+            sys.stdout = open(os.devnull, "w")  # one voice: rank 0 prints, every rank computes
     try:
         return COMMANDS[args.command](args)
     except StopRequested as stop:
@@ -286,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(out, ignore_errors=True)
         print(f"watermark-ood: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

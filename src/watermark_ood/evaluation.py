@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import ImageSet
 from .errors import WatermarkOODError
 from .metrics import mean_metrics, ood_metrics
@@ -37,16 +38,26 @@ def predict_logits(
 
 
 def _predict(model, images, normalization, watermark, execution, device, progress) -> torch.Tensor:
+    """Under torchrun each rank scores a contiguous shard of the set; the logits are gathered in order."""
+    part, total = distributed.shard(torch.arange(len(images)))
+    local = _predict_rows(model, images.images[part], images.name, normalization, watermark, execution, device,
+                          progress and distributed.is_main_process())
+    return distributed.gather_rows(local, total)
+
+
+def _predict_rows(model, pixels, name, normalization, watermark, execution, device, progress) -> torch.Tensor:
     w = watermark.tensor.to(device) if watermark is not None else None
-    if w is not None and tuple(w.shape[1:]) != images.image_shape:
+    if w is not None and tuple(w.shape[1:]) != tuple(pixels.shape[1:]):
         raise WatermarkOODError(
-            f"{images.name}: images of shape {images.image_shape} do not match the watermark's {tuple(w.shape[1:])}"
+            f"{name}: images of shape {tuple(pixels.shape[1:])} do not match the watermark's {tuple(w.shape[1:])}"
         )
-    out = []
     size = execution.eval_batch_size
-    for start in tqdm(range(0, len(images), size), desc=f"scoring {images.name}", disable=not progress,
-                      leave=False, unit="batch"):
-        x = normalization(images.images[start:start + size].to(device))
+    batches = [pixels[start:start + size] for start in range(0, len(pixels), size)] or [pixels[:1]]
+    out = []
+    for batch in tqdm(batches, desc=f"scoring {name}", disable=not progress, leave=False, unit="batch"):
+        if len(batch) == 0:  # an empty shard still learns the number of classes
+            batch = torch.zeros((1, *pixels.shape[1:]), dtype=pixels.dtype)
+        x = normalization(batch.to(device))
         if w is not None:
             x = x + w
         if execution.channels_last:
@@ -54,7 +65,7 @@ def _predict(model, images, normalization, watermark, execution, device, progres
         with execution.autocast(device):
             logits = model(x)
         out.append(logits.float().cpu())
-    return torch.cat(out)
+    return torch.cat(out)[: len(pixels)]
 
 
 def protocol_subsample(ood_sets: Sequence[ImageSet], id_count: int, seed: int) -> list[ImageSet]:

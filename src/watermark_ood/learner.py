@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import FitCheckpoint
 from .config import FitConfig
+from . import distributed
 from .data import ImageSet
 from .errors import WatermarkOODError
 from .objectives import objective_loss
@@ -232,14 +233,23 @@ class WatermarkLearner:
                 first = start_step if epoch == start_epoch else 0
                 loss_sum = torch.zeros((), device=device)
                 epoch_t0 = time.perf_counter()
-                bar = tqdm(range(first, steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+                show = progress and distributed.is_main_process()
+                bar = tqdm(range(first, steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
                            leave=False, unit="step", initial=first, total=steps)
                 for step in bar:
                     alpha = cfg.alpha_at_step(epoch, step, steps)
                     rng = generator(device, cfg.seed, epoch, step)
                     index = order[step * cfg.batch_size: (step + 1) * cfg.batch_size]
                     x, y, noise = self.batch(images, labels, index, rng, device)
+                    # Under torchrun each rank takes its slice of the global batch and its noise; gradients
+                    # weighted by the slice's share and summed equal the single-process gradient.
+                    part, total = distributed.shard(index)
+                    x, y, noise = x[part], y[part], noise[part]
+                    share = len(y) / total
                     loss, g1 = grad_at(w, x, y, noise)
+                    if distributed.is_distributed():
+                        loss = distributed.all_reduce_sum(loss * share)
+                        g1 = distributed.all_reduce_sum(g1 * share)
                     if not torch.isfinite(loss):
                         raise WatermarkOODError(
                             f"the loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}; "
@@ -247,6 +257,8 @@ class WatermarkLearner:
                         )
                     e = g1 / g1.norm().clamp_min(1e-12)
                     _, g2 = grad_at(w + cfg.rho * e, x, y, noise)
+                    if distributed.is_distributed():
+                        g2 = distributed.all_reduce_sum(g2 * share)
                     w_next = cfg.project(w - alpha * torch.sign(g2))
                     if not torch.isfinite(w_next).all():
                         raise WatermarkOODError(
@@ -257,11 +269,11 @@ class WatermarkLearner:
                     loss_sum += loss
                     images_seen += len(index)
                     global_step += 1
-                    if progress and (step % 10 == 0 or step == steps - 1):
+                    if show and (step % 10 == 0 or step == steps - 1):
                         bar.set_postfix(loss=f"{float(loss_sum) / (step - first + 1):.4f}")
                     if global_step % validate_every == 0:
                         validate(w, global_step)
-                    stopping = self.stop_requested or STOP.is_set()
+                    stopping = distributed.any_rank(self.stop_requested or STOP.is_set(), device)
                     if ckpt is not None and (global_step % checkpoint_every == 0 or stopping):
                         ckpt.save(w, epoch, step + 1, history, steps, best, validation)
                     if stopping:

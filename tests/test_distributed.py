@@ -1,0 +1,79 @@
+"""torchrun with 2 gloo processes on CPU gives the single-process watermark and metrics."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import write_npz_dataset
+from watermark_ood.watermark import Watermark
+
+
+def bench_args(data, noise, out, extra=()):
+    return ["bench", "--model", "small_cnn", "--id-data", str(data), "--ood-data", str(noise), "synthetic:uniform",
+            "--objective", "msp", "energy", "--epochs", "2", "--batch-size", "15", "--device", "cpu", "--threads", "1",
+            "--no-progress", "--out", str(out), *extra]
+
+
+def torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "watermark_ood", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    data = write_npz_dataset(tmp_path / "toy", n_train=70, n_test=31)
+    np.savez(tmp_path / "noise.npz", x=np.random.default_rng(0).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8))
+    single = subprocess.run([sys.executable, "-m", "watermark_ood", *bench_args(data, tmp_path / "noise.npz",
+                                                                             tmp_path / "one")],
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    double = torchrun(2, bench_args(data, tmp_path / "noise.npz", tmp_path / "two"))
+    assert double.returncode == 0, double.stderr[-3000:]
+    for objective in ("msp", "energy"):
+        a = Watermark.load(tmp_path / "one" / f"watermark-{objective}.safetensors").tensor
+        b = Watermark.load(tmp_path / "two" / f"watermark-{objective}.safetensors").tensor
+        # Sign updates of identical gradients: equal unless a reduction-order rounding flips a sign.
+        assert (a - b).abs().gt(1e-6).float().mean() < 0.01
+    one = json.loads((tmp_path / "one" / "results.json").read_text())["runs"]
+    two = json.loads((tmp_path / "two" / "results.json").read_text())["runs"]
+    for r1, r2 in zip(one, two):
+        assert r1["accuracy"] == pytest.approx(r2["accuracy"], abs=1e-6)
+        for condition in ("baseline", "watermarked"):
+            for name, metrics in r1[condition].items():
+                assert metrics == pytest.approx(r2[condition][name], abs=0.02)
+    # Only rank 0 wrote: no stray temporary files, one results file.
+    assert not list((tmp_path / "two").rglob("*.tmp"))
+
+
+def test_imagenet_style_imagefolder_at_224(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 4), ("test", 2)):
+        for cls in ("n01440764", "n01443537"):
+            folder = tmp_path / "imagenet" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                size = (260 + 10 * i, 240)
+                Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"{i}.JPEG")
+    ood = tmp_path / "iNaturalist" / "images"
+    ood.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (300, 330, 3), dtype=np.uint8)).save(ood / f"{i}.jpg")
+    from watermark_ood.cli import main
+
+    out = tmp_path / "out"
+    code = main(["bench", "--model", "torchvision:resnet18", "--id-data", str(tmp_path / "imagenet"),
+                 "--image-size", "224", "--ood-data", str(tmp_path / "iNaturalist"), "--objective", "msp",
+                 "--epochs", "1", "--batch-size", "4", "--all-ood", "--device", "cpu", "--no-progress",
+                 "--out", str(out)])
+    assert code == 0
+    w = Watermark.load(out / "watermark-msp.safetensors")
+    assert w.tensor.shape == (1, 3, 224, 224) and torch.count_nonzero(w.tensor) > 0
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert set(run["baseline"]) == {"iNaturalist", "mean"}
