@@ -17,7 +17,7 @@ from .config import FitConfig, get_preset
 from .data import ImageSet
 from .datasets import load_id_data, load_ood_data
 from .errors import WatermarkOODError
-from .evaluation import condition_logits, evaluate, protocol_subsample
+from .evaluation import condition_logits, evaluate, evaluate_scores, protocol_subsample
 from .fileio import atomic_write_json
 from .learner import WatermarkLearner
 from .models import LoadedModel, load_model
@@ -42,6 +42,7 @@ class BenchConfig:
     std: tuple[float, ...] | None = None
     checkpoint_every: int = 200
     image_size: int | None = None
+    scores: Sequence[str] = ()
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
 
@@ -102,6 +103,10 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, log: Callable[[str], 
         evaluation = evaluate(model.module, model.normalization, test, sets, result.watermark, cfg.execution,
                               protocol=False, baseline=baseline, progress=progress)
         score = score_for_objective(objective)
+        if cfg.scores:
+            log(f"{objective}: scoring with {', '.join(cfg.scores)}, with and without the watermark")
+            extra["scores"] = evaluate_scores(model.module, model.normalization, train.sample(5000, seed), test, sets,
+                                              result.watermark, cfg.scores, cfg.execution)
         run = build_run(
             objective, score, hyperparameters, evaluation, fit_seconds, images / max(fit_seconds, 1e-9),
             request=request, preset=cfg.preset, **extra,

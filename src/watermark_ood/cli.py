@@ -146,8 +146,43 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--all-ood", action="store_true",
                        help="use every OOD image instead of the paper's |ID test|/5 per set")
     bench.add_argument("--out", required=True, help="output folder")
+    bench.add_argument("--scores", nargs="+", default=None,
+                       choices=["msp", "energy", "maxlogit", "odin", "mahalanobis", "knn", "vim"],
+                       help="also report these scores, each with and without the watermark, in one table")
     _add_fit(bench, multi_objective=True)
     _add_runtime(bench)
+    cal = sub.add_parser("calibrate", help="build a detector: watermark + score + threshold at a chosen ID acceptance",
+                         description="Set the threshold so that --tpr of held-out ID images are accepted, and "
+                                     "write a detector file (safetensors + JSON).")
+    _add_model(cal)
+    cal.add_argument("--watermark", help="watermark file; omit for a plain (unwatermarked) detector")
+    cal.add_argument("--id-data", required=True, help="ID data folder")
+    cal.add_argument("--image-size", type=int, help="resize ImageFolder images (shorter side, then center crop)")
+    cal.add_argument("--score", default=None, choices=["msp", "energy", "maxlogit"],
+                     help="score [the watermark's objective, else energy]")
+    cal.add_argument("--tpr", type=float, default=0.95, help="share of ID inputs to accept [0.95]")
+    cal.add_argument("--split", default="holdout", choices=["holdout", "test"],
+                     help="calibrate on a seeded 10%% hold-out of the training split (default) or on the test split")
+    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--out", required=True, help="detector file to write (.safetensors; a .json is written beside it)")
+    _add_runtime(cal)
+
+    pred = sub.add_parser("predict", help="score inputs with a calibrated detector and decide in/out",
+                          description="Write one row per input (score, is_ood) as CSV or JSON.")
+    _add_model(pred)
+    pred.add_argument("--detector", required=True, help="detector file written by calibrate")
+    pred.add_argument("--input", required=True, help="a folder of images or an .npz with 'x'")
+    pred.add_argument("--out", required=True, help="output .csv or .json")
+    _add_runtime(pred)
+
+    exp = sub.add_parser("export", help="export a calibrated detector to TorchScript and/or ONNX",
+                         description="One module: normalized images in; watermark, model, score and decision inside; "
+                                     "(logits, score, is_ood) out.")
+    _add_model(exp)
+    exp.add_argument("--detector", required=True, help="detector file written by calibrate")
+    exp.add_argument("--format", nargs="+", default=["torchscript", "onnx"], choices=["torchscript", "onnx"])
+    exp.add_argument("--out", required=True, help="output folder")
+    _add_runtime(exp)
     return parser
 
 
@@ -240,7 +275,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         model=args.model, checkpoint=args.checkpoint, id_data=args.id_data, ood_data=args.ood_data,
         out=str(_check_out(args.out)), objectives=args.objective, preset=args.preset, overrides=_overrides(args),
         protocol=not args.all_ood, mean=args.mean, std=args.std, checkpoint_every=args.checkpoint_every,
-        execution=_execution(args), image_size=args.image_size,
+        execution=_execution(args), image_size=args.image_size, scores=args.scores or (),
     )
     run_benchmark(cfg, progress=not args.no_progress)
     print(f"wrote {cfg.out}/results.json and {cfg.out}/report.md")
@@ -262,7 +297,101 @@ def _install_stop_handler() -> None:
         signal.signal(sig, handler)
 
 
-COMMANDS = {"demo": cmd_demo, "fit": cmd_fit, "evaluate": cmd_evaluate, "bench": cmd_bench}
+def _detector_model(args, meta_shape=None):
+    from .models import load_model
+
+    channels = meta_shape[0] if meta_shape else 3
+    return load_model(args.model, args.checkpoint, None, channels, args.mean, args.std)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .datasets import load_id_data
+    from .detector import WatermarkDetector
+    from .watermark import Watermark
+
+    train, test = load_id_data(args.id_data, args.image_size)
+    watermark = Watermark.load(args.watermark, expected_shape=test.image_shape) if args.watermark else None
+    score = args.score or ((watermark.metadata.get("objective") if watermark else None) or "energy")
+    model = _detector_model(args, test.image_shape)
+    calibration = train.split(0.1, args.seed)[1].sample(5000, args.seed) if args.split == "holdout" else test
+    detector = WatermarkDetector(model.module, model.normalization, watermark, score, execution=_execution(args),
+                                 model_id=model.model_id).calibrate(calibration, args.tpr)
+    accepted = float((detector.scores(calibration) >= detector.threshold).mean())
+    detector.save(args.out)
+    print(f"wrote {args.out}: score {score}, threshold {detector.threshold:.6g}, accepts {100 * accepted:.2f}% of "
+          f"{len(calibration)} ID images ({args.split})")
+    return 0
+
+
+def _read_inputs(path: str, shape) -> tuple[object, list[str]]:
+    from .data import load_npz
+    from .datasets import image_files, load_image_files
+
+    p = Path(path)
+    if p.is_dir():
+        files = image_files(p)
+        if not files:
+            raise WatermarkOODError(f"{p}: no images found")
+        return load_image_files(files, shape[1], shape[0], p.name), [str(f.relative_to(p)) for f in files]
+    data = load_npz(p)
+    return data, [str(i) for i in range(len(data))]
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+    import io
+    import json as json_module
+
+    import torch
+
+    from .detector import WatermarkDetector
+    from .fileio import atomic_write_text
+
+    meta, _ = WatermarkDetector.read(args.detector)
+    shape = meta.get("input_shape") or [3, 32, 32]
+    model = _detector_model(args, shape)
+    detector = WatermarkDetector.load(args.detector, model.module, _execution(args))
+    images, names = _read_inputs(args.input, shape)
+    if images.image_shape != tuple(shape):
+        raise WatermarkOODError(f"{args.input}: images are {images.image_shape}, the detector expects {tuple(shape)}")
+    from tqdm.auto import tqdm
+
+    rows = []
+    step = 1000
+    for start in tqdm(range(0, len(images), step), desc="predict", disable=args.no_progress, unit="batch"):
+        part = images.subset(torch.arange(start, min(start + step, len(images))))
+        rows += detector.predict(part).to_rows(names[start:start + step])
+    out = Path(args.out)
+    if out.suffix == ".json":
+        atomic_write_text(out, json_module.dumps({"threshold": detector.threshold, "score": detector.score,
+                                                  "rows": rows}, indent=1))
+    else:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=["input", "score", "is_ood"])
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(out, buffer.getvalue())
+    print(f"wrote {out}: {sum(r['is_ood'] for r in rows)} of {len(rows)} inputs flagged as OOD")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .detector import WatermarkDetector
+    from .export import export_onnx, export_torchscript
+
+    meta, _ = WatermarkDetector.read(args.detector)
+    model = _detector_model(args, meta.get("input_shape"))
+    detector = WatermarkDetector.load(args.detector, model.module, _execution(args))
+    out = Path(args.out)
+    if "torchscript" in args.format:
+        print(f"wrote {export_torchscript(detector, out / 'detector.torchscript.pt')}")
+    if "onnx" in args.format:
+        print(f"wrote {export_onnx(detector, out / 'detector.onnx')}")
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "fit": cmd_fit, "evaluate": cmd_evaluate, "bench": cmd_bench,
+            "calibrate": cmd_calibrate, "predict": cmd_predict, "export": cmd_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -115,7 +115,7 @@ def _image_transform(size: int | None, channels: int):
     return transforms.Compose(steps)
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
@@ -145,7 +145,7 @@ def load_image_folder(folder: str | Path, size: int | None, channels: int = 3, n
     folder = Path(folder)
     if not folder.is_dir():
         raise WatermarkOODError(f"{folder}: image folder not found")
-    files = _image_files(folder)
+    files = image_files(folder)
     if not files:
         raise WatermarkOODError(
             f"{folder}: no images found (expected {', '.join(sorted(IMAGE_SUFFIXES))} files, flat or in subfolders)"

@@ -161,3 +161,48 @@ def evaluate(
     marked = (condition_logits(model, normalization, id_test, sets, watermark, execution, progress)
               if watermark is not None else None)
     return Evaluation(baseline, marked, [s.name for s in sets])
+
+
+def evaluate_scores(
+    model: torch.nn.Module,
+    normalization: Normalization,
+    id_fit: ImageSet,
+    id_test: ImageSet,
+    ood_sets: Sequence[ImageSet],
+    watermark: Watermark | None,
+    scores: Sequence[str],
+    execution: ExecutionConfig | None = None,
+) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """Every requested score with and without the watermark: ``{score: {"baseline"|"watermarked": {set: m}}}``.
+
+    Feature scores are fitted on ``id_fit`` (ID training images) under the same
+    condition they are evaluated in: watermarked features for the watermarked model.
+    """
+    from .features import FEATURE_SCORES, GRADIENT_SCORES, LOGIT_SCORES, FeatureScorer, logits_and_features, odin_scores
+
+    execution = execution or ExecutionConfig()
+    unknown = set(scores) - set(LOGIT_SCORES + FEATURE_SCORES + GRADIENT_SCORES)
+    if unknown:
+        raise WatermarkOODError(f"unknown scores {sorted(unknown)}; choose from "
+                                f"{', '.join(LOGIT_SCORES + GRADIENT_SCORES + FEATURE_SCORES)}")
+    table: dict[str, dict[str, dict[str, dict[str, float]]]] = {s: {} for s in scores}
+    conditions = [("baseline", None)] + ([("watermarked", watermark)] if watermark is not None else [])
+    for condition, mark in conditions:
+        id_logits, id_feats = logits_and_features(model, id_test, normalization, mark, execution)
+        ood = {s.name: logits_and_features(model, s, normalization, mark, execution) for s in ood_sets}
+        fit_feats = None
+        if any(s in FEATURE_SCORES for s in scores):
+            _, fit_feats = logits_and_features(model, id_fit, normalization, mark, execution)
+        for score in scores:
+            if score in LOGIT_SCORES:
+                fn = get_score(score)
+                s_id, s_ood = fn(id_logits).numpy(), {k: fn(v[0]).numpy() for k, v in ood.items()}
+            elif score in FEATURE_SCORES:
+                scorer = FeatureScorer.fit(score, model, fit_feats, id_fit.labels)
+                s_id, s_ood = scorer(id_feats), {k: scorer(v[1]) for k, v in ood.items()}
+            else:
+                s_id = odin_scores(model, id_test, normalization, mark, execution)
+                s_ood = {s.name: odin_scores(model, s, normalization, mark, execution) for s in ood_sets}
+            per_set = {k: ood_metrics(s_id, v) for k, v in s_ood.items()}
+            table[score][condition] = {**per_set, "mean": mean_metrics(per_set)}
+    return table

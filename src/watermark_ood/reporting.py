@@ -103,6 +103,17 @@ def format_terminal_table(run: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def format_scores_table(scores: dict[str, Any]) -> list[str]:
+    """Every score's mean metrics, baseline -> watermarked, in one table."""
+    out = ["All scores (mean over OOD sets, `baseline -> watermarked`):", "",
+           "| score | FPR95 | AUROC | AUPR-In | AUPR-Out |", "|---|---|---|---|---|"]
+    for name, block in scores.items():
+        base, marked = block["baseline"]["mean"], block.get("watermarked", {}).get("mean", {})
+        cells = [f"{_pct(base[m])} -> {_pct(marked.get(m))}" for m in METRIC_NAMES]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
 def format_markdown(runs: Sequence[dict[str, Any]], title: str = "Results") -> str:
     out = [f"# {title}", "", "Percentages, shown as `baseline -> watermarked`. FPR95: lower is better; "
            "the other metrics: higher is better. ID is the positive class for FPR95, AUROC and AUPR-In.", ""]
@@ -112,6 +123,8 @@ def format_markdown(runs: Sequence[dict[str, Any]], title: str = "Results") -> s
         out += ["| " + " | ".join(r) + " |" for r in table_rows(run)]
         hp = ", ".join(f"{k}={v}" for k, v in run["hyperparameters"].items())
         out += ["", f"Hyperparameters: {hp}", ""]
+        if run.get("scores"):
+            out += format_scores_table(run["scores"])
     return "\n".join(out)
 
 

@@ -1,0 +1,127 @@
+"""Penultimate features through a hook, and post-hoc scores that use them or gradients.
+
+The hook sits on the input of the model's last ``nn.Linear`` (``linear`` in the
+CIFAR ResNets, ``fc`` in WRN and torchvision ResNets, ``classifier[-1]`` or
+``heads.head`` elsewhere), so it works for every registry and torchvision
+classifier. Feature scores (Mahalanobis, KNN, ViM) and ODIN come from
+pytorch-ood (Apache-2.0) rather than being written again; a watermarked model
+plugs into them as :class:`WatermarkedModel`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import ImageSet
+from .errors import WatermarkOODError
+from .preprocessing import Normalization
+from .runtime import ExecutionConfig
+from .watermark import Watermark
+
+LOGIT_SCORES = ("msp", "energy", "maxlogit")
+FEATURE_SCORES = ("mahalanobis", "knn", "vim")
+GRADIENT_SCORES = ("odin",)
+ALL_SCORES = LOGIT_SCORES + GRADIENT_SCORES + FEATURE_SCORES
+
+
+class WatermarkedModel(nn.Module):
+    """``f(x + w)`` as one module: drop it into any detector that expects a model on normalized inputs."""
+
+    def __init__(self, model: nn.Module, watermark: Watermark | torch.Tensor | None) -> None:
+        super().__init__()
+        self.model = model
+        tensor = watermark.tensor if isinstance(watermark, Watermark) else watermark
+        self.register_buffer("watermark", torch.zeros(1) if tensor is None else tensor.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x + self.watermark)
+
+
+def last_linear(model: nn.Module) -> nn.Linear:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise WatermarkOODError(f"{type(model).__name__} has no nn.Linear head; feature scores need one")
+    return linears[-1]
+
+
+class PenultimateHook:
+    """Captures the input of the last linear layer during forward passes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.features: list[torch.Tensor] = []
+        self.handle = last_linear(model).register_forward_pre_hook(self._keep)
+
+    def _keep(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        self.features.append(inputs[0].detach().float().flatten(1).cpu())
+
+    def close(self) -> torch.Tensor:
+        self.handle.remove()
+        return torch.cat(self.features) if self.features else torch.zeros(0)
+
+
+@torch.no_grad()
+def logits_and_features(model: nn.Module, images: ImageSet, normalization: Normalization,
+                        watermark: Watermark | None, execution: ExecutionConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over a set giving logits and penultimate features (fp32, CPU)."""
+    device = execution.torch_device()
+    model = model.eval().to(device)
+    hook = PenultimateHook(model)
+    logits = []
+    try:
+        for start in range(0, len(images), execution.eval_batch_size):
+            x = normalization(images.images[start:start + execution.eval_batch_size].to(device))
+            if watermark is not None:
+                x = watermark.apply(x)
+            with execution.autocast(device):
+                logits.append(model(x).float().cpu())
+    finally:
+        features = hook.close()
+    return torch.cat(logits), features
+
+
+def odin_scores(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
+                execution: ExecutionConfig, temperature: float = 1000.0, eps: float = 0.0014) -> np.ndarray:
+    """ODIN (temperature scaling + input perturbation) via pytorch-ood; higher = more ID."""
+    from pytorch_ood.detector import ODIN
+
+    device = execution.torch_device()
+    module = WatermarkedModel(model, watermark).eval().to(device)
+    detector = ODIN(module, eps=eps, temperature=temperature, norm_std=list(normalization.std))
+    out = []
+    for start in range(0, len(images), execution.eval_batch_size):
+        x = normalization(images.images[start:start + execution.eval_batch_size].to(device))
+        out.append(-detector.predict(x).detach().float().cpu())
+    return torch.cat(out).numpy()
+
+
+@dataclass
+class FeatureScorer:
+    """A pytorch-ood feature detector fitted on ID training features; ``__call__`` gives higher = more ID."""
+
+    name: str
+    detector: Any
+
+    @classmethod
+    def fit(cls, name: str, model: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> "FeatureScorer":
+        from pytorch_ood.detector import KNN, ViM, Mahalanobis
+
+        if name == "mahalanobis":
+            detector = Mahalanobis(None)
+        elif name == "knn":
+            detector = KNN(None, k=min(50, len(features) - 1))
+        elif name == "vim":
+            head = last_linear(model)
+            d = min(64, features.shape[1] // 2)
+            detector = ViM(None, d=d, w=head.weight.detach().cpu(), b=head.bias.detach().cpu())
+        else:
+            raise WatermarkOODError(f"unknown feature score {name!r}; choose one of {', '.join(FEATURE_SCORES)}")
+        detector.fit_features(features, labels)
+        return cls(name, detector)
+
+    def __call__(self, features: torch.Tensor) -> np.ndarray:
+        return (-self.detector.predict_features(features)).detach().float().cpu().numpy()

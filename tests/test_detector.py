@@ -1,0 +1,114 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_images, write_npz_dataset
+from watermark_ood.cli import main
+from watermark_ood.config import FitConfig
+from watermark_ood.detector import WatermarkDetector
+from watermark_ood.errors import WatermarkOODError
+from watermark_ood.runtime import ExecutionConfig
+from watermark_ood.watermark import Watermark
+
+CPU = ExecutionConfig(device="cpu")
+
+
+@pytest.fixture
+def detector(toy_model, toy_train, norm3):
+    cfg = FitConfig(objective="energy", sigma=0.5, rho=0.1, beta=0.1, t_in=0.2, t_out=0.2, epochs=1, batch_size=16)
+    return WatermarkDetector(toy_model, norm3, score="energy", config=cfg, execution=CPU).fit(toy_train, progress=False)
+
+
+def test_calibrated_detector_accepts_the_requested_share_of_held_out_id(detector):
+    calibration, held_out = make_images(2000, seed=5), make_images(2000, seed=6)
+    detector.calibrate(calibration, tpr=0.95)
+    accepted = 1 - detector.predict(held_out).is_ood.mean()
+    assert abs(accepted - 0.95) <= 0.01
+    assert (1 - detector.predict(calibration).is_ood.mean()) >= 0.95
+
+
+def test_save_load_round_trips_exactly(detector, toy_model, tmp_path):
+    detector.calibrate(make_images(200, seed=5))
+    path = detector.save(tmp_path / "det.safetensors")
+    loaded = WatermarkDetector.load(path, toy_model, CPU)
+    assert loaded.threshold == detector.threshold and loaded.score == "energy" and loaded.tpr == 0.95
+    assert torch.equal(loaded.watermark.tensor, detector.watermark.tensor)
+    assert loaded.normalization == detector.normalization
+    x = make_images(50, seed=9)
+    assert np.array_equal(loaded.predict(x).scores, detector.predict(x).scores)
+    assert json.loads((tmp_path / "det.json").read_text())["threshold"] == detector.threshold
+
+
+@pytest.mark.parametrize("damage", [b"garbage", "truncate", "wrong-format"])
+def test_malformed_detector_files(detector, tmp_path, damage):
+    detector.calibrate(make_images(100, seed=5))
+    path = detector.save(tmp_path / "det.safetensors")
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:-7])
+    elif damage == "wrong-format":
+        Watermark(torch.zeros(1, 3, 8, 8)).save(path)
+    else:
+        path.write_bytes(damage)
+    with pytest.raises(WatermarkOODError, match="det.safetensors"):
+        WatermarkDetector.read(path)
+
+
+def test_uncalibrated_or_feature_score_detectors_are_refused(toy_model, norm3):
+    with pytest.raises(WatermarkOODError, match="calibrate"):
+        WatermarkDetector(toy_model, norm3, score="msp", execution=CPU).predict(make_images(3))
+    with pytest.raises(WatermarkOODError):
+        WatermarkDetector(toy_model, norm3, score="knn")
+
+
+def test_exported_torchscript_and_onnx_agree_with_the_library(detector, tmp_path):
+    import onnxruntime as ort
+
+    from watermark_ood.export import export_onnx, export_torchscript
+
+    detector.calibrate(make_images(200, seed=5))
+    ts = torch.jit.load(str(export_torchscript(detector, tmp_path / "d.pt")))
+    session = ort.InferenceSession(str(export_onnx(detector, tmp_path / "d.onnx")))
+    for inputs in (make_images(37, seed=11), None):
+        if inputs is None:  # random normalized inputs, not only real-looking images
+            x = torch.randn(19, 3, 8, 8)
+            with torch.no_grad():
+                logits = detector.model(x + detector.watermark.tensor)
+            lib_scores = torch.logsumexp(logits, 1).numpy()
+        else:
+            x = detector.normalization(inputs.images)
+            lib_scores = detector.scores(inputs)
+        with torch.no_grad():
+            ts_logits, ts_scores, ts_ood = ts(x)
+        onnx_logits, onnx_scores, onnx_ood = session.run(None, {"images": x.numpy()})
+        assert np.allclose(ts_scores.numpy(), lib_scores, atol=1e-4)
+        assert np.allclose(onnx_scores, lib_scores, atol=1e-4)
+        agree = lib_scores < detector.threshold
+        margin = np.abs(lib_scores - detector.threshold) > 1e-4
+        assert np.array_equal(ts_ood.numpy()[margin], agree[margin])
+        assert np.array_equal(onnx_ood[margin], agree[margin])
+
+
+def test_cli_calibrate_predict_export(tmp_path, capsys):
+    data = write_npz_dataset(tmp_path / "toy", n_train=200, n_test=30)
+    fit_out = tmp_path / "fit"
+    common = ["--model", "small_cnn", "--device", "cpu", "--no-progress"]
+    assert main(["fit", *common, "--id-data", str(data), "--epochs", "1", "--batch-size", "16", "--objective",
+                 "energy", "--out", str(fit_out)]) == 0
+    det = tmp_path / "det.safetensors"
+    assert main(["calibrate", *common, "--watermark", str(fit_out / "watermark.safetensors"), "--id-data", str(data),
+                 "--out", str(det)]) == 0
+    assert "accepts" in capsys.readouterr().out
+    np.savez(tmp_path / "inputs.npz", x=make_images(12, seed=3).images.permute(0, 2, 3, 1).numpy())
+    for suffix in ("csv", "json"):
+        out = tmp_path / f"pred.{suffix}"
+        assert main(["predict", *common, "--detector", str(det), "--input", str(tmp_path / "inputs.npz"),
+                     "--out", str(out)]) == 0
+    assert (tmp_path / "pred.csv").read_text().splitlines()[0] == "input,score,is_ood"
+    assert len(json.loads((tmp_path / "pred.json").read_text())["rows"]) == 12
+    assert main(["export", *common, "--detector", str(det), "--out", str(tmp_path / "exp")]) == 0
+    assert (tmp_path / "exp" / "detector.onnx").is_file() and (tmp_path / "exp" / "detector.torchscript.pt").is_file()
+    (tmp_path / "bad.safetensors").write_bytes(b"nope")
+    assert main(["predict", *common, "--detector", str(tmp_path / "bad.safetensors"), "--input",
+                 str(tmp_path / "inputs.npz"), "--out", str(tmp_path / "x.csv")]) == 2

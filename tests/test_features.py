@@ -1,0 +1,56 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_images, write_npz_dataset
+from watermark_ood.cli import main
+from watermark_ood.data import uniform_set
+from watermark_ood.evaluation import evaluate_scores
+from watermark_ood.features import PenultimateHook, WatermarkedModel, last_linear
+from watermark_ood.models import build_model
+from watermark_ood.runtime import ExecutionConfig
+from watermark_ood.watermark import Watermark
+
+
+@pytest.mark.parametrize("name, head", [("resnet20", "linear"), ("wrn40_2", "fc"), ("torchvision:resnet18", "fc"),
+                                        ("torchvision:mobilenet_v3_small", "classifier.3")])
+def test_hook_finds_the_head_of_registry_and_torchvision_models(name, head):
+    model, _ = build_model(name, num_classes=5)
+    assert last_linear(model) is model.get_submodule(head)
+    hook = PenultimateHook(model.eval())
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    feats = hook.close()
+    assert feats.shape == (2, last_linear(model).in_features)
+
+
+def test_watermarked_model_adds_the_watermark(toy_model):
+    w = torch.randn(1, 3, 8, 8)
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(WatermarkedModel(toy_model, Watermark(w))(x), toy_model(x + w))
+
+
+def test_every_score_with_and_without_watermark(toy_model, toy_train, toy_test, norm3):
+    sets = [uniform_set(20, (3, 8, 8), 0, name="u")]
+    scores = ["msp", "energy", "maxlogit", "odin", "mahalanobis", "knn", "vim"]
+    table = evaluate_scores(toy_model, norm3, toy_train, toy_test, sets, Watermark(torch.randn(1, 3, 8, 8) * 0.1),
+                            scores, ExecutionConfig(device="cpu"))
+    assert list(table) == scores
+    for block in table.values():
+        assert set(block) == {"baseline", "watermarked"}
+        assert 0 <= block["baseline"]["mean"]["auroc"] <= 1
+    assert table["msp"]["baseline"] != table["msp"]["watermarked"]
+
+
+def test_bench_scores_option(tmp_path):
+    data = write_npz_dataset(tmp_path / "toy", n_train=64, n_test=30)
+    out = tmp_path / "b"
+    assert main(["bench", "--model", "small_cnn", "--device", "cpu", "--no-progress", "--epochs", "1",
+                 "--batch-size", "16", "--objective", "energy", "--id-data", str(data), "--ood-data",
+                 "synthetic:uniform", "--scores", "energy", "knn", "mahalanobis", "--out", str(out)]) == 0
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert set(run["scores"]) == {"energy", "knn", "mahalanobis"}
+    assert "| knn |" in (out / "report.md").read_text()
