@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", required=True, help="folder for results.json, report.md and the plots")
     demo.add_argument("--epochs", type=int, default=50, help="watermark epochs per objective [50]")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--preset", default="cifar10", choices=["cifar10", "auto"],
+                      help="the paper's CIFAR-10 presets (default) or auto (chosen on held-out training digits)")
     _add_runtime(demo)
 
     fit = sub.add_parser("fit", help="learn a watermark for a model on an ID training set",
@@ -208,7 +210,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoSettings, run_demo
 
     out = _check_out(args.out)
-    run_demo(out, DemoSettings(epochs=args.epochs, seed=args.seed), progress=not args.no_progress,
+    run_demo(out, DemoSettings(epochs=args.epochs, seed=args.seed, preset=args.preset), progress=not args.no_progress,
              execution=_execution(args))
     print(f"wrote {out}/results.json, {out}/report.md and plots")
     return 0

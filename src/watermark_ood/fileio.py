@@ -21,6 +21,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make results unreadable to other users
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
