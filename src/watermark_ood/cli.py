@@ -28,6 +28,7 @@ EPILOG = """examples:
       --ood-data data/ood/*.npz --objective msp energy --epochs 1 --train-limit 5000 --out runs/bench
 """
 
+ID_HELP = "ID data folder (train.npz/test.npz, torchvision's CIFAR layout, or ImageFolder train/ and test/)"
 FIT_OVERRIDES = ("sigma", "rho", "beta", "t_in", "t_out", "alpha", "epochs", "batch_size", "train_limit", "seed",
                  "linf_budget", "l2_budget", "schedule", "noise_scale")
 
@@ -89,6 +90,16 @@ def _add_fit(p: argparse.ArgumentParser, multi_objective: bool) -> None:
     g.add_argument("--checkpoint-every", type=int, default=200, help="steps between fit checkpoints [200]")
 
 
+def _add_data(p: argparse.ArgumentParser, id_help: str, ood: bool) -> None:
+    p.add_argument("--id-data", required=True, help=id_help)
+    p.add_argument("--image-size", type=int, help="resize ImageFolder images (shorter side, then center crop)")
+    if ood:
+        p.add_argument("--ood-data", nargs="+", required=True,
+                       help="OOD sets: image folders, SVHN .mat, .npz, synthetic:gaussian, synthetic:uniform")
+        p.add_argument("--all-ood", action="store_true",
+                       help="use every OOD image instead of the paper's |ID test|/5 per set")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="watermark-ood",
@@ -114,8 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Fit a watermark and write watermark.safetensors (+ .json), history.json and "
                                      "watermark.png to --out. Re-running the same command resumes.")
     _add_model(fit)
-    fit.add_argument("--id-data", required=True, help="ID data folder (train.npz/test.npz, CIFAR or ImageFolder)")
-    fit.add_argument("--image-size", type=int, help="resize ImageFolder images (shorter side, then center crop)")
+    _add_data(fit, ID_HELP, ood=False)
     fit.add_argument("--out", required=True, help="output folder")
     _add_fit(fit, multi_objective=False)
     _add_runtime(fit)
@@ -124,14 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Write results.json, report.md, histograms and ROC curves to --out.")
     _add_model(ev)
     ev.add_argument("--watermark", required=True, help="a .safetensors watermark written by fit or bench")
-    ev.add_argument("--id-data", required=True, help="ID data folder; its test split is evaluated")
-    ev.add_argument("--image-size", type=int, help="resize ImageFolder images (shorter side, then center crop)")
-    ev.add_argument("--ood-data", nargs="+", required=True,
-                    help="OOD sets: image folders, SVHN .mat, .npz, synthetic:gaussian, synthetic:uniform")
+    _add_data(ev, "ID data folder; its test split is evaluated", ood=True)
     ev.add_argument("--score", choices=["msp", "energy", "maxlogit"],
                     help="score to report [the watermark's objective]")
-    ev.add_argument("--all-ood", action="store_true",
-                    help="use every OOD image instead of the paper's |ID test|/5 per set")
     ev.add_argument("--seed", type=int, default=0, help="seed of the OOD subsampling [0]")
     ev.add_argument("--out", required=True, help="output folder")
     _add_runtime(ev)
@@ -141,12 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "set. Writes results.json, report.md, watermarks and plots; re-running the "
                                        "same command resumes an interrupted run.")
     _add_model(bench)
-    bench.add_argument("--id-data", required=True, help="ID data folder (train.npz/test.npz, CIFAR or ImageFolder)")
-    bench.add_argument("--image-size", type=int, help="resize ImageFolder images (shorter side, then center crop)")
-    bench.add_argument("--ood-data", nargs="+", required=True,
-                       help="OOD sets: image folders, SVHN .mat, .npz, synthetic:gaussian, synthetic:uniform")
-    bench.add_argument("--all-ood", action="store_true",
-                       help="use every OOD image instead of the paper's |ID test|/5 per set")
+    _add_data(bench, ID_HELP, ood=True)
     bench.add_argument("--out", required=True, help="output folder")
     bench.add_argument("--scores", nargs="+", default=None,
                        choices=["msp", "energy", "maxlogit", "odin", "mahalanobis", "knn", "vim"],
@@ -158,8 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "write a detector file (safetensors + JSON).")
     _add_model(cal)
     cal.add_argument("--watermark", help="watermark file; omit for a plain (unwatermarked) detector")
-    cal.add_argument("--id-data", required=True, help="ID data folder")
-    cal.add_argument("--image-size", type=int, help="resize ImageFolder images (shorter side, then center crop)")
+    _add_data(cal, ID_HELP, ood=False)
     cal.add_argument("--score", default=None, choices=["msp", "energy", "maxlogit"],
                      help="score [the watermark's objective, else energy]")
     cal.add_argument("--tpr", type=float, default=0.95, help="share of ID inputs to accept [0.95]")
