@@ -125,6 +125,21 @@ def bench_model(name: str, args, train: ImageSet, held_id: ImageSet, held_ood: I
     print(f"{name:9s} reference          {ref_ips:7.1f} img/s  {ref_seconds:6.1f}s  "
           f"fpr95 {result['reference']['fpr95']:.4f} auroc {result['reference']['auroc']:.4f}", flush=True)
 
+    # Noise floor: the same reference loop with oneDNN switched off (other conv kernels, same algorithm).
+    # Sign descent amplifies rounding differences, so this is what "the same result" can mean.
+    with torch.backends.mkldnn.flags(enabled=False):
+        w_floor = reference_fit(model, subset.images, subset.labels, norm, config, args.steps, args.workers)
+    floor = detection(model, norm, held_id, held_ood, w_floor)
+    diff = (w_floor - w_ref).abs()
+    result["reference_other_kernels"] = {
+        **floor, "watermark_max_abs_diff": float(diff.max()),
+        "watermark_fraction_pixels_differing": float((diff > 1e-6).float().mean()),
+        "fpr95_diff_points": 100 * (floor["fpr95"] - result["reference"]["fpr95"]),
+        "auroc_diff_points": 100 * (floor["auroc"] - result["reference"]["auroc"]),
+    }
+    print(f"{name:9s} reference, other kernels (noise floor): fpr95 {floor['fpr95']:.4f} auroc {floor['auroc']:.4f}  "
+          f"|dw|max {float(diff.max()):.3f} ({100 * float((diff > 1e-6).float().mean()):.1f}% px)", flush=True)
+
     for mode, execution in MODES.items():
         if mode.endswith("compile") and args.no_compile:
             continue
