@@ -54,3 +54,15 @@ def test_bench_scores_option(tmp_path):
     run = json.loads((out / "results.json").read_text())["runs"][0]
     assert set(run["scores"]) == {"energy", "knn", "mahalanobis"}
     assert "| knn |" in (out / "report.md").read_text()
+
+
+def test_evaluate_scores_option(tmp_path):
+    data = write_npz_dataset(tmp_path / "toy", n_train=64, n_test=30)
+    Watermark(torch.randn(1, 3, 8, 8) * 0.1, {"objective": "msp"}).save(tmp_path / "w.safetensors")
+    out = tmp_path / "e"
+    assert main(["evaluate", "--model", "small_cnn", "--device", "cpu", "--no-progress", "--watermark",
+                 str(tmp_path / "w.safetensors"), "--id-data", str(data), "--ood-data", "synthetic:gaussian",
+                 "--scores", "msp", "vim", "odin", "--out", str(out)]) == 0
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert list(run["scores"]) == ["msp", "vim", "odin"]
+    assert run["scores"]["msp"]["watermarked"]["mean"] == run["watermarked"]["mean"]

@@ -28,6 +28,7 @@ EPILOG = """examples:
       --ood-data data/ood/*.npz --objective msp energy --epochs 1 --train-limit 5000 --out runs/bench
 """
 
+SCORE_CHOICES = ["msp", "energy", "maxlogit", "odin", "mahalanobis", "knn", "vim"]
 ID_HELP = "ID data folder (train.npz/test.npz, torchvision's CIFAR layout, or ImageFolder train/ and test/)"
 FIT_OVERRIDES = ("sigma", "rho", "beta", "t_in", "t_out", "alpha", "epochs", "batch_size", "train_limit", "seed",
                  "linf_budget", "l2_budget", "schedule", "noise_scale")
@@ -137,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(ev, "ID data folder; its test split is evaluated", ood=True)
     ev.add_argument("--score", choices=["msp", "energy", "maxlogit"],
                     help="score to report [the watermark's objective]")
+    ev.add_argument("--scores", nargs="+", default=None, choices=SCORE_CHOICES,
+                    help="also report these scores, each with and without the watermark, in one table")
     ev.add_argument("--seed", type=int, default=0, help="seed of the OOD subsampling [0]")
     ev.add_argument("--out", required=True, help="output folder")
     _add_runtime(ev)
@@ -149,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(bench, ID_HELP, ood=True)
     bench.add_argument("--out", required=True, help="output folder")
     bench.add_argument("--scores", nargs="+", default=None,
-                       choices=["msp", "energy", "maxlogit", "odin", "mahalanobis", "knn", "vim"],
+                       choices=SCORE_CHOICES,
                        help="also report these scores, each with and without the watermark, in one table")
     _add_fit(bench, multi_objective=True)
     _add_runtime(bench)
@@ -249,7 +252,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .watermark import Watermark
 
     out = _check_out(args.out)
-    _, test = load_id_data(args.id_data, args.image_size)
+    train, test = load_id_data(args.id_data, args.image_size)
     watermark = Watermark.load(args.watermark, expected_shape=test.image_shape)
     model = load_model(args.model, args.checkpoint, None, test.images.shape[1], args.mean, args.std,
                        fallback_classes=test.num_classes)
@@ -258,8 +261,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     score = args.score or objective
     evaluation = evaluate(model.module, model.normalization, test, ood, watermark, _execution(args),
                           protocol=not args.all_ood, seed=args.seed, progress=not args.no_progress)
+    extra = {}
+    if args.scores:
+        from .evaluation import evaluate_scores, protocol_subsample
+
+        sets = protocol_subsample(ood, len(test), args.seed) if not args.all_ood else ood
+        extra["scores"] = evaluate_scores(model.module, model.normalization, train.sample(5000, args.seed), test,
+                                          sets, watermark, args.scores, _execution(args))
     run = build_run(objective, score, watermark.metadata.get("hyperparameters", {}), evaluation, 0.0, 0.0,
-                    model=model.model_id, watermark=str(args.watermark))
+                    model=model.model_id, watermark=str(args.watermark), **extra)
     write_results(out / "results.json", [run])
     plot_histograms(evaluation, score, out / f"hist-{score}.png")
     plot_roc(evaluation, score, out / f"roc-{score}.png")
