@@ -137,6 +137,15 @@ def auto_fit(
             break
     search_seconds = time.perf_counter() - t0
     winner = candidates[alive[0]]
+    baseline = validator.baseline.to_dict()
+    best_trial = min((t for t in trials if t["candidate"] == alive[0]), key=lambda t: -t["round"])
+    if not best_trial["admissible"] or best_trial["fpr95"] >= baseline["fpr95"]:
+        # No candidate beat the zero watermark even at its longest search run: keep zero, skip the final fit.
+        log("auto: no candidate beat the zero watermark on validation; keeping the zero watermark")
+        zero = Watermark.zeros(train.image_shape, **WatermarkLearner(model, normalization, winner, execution,
+                                                                     model_id).metadata(train.image_shape))
+        zero.metadata["auto"] = "zero watermark kept: no candidate beat it on validation"
+        return AutoResult(None, zero, trials, baseline, baseline, search_seconds, 0.0, 0)
 
     t1 = time.perf_counter()
     learner = WatermarkLearner(model, normalization, winner, execution, model_id)
@@ -144,7 +153,6 @@ def auto_fit(
                         validate_every=max(1, final_steps // 10))
     final_seconds = time.perf_counter() - t1
     chosen = min(final.validation, key=lambda v: (0.0 if v["admissible"] else 1.0, v["fpr95"], -v["auroc"]))
-    baseline = validator.baseline.to_dict()
     result = AutoResult(winner, final.watermark, trials, baseline, chosen, search_seconds, final_seconds,
                         final.images_seen)
     if final.selected_step == 0 or not chosen["admissible"] or chosen["fpr95"] >= baseline["fpr95"]:
