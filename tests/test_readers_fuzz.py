@@ -167,3 +167,18 @@ def test_empty_and_out_of_range_label_sets(tmp_path):
     np.savez(folder / "test.npz", x=np.zeros((2, 4, 4, 3), np.uint8), y=np.array([0, -2]))
     with pytest.raises(WatermarkOODError, match="labels"):
         load_id_data(folder)
+
+
+@FUZZ
+@given(st.data())
+def test_detector_reader(tmp_path, data):
+    from watermark_ood.architectures import SmallCNN
+    from watermark_ood.detector import WatermarkDetector
+
+    detector = WatermarkDetector(SmallCNN(3, 3, 4), Normalization((0.5,) * 3, (0.5,) * 3),
+                                 Watermark(torch.zeros(1, 3, 4, 4)), "msp")
+    detector.threshold, detector.tpr = 0.5, 0.95
+    blob = detector.save(tmp_path / "good.safetensors").read_bytes()
+    path = tmp_path / "d.safetensors"
+    path.write_bytes(damaged(blob, data))
+    loads_or_refuses(WatermarkDetector.read, path)
