@@ -32,9 +32,11 @@ def fit_command(data: Path, out: Path) -> list[str]:
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> bool:
+    """Wait until this process has written (or rewritten) ``path``: it is then in the middle of fitting."""
+    before = path.stat().st_mtime_ns if path.exists() else None
     end = time.time() + timeout
     while time.time() < end and proc.poll() is None:
-        if path.exists():
+        if path.exists() and path.stat().st_mtime_ns != before:
             return True
         time.sleep(0.02)
     return path.exists()
