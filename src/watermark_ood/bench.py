@@ -148,5 +148,7 @@ def _auto(cfg: BenchConfig, model: LoadedModel, train: ImageSet, objective: str,
     seconds = auto.search_seconds + auto.final_seconds
     hyperparameters = (auto.config.hyperparameters() if auto.config is not None
                        else {"zero_watermark": True, "objective": objective})
+    # The search draws its own seeded subset (train_limit) and holds 10% of it out for validation.
+    hyperparameters["train_limit"] = config.train_limit
     result = SimpleNamespace(watermark=auto.watermark, history=[])
     return result, seconds, auto.final_images, hyperparameters, auto.summary()
