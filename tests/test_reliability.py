@@ -55,3 +55,15 @@ def test_outputs_stay_inside_out(tmp_path, monkeypatch):
     assert created and all(p == out or out in p.parents for p in created)
     assert not any(p.name.endswith(".tmp") for p in created)
     assert all(os.stat(p).st_mode & 0o044 for p in created if p.is_file())  # readable by others, like any output
+
+
+def test_temporaries_left_by_a_killed_write_are_removed_on_restart(tmp_path):
+    data = write_npz_dataset(tmp_path / "toy")
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".checkpoint.safetensors.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    unrelated = out / "notes.txt"
+    unrelated.write_text("mine")
+    assert main(["fit", *FAST, "--device", "cpu", "--id-data", str(data), "--out", str(out)]) == 0
+    assert not stale.exists() and unrelated.read_text() == "mine"

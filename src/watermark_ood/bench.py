@@ -18,7 +18,7 @@ from .data import ImageSet
 from .datasets import load_id_data, load_ood_data
 from .errors import WatermarkOODError
 from .evaluation import condition_logits, evaluate, evaluate_scores, protocol_subsample
-from .fileio import atomic_write_json
+from .fileio import atomic_write_json, remove_stale_temporaries
 from .learner import WatermarkLearner
 from .models import LoadedModel, load_model
 from .reporting import (build_run, format_terminal_table, plot_histograms, plot_history, plot_roc, plot_watermark,
@@ -70,6 +70,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, log: Callable[[str], 
         fit_config_for(cfg.preset, objective, cfg.overrides)  # fail fast on a bad preset or override
     model, train, test, ood = load_inputs(cfg)
     out = Path(cfg.out)
+    remove_stale_temporaries(out)
     seed = cfg.overrides.get("seed", 0) or 0
     sets = protocol_subsample(ood, len(test), seed) if cfg.protocol else ood
     log(f"model {model.model_id}; ID {train.name} ({len(train)}) / {test.name} ({len(test)}); OOD "

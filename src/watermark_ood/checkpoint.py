@@ -18,7 +18,7 @@ from safetensors.torch import save as save_bytes
 
 from .config import FitConfig
 from .errors import WatermarkOODError, describe
-from .fileio import atomic_write_bytes
+from .fileio import atomic_write_bytes, remove_stale_temporaries
 
 if TYPE_CHECKING:
     from .learner import EpochRecord
@@ -48,6 +48,7 @@ class FitCheckpoint:
         }
 
     def exists(self) -> bool:
+        remove_stale_temporaries(self.path.parent)  # left by a run that was killed while writing
         return self.path.is_file()
 
     def save(self, w: torch.Tensor, epoch: int, step: int, history: list["EpochRecord"], steps_per_epoch: int,

@@ -42,3 +42,19 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete temporaries that an atomic write left when its process was killed (SIGKILL cannot clean up).
+
+    Only our own pattern (``.<name>.<random>.tmp``) is touched, only below ``folder``, and only by rank 0.
+    """
+    from .distributed import is_main_process
+
+    folder = Path(folder)
+    if not folder.is_dir() or not is_main_process():
+        return []
+    stale = [p for p in folder.rglob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
