@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from .config import FitConfig
 from .errors import WatermarkOODError, describe
-from .fileio import atomic_write_bytes, remove_stale_temporaries
+from .fileio import atomic_write_bytes, read_safetensors, remove_stale_temporaries
 
 if TYPE_CHECKING:
     from .learner import EpochRecord
@@ -70,9 +69,8 @@ class FitCheckpoint:
 
         blob = self.path.read_bytes()
         try:
-            tensors = load_bytes(blob)
-            header = json.loads(blob[8: 8 + int.from_bytes(blob[:8], "little")])
-            state: dict[str, Any] = json.loads(header["__metadata__"]["state"])
+            tensors, header_metadata = read_safetensors(blob)
+            state: dict[str, Any] = json.loads(header_metadata["state"])
             watermark = tensors["watermark"]
         except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways
             raise WatermarkOODError(

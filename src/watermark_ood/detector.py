@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from .config import FitConfig, get_preset
@@ -24,7 +23,7 @@ from .data import ImageSet
 from .errors import WatermarkOODError, describe
 from .evaluation import predict_logits
 from .features import LOGIT_SCORES
-from .fileio import atomic_write_bytes, atomic_write_json
+from .fileio import atomic_write_bytes, atomic_write_json, read_safetensors
 from .learner import WatermarkLearner
 from .preprocessing import Normalization
 from .runtime import ExecutionConfig
@@ -114,9 +113,8 @@ class WatermarkDetector:
             raise WatermarkOODError(f"{path}: detector file not found")
         blob = path.read_bytes()
         try:
-            tensors = load_bytes(blob)
-            header = json.loads(blob[8: 8 + int.from_bytes(blob[:8], "little")])
-            meta = json.loads(header["__metadata__"]["detector"])
+            tensors, header_metadata = read_safetensors(blob)
+            meta = json.loads(header_metadata["detector"])
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 raise ValueError("not a watermark-ood detector")
             normalization = Normalization.from_dict(meta["normalization"])

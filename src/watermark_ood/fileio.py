@@ -58,3 +58,15 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+def read_safetensors(blob: bytes):
+    """Tensors and the string metadata of a safetensors file's bytes; raises on a damaged file."""
+    from safetensors.torch import load
+
+    tensors = load(blob)
+    header = json.loads(blob[8: 8 + int.from_bytes(blob[:8], "little")])
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise ValueError("metadata is not a mapping")
+    return tensors, metadata

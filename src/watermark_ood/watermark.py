@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from .errors import WatermarkOODError, describe
-from .fileio import atomic_write_bytes, atomic_write_json
+from .fileio import atomic_write_bytes, atomic_write_json, read_safetensors
 
 TENSOR_KEY = "watermark"
 METADATA_KEY = "watermark_ood"
@@ -75,15 +74,13 @@ class Watermark:
             raise WatermarkOODError(f"{path}: watermark file not found (expected a .safetensors file written by watermark-ood)")
         blob = path.read_bytes()
         try:
-            tensors = load_safetensors_bytes(blob)
-            header_len = int.from_bytes(blob[:8], "little")
-            header = json.loads(blob[8 : 8 + header_len])
+            tensors, header_metadata = read_safetensors(blob)
         except Exception as error:  # noqa: BLE001 - safetensors/json raise several types on damaged files
             raise WatermarkOODError(f"{path}: not a valid safetensors watermark file ({describe(error)})") from None
         if TENSOR_KEY not in tensors:
             raise WatermarkOODError(f"{path}: no tensor named {TENSOR_KEY!r} (found: {', '.join(tensors) or 'none'})")
         try:
-            metadata = json.loads(header.get("__metadata__", {}).get(METADATA_KEY, "{}"))
+            metadata = json.loads(header_metadata.get(METADATA_KEY, "{}"))
         except (json.JSONDecodeError, AttributeError, TypeError) as error:
             raise WatermarkOODError(f"{path}: corrupted watermark metadata ({error})") from None
         if not isinstance(metadata, dict):
