@@ -151,5 +151,6 @@ def _auto(cfg: BenchConfig, model: LoadedModel, train: ImageSet, objective: str,
                        else {"zero_watermark": True, "objective": objective})
     # The search draws its own seeded subset (train_limit) and holds 10% of it out for validation.
     hyperparameters["train_limit"] = config.train_limit
+    auto.watermark.metadata["hyperparameters"] = hyperparameters  # the artefact describes what results.json does
     result = SimpleNamespace(watermark=auto.watermark, history=[])
     return result, seconds, auto.final_images, hyperparameters, auto.summary()
