@@ -66,4 +66,7 @@ def test_auto_choice_does_not_depend_on_the_ood_sets(tmp_path):
         run = json.loads((out / "results.json").read_text())["runs"][0]
         assert run["preset"] == "auto" and "trials" in run["auto"]
         chosen.append((run["hyperparameters"], run["auto"]["trials"], run["auto"]["validation_chosen"]))
+        from watermark_ood.watermark import Watermark
+
+        assert Watermark.load(out / "watermark-energy.safetensors").metadata["hyperparameters"] == run["hyperparameters"]
     assert chosen[0] == chosen[1]
