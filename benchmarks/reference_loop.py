@@ -49,25 +49,33 @@ def cal_loss(config: FitConfig, logits: torch.Tensor, y: torch.Tensor) -> torch.
 
 
 def reference_fit(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, normalization: Normalization,
-                  config: FitConfig, steps: int, num_workers: int = 0) -> torch.Tensor:
-    """``steps`` official-style SAM steps of epoch 0; returns the watermark."""
-    model.eval()
+                  config: FitConfig, steps: int, num_workers: int = 0, device: str = "cpu") -> torch.Tensor:
+    """``steps`` official-style SAM steps of epoch 0 on ``device``; returns the watermark.
+
+    As in the official code, batches come from the DataLoader on the CPU and are
+    moved to the device per step; flips and noise are drawn on the device from
+    the same (seed, epoch, step) stream the library's learner uses there.
+    """
+    dev = torch.device(device)
+    model.eval().to(dev)
     for p in model.parameters():
         p.requires_grad_(True)
     cpu = torch.device("cpu")
     order = torch.randperm(len(images), generator=generator(cpu, config.seed, PERMUTATION_TAG, 0)).tolist()
     batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-    loader = DataLoader(_PilDataset(images, labels, normalization), batch_sampler=batches, num_workers=num_workers)
-    watermark = torch.zeros(1, *images.shape[1:])
+    loader = DataLoader(_PilDataset(images, labels, normalization), batch_sampler=batches, num_workers=num_workers,
+                        pin_memory=dev.type == "cuda")
+    watermark = torch.zeros(1, *images.shape[1:], device=dev)
     alpha = config.alpha_at(0)
     for step, (x, y) in enumerate(loader):
         if step >= steps:
             break
-        rng = generator(cpu, config.seed, 0, step)
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        rng = generator(dev, config.seed, 0, step)
         if config.hflip:
-            flip = torch.rand(len(y), generator=rng) < 0.5
+            flip = torch.rand(len(y), generator=rng, device=dev) < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
-        noise = torch.randn(x.shape, generator=rng) * config.sigma
+        noise = torch.randn(x.shape, generator=rng, device=dev) * config.sigma
         data = torch.cat((x, noise), 0)
         watermark.requires_grad_()
         loss = cal_loss(config, model(data + watermark), y)
@@ -77,18 +85,25 @@ def reference_fit(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
         loss = cal_loss(config, model(data + watermark + perturb * config.rho), y)
         grad = torch.autograd.grad(loss, [watermark])[0].detach()
         watermark = watermark.detach() - alpha * torch.sign(grad)
-    return watermark
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.cpu()
+    return watermark.cpu()
 
 
 @torch.no_grad()
 def reference_logits(model: torch.nn.Module, images: torch.Tensor, normalization: Normalization,
-                     watermark: torch.Tensor | None, batch_size: int = 200) -> torch.Tensor:
+                     watermark: torch.Tensor | None, batch_size: int = 200, device: str = "cpu") -> torch.Tensor:
     """The official evaluation: a DataLoader with batch 200, per-image transforms, no_grad."""
+    dev = torch.device(device)
+    model.eval().to(dev)
     loader = DataLoader(_PilDataset(images, torch.zeros(len(images), dtype=torch.int64), normalization),
                         batch_size=batch_size, shuffle=False)
     out = []
     for x, _ in loader:
-        out.append(model(x if watermark is None else x + watermark))
+        x = x.to(dev)
+        out.append(model(x if watermark is None else x + watermark.to(dev)).cpu())
+    model.cpu()
     return torch.cat(out)
 
 

@@ -55,6 +55,10 @@ class PeakRSS:
 
     def __enter__(self):
         self.start = self.peak = self.rss()
+        self.cuda_peak = 0
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
         return self
@@ -65,25 +69,37 @@ class PeakRSS:
             time.sleep(self.interval)
 
     def __exit__(self, *exc) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            self.cuda_peak = torch.cuda.max_memory_allocated()
         self._stop.set()
         self._thread.join()
-        if torch.cuda.is_available():
-            self.cuda_peak = torch.cuda.max_memory_allocated()
 
     @property
     def extra_mib(self) -> float:
         return (self.peak - self.start) / 2**20
 
 
-MODES = {
-    "fast-fp32": ExecutionConfig(device="cpu", precision="fp32"),
-    "fast-bf16": ExecutionConfig(device="cpu", precision="bf16"),
-    "fast-bf16-compile": ExecutionConfig(device="cpu", precision="bf16", compile=True),
-}
+def modes(device: str) -> dict[str, ExecutionConfig]:
+    """The fast learner's execution modes worth timing on ``device``."""
+    found = {
+        "fast-fp32": ExecutionConfig(device=device, precision="fp32"),
+        "fast-bf16": ExecutionConfig(device=device, precision="bf16"),
+        "fast-bf16-compile": ExecutionConfig(device=device, precision="bf16", compile=True),
+    }
+    if device.startswith("cuda"):
+        found["fast-fp32-graphs"] = ExecutionConfig(device=device, precision="fp32", cuda_graphs=True)
+        found["fast-bf16-graphs"] = ExecutionConfig(device=device, precision="bf16", cuda_graphs=True)
+    return found
 
 
-def detection(model, normalization, id_set, ood_set, w: torch.Tensor) -> dict[str, float]:
-    exe = ExecutionConfig(device="cpu", eval_batch_size=500)
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def detection(model, normalization, id_set, ood_set, w: torch.Tensor, device: str = "cpu") -> dict[str, float]:
+    exe = ExecutionConfig(device=device, eval_batch_size=500)
     mark = Watermark(w)
     s_id = msp_score(predict_logits(model, id_set, normalization, mark, exe)).numpy()
     s_ood = msp_score(predict_logits(model, ood_set, normalization, mark, exe)).numpy()
@@ -92,12 +108,14 @@ def detection(model, normalization, id_set, ood_set, w: torch.Tensor) -> dict[st
 
 def time_eval(model, normalization, images: ImageSet, execution: ExecutionConfig) -> float:
     predict_logits(model, images.subset(torch.arange(min(200, len(images)))), normalization, None, execution)
+    sync()
     t = time.perf_counter()
     predict_logits(model, images, normalization, None, execution)
+    sync()
     return len(images) / (time.perf_counter() - t)
 
 
-def bench_model(name: str, args, train: ImageSet, held_id: ImageSet, held_ood: ImageSet) -> dict:
+def bench_model(name: str, args, train: ImageSet, test: ImageSet, held_id: ImageSet, held_ood: ImageSet) -> dict:
     ckpt = None
     if args.checkpoint_dir and name.startswith("resnet"):
         found = sorted(Path(args.checkpoint_dir).glob(f"{name}-*.th"))
@@ -113,23 +131,29 @@ def bench_model(name: str, args, train: ImageSet, held_id: ImageSet, held_ood: I
     result = {"model": name, "checkpoint": str(ckpt) if ckpt else "random weights", "steps": args.steps,
               "id_images_per_run": ids, "modes": {}}
 
-    # Warm-up for both paths (allocator, oneDNN primitive caches).
-    reference_fit(model, subset.images, subset.labels, norm, config, 1)
+    dev = args.device
+    # Warm-up for both paths (allocator, oneDNN primitive caches, CUDA context).
+    reference_fit(model, subset.images, subset.labels, norm, config, 1, device=dev)
     with PeakRSS() as mem:
         t = time.perf_counter()
-        w_ref = reference_fit(model, subset.images, subset.labels, norm, config, args.steps, args.workers)
+        w_ref = reference_fit(model, subset.images, subset.labels, norm, config, args.steps, args.workers, dev)
+        sync()
         ref_seconds = time.perf_counter() - t
     ref_ips = ids / ref_seconds
     result["reference"] = {"seconds": ref_seconds, "images_per_second": ref_ips, "peak_extra_mib": mem.extra_mib,
-                           **detection(model, norm, held_id, held_ood, w_ref)}
+                           "peak_cuda_mib": mem.cuda_peak / 2**20,
+                           **detection(model, norm, held_id, held_ood, w_ref, dev)}
     print(f"{name:9s} reference          {ref_ips:7.1f} img/s  {ref_seconds:6.1f}s  "
           f"fpr95 {result['reference']['fpr95']:.4f} auroc {result['reference']['auroc']:.4f}", flush=True)
 
-    # Noise floor: the same reference loop with oneDNN switched off (other conv kernels, same algorithm).
-    # Sign descent amplifies rounding differences, so this is what "the same result" can mean.
-    with torch.backends.mkldnn.flags(enabled=False):
-        w_floor = reference_fit(model, subset.images, subset.labels, norm, config, args.steps, args.workers)
-    floor = detection(model, norm, held_id, held_ood, w_floor)
+    # Noise floor: the same reference loop with other conv kernels (oneDNN off on the CPU; on CUDA, deterministic
+    # cuDNN algorithms, since PyTorch's own CUDA convolutions are far slower). Sign descent amplifies rounding
+    # differences, so this is what "the same result" can mean.
+    other = (torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True) if dev.startswith("cuda")
+             else torch.backends.mkldnn.flags(enabled=False))
+    with other:
+        w_floor = reference_fit(model, subset.images, subset.labels, norm, config, args.steps, args.workers, dev)
+    floor = detection(model, norm, held_id, held_ood, w_floor, dev)
     diff = (w_floor - w_ref).abs()
     result["reference_other_kernels"] = {
         **floor, "watermark_max_abs_diff": float(diff.max()),
@@ -140,25 +164,30 @@ def bench_model(name: str, args, train: ImageSet, held_id: ImageSet, held_ood: I
     print(f"{name:9s} reference, other kernels (noise floor): fpr95 {floor['fpr95']:.4f} auroc {floor['auroc']:.4f}  "
           f"|dw|max {float(diff.max()):.3f} ({100 * float((diff > 1e-6).float().mean()):.1f}% px)", flush=True)
 
-    for mode, execution in MODES.items():
+    for mode, execution in modes(dev).items():
         if mode.endswith("compile") and args.no_compile:
             continue
         learner_cfg = config.replace(epochs=1)
         warm = time.perf_counter()
         WatermarkLearner(model, norm, learner_cfg.replace(train_limit=config.batch_size), execution).fit(
             subset, progress=False)
+        sync()
         warm_seconds = time.perf_counter() - warm
         with PeakRSS() as mem:
             t = time.perf_counter()
             fit = WatermarkLearner(model, norm, learner_cfg, execution).fit(subset, progress=False)
+            sync()
             seconds = time.perf_counter() - t
-        w = fit.watermark.tensor
+        w = fit.watermark.tensor.cpu()
         diff = (w - w_ref).abs()
         entry = {"seconds": seconds, "images_per_second": ids / seconds, "ratio_to_reference": ref_seconds / seconds,
-                 "peak_extra_mib": mem.extra_mib, "warmup_seconds": warm_seconds,
+                 "peak_extra_mib": mem.extra_mib, "peak_cuda_mib": mem.cuda_peak / 2**20,
+                 "warmup_seconds": warm_seconds,
                  "watermark_max_abs_diff": float(diff.max()),
                  "watermark_fraction_pixels_differing": float((diff > 1e-6).float().mean()),
-                 **detection(model, norm, held_id, held_ood, w)}
+                 **detection(model, norm, held_id, held_ood, w, dev)}
+        # The paper's full schedule (50 epochs over CIFAR-10's 50,000 images = 19,550 steps) at this speed.
+        entry["projected_50_epoch_cifar10_seconds"] = 19550 * seconds / args.steps
         entry["fpr95_diff_points"] = 100 * (entry["fpr95"] - result["reference"]["fpr95"])
         entry["auroc_diff_points"] = 100 * (entry["auroc"] - result["reference"]["auroc"])
         result["modes"][mode] = entry
@@ -167,14 +196,15 @@ def bench_model(name: str, args, train: ImageSet, held_id: ImageSet, held_ood: I
               f"({100 * entry['watermark_fraction_pixels_differing']:.1f}% px)  mem +{entry['peak_extra_mib']:.0f} MiB",
               flush=True)
 
-    eval_set = held_id.subset(torch.arange(min(len(held_id), args.eval_images)))
+    eval_set = test.subset(torch.arange(min(len(test), args.eval_images)))
     t = time.perf_counter()
-    reference_logits(model, eval_set.images, norm, None)
+    reference_logits(model, eval_set.images, norm, None, device=dev)
+    sync()
     ref_eval = len(eval_set) / (time.perf_counter() - t)
     result["evaluation_images_per_second"] = {
         "reference": ref_eval,
-        "fast-fp32": time_eval(model, norm, eval_set, ExecutionConfig(device="cpu")),
-        "fast-bf16": time_eval(model, norm, eval_set, ExecutionConfig(device="cpu", precision="bf16")),
+        "fast-fp32": time_eval(model, norm, eval_set, ExecutionConfig(device=dev)),
+        "fast-bf16": time_eval(model, norm, eval_set, ExecutionConfig(device=dev, precision="bf16")),
     }
     print(f"{name:9s} evaluation img/s: " + ", ".join(f"{k} {v:.0f}" for k, v in
                                                       result["evaluation_images_per_second"].items()), flush=True)
@@ -183,7 +213,7 @@ def bench_model(name: str, args, train: ImageSet, held_id: ImageSet, held_ood: I
 
 def full_data_memory(args) -> dict | None:
     """Peak RSS of a separate process fitting a few steps on the whole ID training set."""
-    if not args.id_data:
+    if not args.id_data or args.device != "cpu":
         return None
     code = (
         "import resource; from watermark_ood import *; from watermark_ood.datasets import load_id_data\n"
@@ -213,6 +243,7 @@ def main() -> None:
     parser.add_argument("--eval-images", type=int, default=2000)
     parser.add_argument("--held-out", type=int, default=1000)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where both loops run [cpu]")
     parser.add_argument("--out", default="benchmarks/results/speed-cpu.json")
     args = parser.parse_args()
 
@@ -232,13 +263,15 @@ def main() -> None:
 
         held_ood = uniform_set(args.held_out, test.image_shape, 2)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}", flush=True)
+    device = (f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+              f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}")
+    if args.device.startswith("cuda"):
+        device = f"{args.device}: {torch.cuda.get_device_name(torch.device(args.device))}; host {device}"
+    print(f"torch {torch.__version__}, {device}", flush=True)
     report = {
-        "device": f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                  f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}",
+        "device": device,
         "torch": torch.__version__, "command": " ".join(sys.argv), "objective": args.objective,
-        "models": [bench_model(m, args, train, held_id, held_ood) for m in args.models],
+        "models": [bench_model(m, args, train, test, held_id, held_ood) for m in args.models],
         "full_data_memory": full_data_memory(args),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -109,9 +109,8 @@ class FitConfig:
         if self.linf_budget is not None:
             w = w.clamp(-self.linf_budget, self.linf_budget)
         if self.l2_budget is not None:
-            norm = w.norm()
-            if norm > self.l2_budget:
-                w = w * (self.l2_budget / norm)
+            # A scale of budget/max(norm, budget) is 1 inside the ball; no data-dependent branch, so no device sync.
+            w = w * (self.l2_budget / w.norm().clamp_min(self.l2_budget))
         return w
 
     def replace(self, **changes: Any) -> "FitConfig":

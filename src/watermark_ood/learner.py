@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from .watermark import Watermark
 
 PERMUTATION_TAG = 0x5EED
 SUBSET_TAG = 0x5B5E7
+FINITE_CHECK_EVERY = 50  # steps between NaN checks on accelerators (each one waits for the device)
 
 STOP = threading.Event()  # set by the CLI's SIGINT/SIGTERM handler; every running fit stops after its step
 
@@ -202,6 +204,9 @@ class WatermarkLearner:
             if best is None or outcome.key < tuple(best["key"]):
                 best = {"step": at_step, "key": list(outcome.key), "watermark": point.detach().cpu().clone()}
 
+        cudnn_benchmark = torch.backends.cudnn.benchmark
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed batch shapes: let cuDNN pick its fastest kernels
         forward = self._prepare_model(device)
         flags = [p.requires_grad for p in self.model.parameters()]
         was_training = self.model.training
@@ -209,11 +214,14 @@ class WatermarkLearner:
         for p in self.model.parameters():
             p.requires_grad_(False)
 
+        use_graphs = (exe.cuda_graphs and device.type == "cuda" and not exe.compile
+                      and not distributed.is_distributed())
+
         def loss_at(point: torch.Tensor, x, y, noise) -> torch.Tensor:
             inputs = torch.cat([x, noise]) + point
             if exe.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
-            with exe.autocast(device):
+            with exe.autocast(device, cache_enabled=not use_graphs):
                 logits = forward(inputs)
             return objective_loss(cfg, logits[: len(x)], y, logits[len(x):])
 
@@ -222,6 +230,36 @@ class WatermarkLearner:
             loss = loss_at(point, x, y, noise)
             (grad,) = torch.autograd.grad(loss, point)
             return loss.detach(), grad
+
+        def sam_step(point: torch.Tensor, x, y, noise, alpha, share: float = 1.0):
+            """One sharpness-aware sign step; returns the loss at ``point`` and the next watermark."""
+            loss, g1 = grad_at(point, x, y, noise)
+            if distributed.is_distributed():
+                loss = distributed.all_reduce_sum(loss * share)
+                g1 = distributed.all_reduce_sum(g1 * share)
+            e = g1 / g1.norm().clamp_min(1e-12)
+            _, g2 = grad_at(point + cfg.rho * e, x, y, noise)
+            if distributed.is_distributed():
+                g2 = distributed.all_reduce_sum(g2 * share)
+            return loss, cfg.project(point - alpha * torch.sign(g2))
+
+        graphs: dict[int, StepGraph] = {}
+
+        # Finiteness is checked every step on the CPU; on accelerators every FINITE_CHECK_EVERY steps (and
+        # before anything is saved), since each check waits for the device and stalls the launch queue.
+        check_every = 1 if device.type == "cpu" else FINITE_CHECK_EVERY
+        finite = torch.ones((), dtype=torch.bool, device=device)
+        last_checked = start_epoch * steps + start_step
+
+        def check_finite(ok: torch.Tensor, loss: torch.Tensor, epoch: int, step: int, at: int) -> None:
+            nonlocal last_checked
+            if not bool(ok):
+                where = f"epoch {epoch + 1}, step {step + 1}" if at - last_checked <= 1 else \
+                    f"one of global steps {last_checked + 1}-{at} (epoch {epoch + 1})"
+                what = "the watermark became NaN/infinite" if torch.isfinite(loss) else f"the loss became {float(loss)}"
+                raise WatermarkOODError(f"{what} at {where}; lower alpha/beta/temperatures "
+                                        "(the last good checkpoint is kept)")
+            last_checked = at
 
         t0, images_seen = time.perf_counter(), 0
         global_step = start_epoch * steps + start_step
@@ -246,39 +284,36 @@ class WatermarkLearner:
                     part, total = distributed.shard(index)
                     x, y, noise = x[part], y[part], noise[part]
                     share = len(y) / total
-                    loss, g1 = grad_at(w, x, y, noise)
-                    if distributed.is_distributed():
-                        loss = distributed.all_reduce_sum(loss * share)
-                        g1 = distributed.all_reduce_sum(g1 * share)
-                    if not torch.isfinite(loss):
-                        raise WatermarkOODError(
-                            f"the loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}; "
-                            "lower alpha/beta/temperatures (the last good checkpoint is kept)"
-                        )
-                    e = g1 / g1.norm().clamp_min(1e-12)
-                    _, g2 = grad_at(w + cfg.rho * e, x, y, noise)
-                    if distributed.is_distributed():
-                        g2 = distributed.all_reduce_sum(g2 * share)
-                    w_next = cfg.project(w - alpha * torch.sign(g2))
-                    if not torch.isfinite(w_next).all():
-                        raise WatermarkOODError(
-                            f"the watermark became NaN/infinite at epoch {epoch + 1}, step {step + 1}; "
-                            "lower alpha/beta/temperatures (the last good checkpoint is kept)"
-                        )
+                    if use_graphs and len(y) not in graphs:
+                        try:
+                            graphs[len(y)] = StepGraph(sam_step, w, x, y, noise)
+                        except Exception as error:  # noqa: BLE001 - fall back to eager steps, say so once
+                            warnings.warn(f"CUDA graph capture failed ({type(error).__name__}: {error}); "
+                                          "continuing with eager steps", RuntimeWarning, stacklevel=2)
+                            use_graphs = False
+                    if use_graphs:
+                        loss, w_next = graphs[len(y)](w, x, y, noise, alpha)
+                    else:
+                        loss, w_next = sam_step(w, x, y, noise, alpha, share)
+                    finite = finite & torch.isfinite(loss) & torch.isfinite(w_next).all()
                     w = w_next
                     loss_sum += loss
                     images_seen += len(index)
                     global_step += 1
+                    stopping = distributed.any_rank(self.stop_requested or STOP.is_set(), device)
+                    limit_reached = max_steps is not None and images_seen >= max_steps * cfg.batch_size
+                    if (global_step % check_every == 0 or step == steps - 1 or stopping or limit_reached
+                            or global_step % validate_every == 0 or global_step % checkpoint_every == 0):
+                        check_finite(finite, loss, epoch, step, global_step)
                     if show and (step % 10 == 0 or step == steps - 1):
                         bar.set_postfix(loss=f"{float(loss_sum) / (step - first + 1):.4f}")
                     if global_step % validate_every == 0:
                         validate(w, global_step)
-                    stopping = distributed.any_rank(self.stop_requested or STOP.is_set(), device)
                     if ckpt is not None and (global_step % checkpoint_every == 0 or stopping):
                         ckpt.save(w, epoch, step + 1, history, steps, best, validation)
                     if stopping:
                         raise StopRequested(ckpt.path if ckpt else None)
-                    if max_steps is not None and images_seen >= max_steps * cfg.batch_size:
+                    if limit_reached:
                         break
                 bar.close()
                 stats = w.abs()
@@ -297,6 +332,7 @@ class WatermarkLearner:
                 if callback is not None:
                     callback(record, w.detach().cpu())
         finally:
+            torch.backends.cudnn.benchmark = cudnn_benchmark
             for p, flag in zip(self.model.parameters(), flags):
                 p.requires_grad_(flag)
             self.model.train(was_training)
@@ -317,6 +353,39 @@ class WatermarkLearner:
         if self.execution.compile:
             return torch.compile(module)
         return module
+
+
+class StepGraph:
+    """One SAM step captured as a CUDA graph over static input buffers, replayed for each batch.
+
+    Randomness (order, flips, noise) stays outside the graph, so replays follow
+    the same (seed, epoch, step) streams as eager steps; alpha is a device scalar
+    so the learning-rate schedule needs no re-capture.
+    """
+
+    def __init__(self, step: Callable[..., tuple[torch.Tensor, torch.Tensor]], w: torch.Tensor,
+                 x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor) -> None:
+        self.w, self.x, self.y, self.noise = w.clone(), x.clone(), y.clone(), noise.clone()
+        self.alpha = torch.zeros((), device=w.device)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside capture (cuDNN autotuning, allocator)
+            for _ in range(3):
+                step(self.w, self.x, self.y, self.noise, self.alpha)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.loss, self.w_next = step(self.w, self.x, self.y, self.noise, self.alpha)
+
+    def __call__(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor,
+                 alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+        self.w.copy_(w)
+        self.x.copy_(x)
+        self.y.copy_(y)
+        self.noise.copy_(noise)
+        self.alpha.fill_(alpha)
+        self.graph.replay()
+        return self.loss.clone(), self.w_next.clone()
 
 
 def fit_watermark(model: torch.nn.Module, train: ImageSet, normalization: Normalization,
