@@ -82,9 +82,9 @@ class PeakRSS:
 
 def modes(device: str) -> dict[str, ExecutionConfig]:
     """The fast learner's execution modes worth timing on ``device``."""
-    found = {
-        "fast-fp32": ExecutionConfig(device=device, precision="fp32"),
-        "fast-bf16": ExecutionConfig(device=device, precision="bf16"),
+    found = {  # plain modes step eagerly; the -graphs modes replay CUDA graphs (the library's default on CUDA)
+        "fast-fp32": ExecutionConfig(device=device, precision="fp32", cuda_graphs=False),
+        "fast-bf16": ExecutionConfig(device=device, precision="bf16", cuda_graphs=False),
         "fast-bf16-compile": ExecutionConfig(device=device, precision="bf16", compile=True),
     }
     if device.startswith("cuda"):
@@ -147,10 +147,10 @@ def bench_model(name: str, args, train: ImageSet, test: ImageSet, held_id: Image
           f"fpr95 {result['reference']['fpr95']:.4f} auroc {result['reference']['auroc']:.4f}", flush=True)
 
     # Noise floor: the same reference loop with other conv kernels (oneDNN off on the CPU; on CUDA, deterministic
-    # cuDNN algorithms, since PyTorch's own CUDA convolutions are far slower). Sign descent amplifies rounding
+    # cuDNN algorithms in full fp32 instead of the default TF32, since PyTorch's own CUDA convolutions are far slower). Sign descent amplifies rounding
     # differences, so this is what "the same result" can mean.
-    other = (torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True) if dev.startswith("cuda")
-             else torch.backends.mkldnn.flags(enabled=False))
+    other = (torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False)
+             if dev.startswith("cuda") else torch.backends.mkldnn.flags(enabled=False))
     with other:
         w_floor = reference_fit(model, subset.images, subset.labels, norm, config, args.steps, args.workers, dev)
     floor = detection(model, norm, held_id, held_ood, w_floor, dev)
@@ -165,7 +165,7 @@ def bench_model(name: str, args, train: ImageSet, test: ImageSet, held_id: Image
           f"|dw|max {float(diff.max()):.3f} ({100 * float((diff > 1e-6).float().mean()):.1f}% px)", flush=True)
 
     for mode, execution in modes(dev).items():
-        if mode.endswith("compile") and args.no_compile:
+        if (mode.endswith("compile") and args.no_compile) or (args.modes and mode not in args.modes):
             continue
         learner_cfg = config.replace(epochs=1)
         warm = time.perf_counter()
@@ -243,6 +243,7 @@ def main() -> None:
     parser.add_argument("--eval-images", type=int, default=2000)
     parser.add_argument("--held-out", type=int, default=1000)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--modes", nargs="+", help="time only these fast-learner modes (e.g. fast-fp32 fast-bf16)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where both loops run [cpu]")
     parser.add_argument("--out", default="benchmarks/results/speed-cpu.json")
     args = parser.parse_args()

@@ -124,3 +124,12 @@ def test_demo_end_to_end(tmp_path):
     assert run["accuracy"]["baseline"] > 0.9  # the demo classifier really learned the digits
     for name in ("report.md", "watermark-msp.png", "hist-energy.png", "roc-msp.png", "watermark-energy.safetensors"):
         assert (out / name).is_file(), name
+
+
+def test_cuda_graphs_are_the_default_and_can_be_switched_off():
+    from watermark_ood.cli import _execution, build_parser
+    from watermark_ood.runtime import ExecutionConfig
+
+    assert ExecutionConfig().cuda_graphs
+    args = build_parser().parse_args(["fit", "--model", "small_cnn", "--id-data", "x", "--out", "o", "--no-cuda-graphs"])
+    assert not _execution(args).cuda_graphs

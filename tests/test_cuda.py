@@ -23,7 +23,7 @@ def fit(model, data, norm, **execution):
 
 
 def test_cuda_graph_steps_equal_eager_steps(toy_model, toy_train, norm3):
-    eager = fit(toy_model, toy_train, norm3).watermark.tensor
+    eager = fit(toy_model, toy_train, norm3, cuda_graphs=False).watermark.tensor
     graphed = fit(toy_model, toy_train, norm3, cuda_graphs=True).watermark.tensor
     # 64 images / 16 = 4 full batches per epoch; the same kernels run either way.
     differing = ((eager - graphed).abs() > 1e-6).float().mean()
@@ -37,17 +37,25 @@ def test_cuda_graphs_handle_a_partial_last_batch(toy_model, toy_train, norm3):
     assert torch.isfinite(result.watermark.tensor).all() and result.images_seen == 2 * 56
 
 
-def test_cuda_fit_is_close_to_cpu_fit(toy_model, toy_train, norm3):
-    gpu = fit(toy_model, toy_train, norm3, precision="fp32").watermark.tensor.cpu()
-    cpu = WatermarkLearner(toy_model, norm3, CFG, ExecutionConfig(device="cpu")).fit(
-        toy_train, progress=False).watermark.tensor
-    # Sign descent turns rounding differences into +-alpha flips; most pixels must still agree.
-    assert ((gpu - cpu).abs() > 1e-6).float().mean() < 0.2
+def test_cuda_fit_learns_like_the_cpu_fit(toy_model, toy_train, norm3):
+    # Noise is drawn from the device's own generator, so CPU and CUDA runs follow different random streams:
+    # compare what they learn (the objective's drop, the watermark's size), not pixels.
+    gpu = fit(toy_model, toy_train, norm3, precision="fp32")
+    cpu = WatermarkLearner(toy_model, norm3, CFG, ExecutionConfig(device="cpu")).fit(toy_train, progress=False)
+    for result in (gpu, cpu):
+        assert result.history[-1].loss < result.history[0].loss
+    assert abs(gpu.history[-1].mean_abs - cpu.history[-1].mean_abs) < 0.25 * cpu.history[-1].mean_abs
+
+
+def test_cuda_fit_repeats_itself(toy_model, toy_train, norm3):
+    first = fit(toy_model, toy_train, norm3, cuda_graphs=True).watermark.tensor
+    second = fit(toy_model, toy_train, norm3, cuda_graphs=True).watermark.tensor
+    assert ((first - second).abs() > 1e-6).float().mean() < 0.01
 
 
 def test_cuda_nan_is_reported(toy_model, toy_train, norm3):
     cfg = CFG.replace(alpha=float("inf"), epochs=1)
-    for graphs in (False, True):
+    for graphs in (False, True):  # eager steps, and graph replays (the default on CUDA)
         exe = ExecutionConfig(device="cuda", cuda_graphs=graphs)
         with pytest.raises(WatermarkOODError, match="NaN|became"):
             WatermarkLearner(toy_model, norm3, cfg, exe).fit(toy_train, progress=False)
@@ -58,3 +66,4 @@ def test_cuda_logits_match_cpu(toy_model, toy_test, norm3):
     cpu = predict_logits(toy_model, toy_test, norm3, mark, ExecutionConfig(device="cpu"))
     gpu = predict_logits(toy_model, toy_test, norm3, mark, ExecutionConfig(device="cuda", eval_batch_size=7))
     assert torch.allclose(cpu, gpu, atol=1e-3, rtol=1e-3)
+

@@ -13,6 +13,7 @@ BUDGET="${BUDGET:-560}"   # seconds for the whole script
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY="${PY:-python3}"
+STAGES="${STAGES:-tests speed bench}" SPEED_OUT="${SPEED_OUT:-speed-gpu.json}"
 DEVICE="${DEVICE:-cuda}" STEPS="${STEPS:-100}" SPEED_EXTRA="${SPEED_EXTRA:-}" BENCH_EXTRA="${BENCH_EXTRA:-}"  # dry runs: DEVICE=cpu
 exec > >(tee -a "$OUT/gpu_run.log") 2>&1
 left() { echo $(( BUDGET - SECONDS )); }
@@ -29,14 +30,15 @@ SHARED=/tmp/shared
 "$PY" benchmarks/device/pack_shared.py unpack .devdata "$SHARED" || exit 1
 
 stage "CUDA tests"
-timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_learner.py 2>&1 | tail -15
+[[ " $STAGES " == *" tests "* ]] && timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_learner.py 2>&1 | tail -15
 
 stage "speed.py on CUDA"
-timeout 220 "$PY" benchmarks/speed.py --device "$DEVICE" --steps "$STEPS" --no-compile --workers 4 \
+[[ " $STAGES " == *" speed "* ]] && timeout 220 "$PY" benchmarks/speed.py --device "$DEVICE" --steps "$STEPS" --no-compile --workers 4 \
   --id-data "$SHARED/data/cifar10" --ood-data "$SHARED/data/ood/tinyimagenet_resize.npz" \
-  --checkpoint-dir "$SHARED/models/cifar10_resnet" --out "$OUT/speed-gpu.json" $SPEED_EXTRA
+  --checkpoint-dir "$SHARED/models/cifar10_resnet" --out "$OUT/$SPEED_OUT" $SPEED_EXTRA
 
-FLAGS=$("$PY" - "$OUT/speed-gpu.json" <<'PY'
+[[ " $STAGES " == *" bench "* ]] || { stage "done"; exit 0; }
+FLAGS=$("$PY" - "$OUT/$SPEED_OUT" <<'PY'
 import json, sys
 try:
     models = {m["model"]: m for m in json.load(open(sys.argv[1]))["models"]}

@@ -23,7 +23,7 @@ from .learner import WatermarkLearner
 from .models import LoadedModel, load_model
 from .reporting import (build_run, format_terminal_table, plot_histograms, plot_history, plot_roc, plot_watermark,
                         write_report, write_results)
-from .runtime import ExecutionConfig
+from .runtime import ExecutionConfig, device_name
 from .scores import score_for_objective
 
 
@@ -113,7 +113,8 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, log: Callable[[str], 
             request=request, preset=cfg.preset, **extra,
             model=model.model_id, id_data=str(cfg.id_data), ood_data=[str(s) for s in cfg.ood_data],
             num_id_test=len(test), num_ood={s.name: len(s) for s in sets}, device=str(cfg.execution.torch_device()),
-            precision=cfg.execution.precision, watermark_stats=result.watermark.stats(),
+            precision=cfg.execution.precision, device_name=device_name(cfg.execution.torch_device()),
+            execution=cfg.execution.describe(), watermark_stats=result.watermark.stats(),
             history=[r.to_dict() for r in result.history],
         )
         result.watermark.metadata["metrics"] = {"accuracy": run["accuracy"], "mean": run["watermarked"]["mean"]}

@@ -47,8 +47,8 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="autocast precision for the model's forward/backward [fp32]")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
-    g.add_argument("--cuda-graphs", action="store_true",
-                   help="on CUDA, replay each watermark step as a CUDA graph (removes kernel-launch overhead)")
+    g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="on CUDA, replay each watermark step as a CUDA graph (removes kernel-launch overhead) [on]")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch [PyTorch's default]")
     g.add_argument("--eval-batch-size", type=int, default=1000, help="batch size for scoring [1000]")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
