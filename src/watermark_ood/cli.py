@@ -31,7 +31,7 @@ EPILOG = """examples:
 SCORE_CHOICES = ["msp", "energy", "maxlogit", "odin", "mahalanobis", "knn", "vim"]
 ID_HELP = "ID data folder (train.npz/test.npz, torchvision's CIFAR layout, or ImageFolder train/ and test/)"
 FIT_OVERRIDES = ("sigma", "rho", "beta", "t_in", "t_out", "alpha", "epochs", "batch_size", "train_limit", "seed",
-                 "linf_budget", "l2_budget", "schedule", "noise_scale")
+                 "linf_budget", "l2_budget", "schedule", "noise_scale", "surrogate")
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -87,6 +87,8 @@ def _add_fit(p: argparse.ArgumentParser, multi_objective: bool) -> None:
     g.add_argument("--l2-budget", type=float, help="project the watermark onto an L2 ball (not in the paper)")
     g.add_argument("--schedule", choices=["step", "cosine"],
                    help="step size schedule: step (the paper: /10 half-way) or cosine (per step, for short runs)")
+    g.add_argument("--surrogate", choices=["gaussian", "mosaic"],
+                   help="surrogate outliers: Gaussian noise (the paper) or mosaics of ID patches [gaussian]")
     g.add_argument("--noise-scale", choices=["absolute", "data"],
                    help="sigma in normalized units (the paper) or relative to the data's per-channel std")
     g.add_argument("--seed", type=int, default=0, help="seed for data order, flips and noise [0]")

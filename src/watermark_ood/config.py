@@ -10,6 +10,9 @@ from typing import Any
 from .errors import WatermarkOODError
 
 OBJECTIVES = ("msp", "energy")
+# Surrogate outliers: the paper's Gaussian noise, or mosaics of 8x8 patches taken from random images of the ID
+# batch (natural local statistics, no object structure; not in the paper).
+SURROGATES = ("gaussian", "mosaic")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class FitConfig:
     l2_budget: float | None = None
     schedule: str = "step"
     noise_scale: str = "absolute"
+    surrogate: str = "gaussian"
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -55,6 +59,8 @@ class FitConfig:
             raise WatermarkOODError(f"schedule must be 'step' (the paper) or 'cosine', got {self.schedule!r}")
         if self.noise_scale not in ("absolute", "data"):
             raise WatermarkOODError(f"noise_scale must be 'absolute' (the paper) or 'data', got {self.noise_scale!r}")
+        if self.surrogate not in SURROGATES:
+            raise WatermarkOODError(f"surrogate must be one of {', '.join(SURROGATES)}, got {self.surrogate!r}")
         for name in ("linf_budget", "l2_budget"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -99,7 +105,7 @@ class FitConfig:
         for name in ("linf_budget", "l2_budget"):
             if data[name] is None:
                 data.pop(name)
-        for name, paper in (("schedule", "step"), ("noise_scale", "absolute")):
+        for name, paper in (("schedule", "step"), ("noise_scale", "absolute"), ("surrogate", "gaussian")):
             if data[name] == paper:  # keep results.json of paper runs unchanged
                 data.pop(name)
         return data

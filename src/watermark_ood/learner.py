@@ -88,6 +88,21 @@ def data_channel_std(images: torch.Tensor, normalization: Normalization, limit: 
     return x.transpose(0, 1).flatten(1).std(dim=1).view(1, -1, 1, 1)
 
 
+def mosaic(x: torch.Tensor, rng: torch.Generator, patch: int = 8) -> torch.Tensor:
+    """Surrogate outliers: each image a grid of patches drawn at random from all images of the batch."""
+    n, c, h, w = x.shape
+    gh, gw = h // patch, w // patch
+    if gh == 0 or gw == 0:
+        raise WatermarkOODError(f"mosaic surrogates need images of at least {patch}x{patch}, got {h}x{w}")
+    tiles = x[:, :, : gh * patch, : gw * patch].reshape(n, c, gh, patch, gw, patch).permute(0, 2, 4, 1, 3, 5)
+    tiles = tiles.reshape(n * gh * gw, c, patch, patch)
+    pick = torch.randint(0, len(tiles), (len(tiles),), generator=rng, device=x.device)
+    out = tiles[pick].reshape(n, gh, gw, c, patch, patch).permute(0, 3, 1, 4, 2, 5).reshape(n, c, gh * patch, gw * patch)
+    if (gh * patch, gw * patch) != (h, w):
+        out = torch.nn.functional.pad(out, (0, w - gw * patch, 0, h - gh * patch))
+    return out
+
+
 class WatermarkLearner:
     """Learns a watermark for a fixed classifier ``model`` that maps normalized images to logits.
 
@@ -144,6 +159,8 @@ class WatermarkLearner:
         if self.config.hflip:
             flip = torch.rand(len(index), generator=rng, device=device) < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        if self.config.surrogate == "mosaic":
+            return x, y, mosaic(x, rng)
         noise = torch.randn(x.shape, generator=rng, device=device) * self.noise_std
         return x, y, noise
 
