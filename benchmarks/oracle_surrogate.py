@@ -1,0 +1,126 @@
+"""Upper bound for the surrogate question (issue: self-tuning): train the watermark with *real* OOD images as outliers.
+
+The library's learner, unchanged except that each batch's outliers are drawn from one half of
+the real OOD test sets instead of Gaussian noise; metrics come from the other half. This is an
+oracle for analysis only (it reads OOD test data) and is never used by ``--preset auto``. If even
+real outliers give no watermark that lowers FPR95 without costing accuracy, the surrogates are
+not what holds the method back on this model.
+
+    python benchmarks/oracle_surrogate.py --model resnet20 --checkpoint ../shared/models/cifar10_resnet/resnet20-12fca82f.th \
+        --id-data ../shared/data/cifar10 --ood-data ../shared/data/ood/*.npz --out benchmarks/results/oracle-resnet20.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from watermark_ood.config import get_preset
+from watermark_ood.data import load_npz
+from watermark_ood.datasets import load_id_data
+from watermark_ood.evaluation import predict_logits
+from watermark_ood.learner import WatermarkLearner
+from watermark_ood.metrics import auroc, fpr_at_tpr
+from watermark_ood.models import load_model
+from watermark_ood.runtime import ExecutionConfig
+from watermark_ood.scores import get_score, score_for_objective
+
+VARIANTS = {
+    "preset": {},
+    "linf-0.03-cosine": dict(linf_budget=0.03, schedule="cosine", alpha=0.03 / 8),
+    "linf-0.1-cosine": dict(linf_budget=0.1, schedule="cosine", alpha=0.1 / 8),
+    "linf-0.3-cosine": dict(linf_budget=0.3, schedule="cosine", alpha=0.3 / 8),
+    # Balance: the preset's outlier term is 100-1000x the ID cross-entropy on these models (see README).
+    "linf-0.1-cosine-beta/100": dict(linf_budget=0.1, schedule="cosine", alpha=0.1 / 8, beta_scale=0.01),
+    "linf-0.3-cosine-beta/100": dict(linf_budget=0.3, schedule="cosine", alpha=0.3 / 8, beta_scale=0.01),
+}
+
+
+class OracleLearner(WatermarkLearner):
+    """Outliers are real OOD images (normalized, randomly chosen per step) instead of noise."""
+
+    pool: torch.Tensor
+
+    def batch(self, images, labels, index, rng, device):
+        x, y, _ = super().batch(images, labels, index, rng, device)
+        pick = torch.randint(0, len(self.pool), (len(index),), generator=rng, device=device)
+        return x, y, self.normalization(self.pool[pick].to(device))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--id-data", required=True)
+    parser.add_argument("--ood-data", nargs="+", required=True)
+    parser.add_argument("--objectives", nargs="+", default=["energy", "msp"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--train-limit", type=int, default=10000)
+    parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+
+    loaded = load_model(args.model, args.checkpoint, fallback_classes=10)
+    model, norm = loaded.module, loaded.normalization
+    train, test = load_id_data(args.id_data)
+    id_test = test.sample(4000, 1)
+    pool, held = [], []
+    for path in args.ood_data:
+        s = load_npz(path)
+        s = s.sample(min(len(s), 2 * (len(id_test) // 5)), 2)
+        half = len(s) // 2
+        pool.append(s.images[:half])
+        held.append(s.subset(torch.arange(half, len(s)), s.name))
+    pool_images = torch.cat(pool)
+    exe = ExecutionConfig(device="cpu", precision=args.precision)
+    eval_exe = ExecutionConfig(device="cpu", eval_batch_size=1000)
+
+    def measure(w: torch.Tensor | None, score_name: str) -> dict:
+        from watermark_ood.watermark import Watermark
+
+        score, mark = get_score(score_name), None if w is None else Watermark(w)
+        id_logits = predict_logits(model, id_test, norm, mark, eval_exe)
+        s_id = score(id_logits).numpy()
+        per = {}
+        for s in held:
+            s_out = score(predict_logits(model, s, norm, mark, eval_exe)).numpy()
+            per[s.name] = {"fpr95": fpr_at_tpr(s_id, s_out), "auroc": auroc(s_id, s_out)}
+        return {"accuracy": float((id_logits.argmax(1) == id_test.labels).float().mean()),
+                "mean_fpr95": float(np.mean([v["fpr95"] for v in per.values()])),
+                "mean_auroc": float(np.mean([v["auroc"] for v in per.values()])), "per_set": per}
+
+    report = {"command": " ".join(sys.argv), "model": args.model, "results": {}}
+    for objective in args.objectives:
+        score_name = score_for_objective(objective)
+        rows = {"zero": measure(None, score_name)}
+        z = rows["zero"]
+        print(f"{args.model} {objective}: zero FPR95 {100 * z['mean_fpr95']:.1f} AUROC {100 * z['mean_auroc']:.1f} "
+              f"acc {100 * z['accuracy']:.1f}", flush=True)
+        for name in args.variants:
+            cfg = get_preset("cifar10", objective).config(epochs=args.epochs, train_limit=args.train_limit, seed=0)
+            changes = dict(VARIANTS[name])
+            cfg = cfg.replace(beta=cfg.beta * changes.pop("beta_scale", 1.0), **changes)
+            learner = OracleLearner(model, norm, cfg, exe)
+            learner.pool = pool_images
+            fit = learner.fit(train, progress=False)
+            m = measure(fit.watermark.tensor, score_name)
+            rows[name] = {**m, "fit_seconds": fit.fit_seconds, "max_abs_w": float(fit.watermark.tensor.abs().max())}
+            print(f"  oracle {name:18s} FPR95 {100 * m['mean_fpr95']:5.1f} AUROC {100 * m['mean_auroc']:5.1f} "
+                  f"acc {100 * m['accuracy']:5.1f}  " + " ".join(
+                      f"{k[:8]} {100 * v['fpr95']:.1f}" for k, v in m["per_set"].items()), flush=True)
+        report["results"][objective] = rows
+    report["seconds"] = time.perf_counter() - t0
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out} ({report['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""How much can one additive watermark help at all, and which surrogate points the right way? (issue: self-tuning)
+
+First-order analysis, no training: for a score s (energy or MSP), the watermark that
+raises s on ID inputs more than on outliers is, to first order, w = eps * sign(g_ID - g_OUT)
+with g = the mean input gradient of s over a set. This script builds that one-step
+watermark from different outlier sources and measures the *test* FPR95 / AUROC / accuracy:
+
+- surrogates usable without OOD data: the paper's Gaussian noise (sigma 0.4 and 1.5,
+  normalized units), mosaics of ID patches, patch-shuffled, rotated and low-frequency-noise
+  images (the validation kinds), and "ID only" (g_OUT = 0);
+- an **oracle** built from real OOD images (for analysis only, never for selection): the
+  gradient comes from one half of each OOD test set and the metrics from the other half.
+
+If even the oracle direction does not lower FPR95, no watermark hyperparameter can.
+
+    python benchmarks/watermark_headroom.py --model resnet20 --checkpoint ../shared/models/cifar10_resnet/resnet20-12fca82f.th \
+        --id-data ../shared/data/cifar10 --ood-data ../shared/data/ood/*.npz --out benchmarks/results/headroom-resnet20.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from watermark_ood.data import ImageSet, load_npz
+from watermark_ood.datasets import load_id_data
+from watermark_ood.evaluation import predict_logits
+from watermark_ood.learner import mosaic
+from watermark_ood.metrics import auroc, fpr_at_tpr
+from watermark_ood.models import load_model
+from watermark_ood.runtime import ExecutionConfig, generator
+from watermark_ood.scores import get_score
+from watermark_ood.validation import synthesize_outliers
+from watermark_ood.watermark import Watermark
+
+
+def mean_gradient(model, normalization, inputs: torch.Tensor, score, batch: int = 250) -> torch.Tensor:
+    """Mean over ``inputs`` (already normalized) of the gradient of the score w.r.t. the input."""
+    total = torch.zeros(inputs.shape[1:])
+    for start in range(0, len(inputs), batch):
+        x = inputs[start:start + batch].clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(score(model(x)).sum(), x)
+        total += grad.sum(0)
+    return total / len(inputs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--id-data", required=True)
+    parser.add_argument("--ood-data", nargs="+", required=True)
+    parser.add_argument("--images", type=int, default=2000, help="ID train images (and surrogates) per gradient")
+    parser.add_argument("--test-images", type=int, default=4000, help="ID test images for the metrics")
+    parser.add_argument("--eps", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3])
+    parser.add_argument("--scores", nargs="+", default=["energy", "msp"])
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+
+    loaded = load_model(args.model, args.checkpoint, fallback_classes=10)
+    model, norm = loaded.module.eval(), loaded.normalization
+    for p in model.parameters():
+        p.requires_grad_(False)
+    train, test = load_id_data(args.id_data)
+    id_train = train.sample(args.images, 0)
+    id_test = test.sample(args.test_images, 1)
+    x_id = norm(id_train.images)
+    rng = generator(torch.device("cpu"), 0, 7)
+    sources = {
+        "gaussian-0.4": torch.randn(x_id.shape, generator=rng) * 0.4,
+        "gaussian-1.5": torch.randn(x_id.shape, generator=rng) * 1.5,
+        "mosaic": mosaic(x_id, rng),
+        "validation-kinds": norm(synthesize_outliers(train.sample(args.images, 5), 0).images),
+        "id-only": None,
+    }
+    ood_grad, ood_eval = [], []
+    for path in args.ood_data:
+        s = load_npz(path)
+        s = s.sample(min(len(s), 2 * (len(id_test) // 5)), 2)
+        half = len(s) // 2
+        ood_grad.append(s.subset(torch.arange(half)))
+        ood_eval.append(s.subset(torch.arange(half, len(s)), s.name))
+    sources["oracle-real-ood"] = norm(torch.cat([s.images for s in ood_grad]))
+
+    exe = ExecutionConfig(device="cpu", eval_batch_size=1000)
+
+    def measure(w: torch.Tensor, score_name: str) -> dict:
+        mark, score = Watermark(w), get_score(score_name)
+        id_logits = predict_logits(model, id_test, norm, mark, exe)
+        s_id = score(id_logits).numpy()
+        per = {}
+        for s in ood_eval:
+            s_out = score(predict_logits(model, s, norm, mark, exe)).numpy()
+            per[s.name] = {"fpr95": fpr_at_tpr(s_id, s_out), "auroc": auroc(s_id, s_out)}
+        return {"accuracy": float((id_logits.argmax(1) == id_test.labels).float().mean()),
+                "mean_fpr95": float(np.mean([v["fpr95"] for v in per.values()])),
+                "mean_auroc": float(np.mean([v["auroc"] for v in per.values()])), "per_set": per}
+
+    report = {"command": " ".join(sys.argv), "model": args.model, "results": {}}
+    for score_name in args.scores:
+        score = get_score(score_name)
+        g_id = mean_gradient(model, norm, x_id, score)
+        zero = measure(torch.zeros((1, *x_id.shape[1:])), score_name)
+        rows = {"zero": zero}
+        print(f"{args.model} {score_name}: zero watermark FPR95 {100 * zero['mean_fpr95']:.1f} "
+              f"AUROC {100 * zero['mean_auroc']:.1f} acc {100 * zero['accuracy']:.1f}", flush=True)
+        for name, x_out in sources.items():
+            direction = g_id if x_out is None else g_id - mean_gradient(model, norm, x_out, score)
+            cos = float(torch.nn.functional.cosine_similarity(direction.flatten(), g_id.flatten(), dim=0))
+            for eps in args.eps:
+                w = (eps * torch.sign(direction)).unsqueeze(0)
+                m = measure(w, score_name)
+                rows[f"{name}@{eps}"] = {**m, "cosine_with_id_gradient": cos}
+                print(f"  {name:18s} eps {eps:<5} FPR95 {100 * m['mean_fpr95']:5.1f} AUROC {100 * m['mean_auroc']:5.1f} "
+                      f"acc {100 * m['accuracy']:5.1f}  " + " ".join(
+                          f"{k[:8]} {100 * v['fpr95']:.1f}" for k, v in m["per_set"].items()), flush=True)
+        report["results"][score_name] = rows
+    report["seconds"] = time.perf_counter() - t0
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out} ({report['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
