@@ -18,18 +18,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from watermark_ood.config import get_preset
-from watermark_ood.data import load_npz
 from watermark_ood.datasets import load_id_data
-from watermark_ood.evaluation import predict_logits
 from watermark_ood.learner import WatermarkLearner
-from watermark_ood.metrics import auroc, fpr_at_tpr
 from watermark_ood.models import load_model
 from watermark_ood.runtime import ExecutionConfig
-from watermark_ood.scores import get_score, score_for_objective
+from watermark_ood.scores import score_for_objective
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ood_halves import describe, detection_metrics, ood_halves  # noqa: E402
 
 VARIANTS = {
     "preset": {},
@@ -72,30 +71,12 @@ def main() -> None:
     model, norm = loaded.module, loaded.normalization
     train, test = load_id_data(args.id_data)
     id_test = test.sample(4000, 1)
-    pool, held = [], []
-    for path in args.ood_data:
-        s = load_npz(path)
-        s = s.sample(min(len(s), 2 * (len(id_test) // 5)), 2)
-        half = len(s) // 2
-        pool.append(s.images[:half])
-        held.append(s.subset(torch.arange(half, len(s)), s.name))
-    pool_images = torch.cat(pool)
+    learn, held = ood_halves(args.ood_data, len(id_test))
+    pool_images = torch.cat([s.images for s in learn])
     exe = ExecutionConfig(device="cpu", precision=args.precision)
-    eval_exe = ExecutionConfig(device="cpu", eval_batch_size=1000)
 
     def measure(w: torch.Tensor | None, score_name: str) -> dict:
-        from watermark_ood.watermark import Watermark
-
-        score, mark = get_score(score_name), None if w is None else Watermark(w)
-        id_logits = predict_logits(model, id_test, norm, mark, eval_exe)
-        s_id = score(id_logits).numpy()
-        per = {}
-        for s in held:
-            s_out = score(predict_logits(model, s, norm, mark, eval_exe)).numpy()
-            per[s.name] = {"fpr95": fpr_at_tpr(s_id, s_out), "auroc": auroc(s_id, s_out)}
-        return {"accuracy": float((id_logits.argmax(1) == id_test.labels).float().mean()),
-                "mean_fpr95": float(np.mean([v["fpr95"] for v in per.values()])),
-                "mean_auroc": float(np.mean([v["auroc"] for v in per.values()])), "per_set": per}
+        return detection_metrics(model, norm, id_test, held, w, score_name)
 
     report = {"command": " ".join(sys.argv), "model": args.model, "results": {}}
     for objective in args.objectives:
@@ -113,9 +94,7 @@ def main() -> None:
             fit = learner.fit(train, progress=False)
             m = measure(fit.watermark.tensor, score_name)
             rows[name] = {**m, "fit_seconds": fit.fit_seconds, "max_abs_w": float(fit.watermark.tensor.abs().max())}
-            print(f"  oracle {name:18s} FPR95 {100 * m['mean_fpr95']:5.1f} AUROC {100 * m['mean_auroc']:5.1f} "
-                  f"acc {100 * m['accuracy']:5.1f}  " + " ".join(
-                      f"{k[:8]} {100 * v['fpr95']:.1f}" for k, v in m["per_set"].items()), flush=True)
+            print(f"  oracle {name:18s} {describe(m)}", flush=True)
         report["results"][objective] = rows
     report["seconds"] = time.perf_counter() - t0
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -25,19 +25,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from watermark_ood.data import ImageSet, load_npz
 from watermark_ood.datasets import load_id_data
-from watermark_ood.evaluation import predict_logits
 from watermark_ood.learner import mosaic
-from watermark_ood.metrics import auroc, fpr_at_tpr
 from watermark_ood.models import load_model
-from watermark_ood.runtime import ExecutionConfig, generator
+from watermark_ood.runtime import generator
 from watermark_ood.scores import get_score
 from watermark_ood.validation import synthesize_outliers
-from watermark_ood.watermark import Watermark
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ood_halves import describe, detection_metrics, ood_halves  # noqa: E402
 
 
 def mean_gradient(model, normalization, inputs: torch.Tensor, score, batch: int = 250) -> torch.Tensor:
@@ -80,28 +78,11 @@ def main() -> None:
         "validation-kinds": norm(synthesize_outliers(train.sample(args.images, 5), 0).images),
         "id-only": None,
     }
-    ood_grad, ood_eval = [], []
-    for path in args.ood_data:
-        s = load_npz(path)
-        s = s.sample(min(len(s), 2 * (len(id_test) // 5)), 2)
-        half = len(s) // 2
-        ood_grad.append(s.subset(torch.arange(half)))
-        ood_eval.append(s.subset(torch.arange(half, len(s)), s.name))
+    ood_grad, ood_eval = ood_halves(args.ood_data, len(id_test))
     sources["oracle-real-ood"] = norm(torch.cat([s.images for s in ood_grad]))
 
-    exe = ExecutionConfig(device="cpu", eval_batch_size=1000)
-
     def measure(w: torch.Tensor, score_name: str) -> dict:
-        mark, score = Watermark(w), get_score(score_name)
-        id_logits = predict_logits(model, id_test, norm, mark, exe)
-        s_id = score(id_logits).numpy()
-        per = {}
-        for s in ood_eval:
-            s_out = score(predict_logits(model, s, norm, mark, exe)).numpy()
-            per[s.name] = {"fpr95": fpr_at_tpr(s_id, s_out), "auroc": auroc(s_id, s_out)}
-        return {"accuracy": float((id_logits.argmax(1) == id_test.labels).float().mean()),
-                "mean_fpr95": float(np.mean([v["fpr95"] for v in per.values()])),
-                "mean_auroc": float(np.mean([v["auroc"] for v in per.values()])), "per_set": per}
+        return detection_metrics(model, norm, id_test, ood_eval, w, score_name)
 
     report = {"command": " ".join(sys.argv), "model": args.model, "results": {}}
     for score_name in args.scores:
@@ -118,9 +99,7 @@ def main() -> None:
                 w = (eps * torch.sign(direction)).unsqueeze(0)
                 m = measure(w, score_name)
                 rows[f"{name}@{eps}"] = {**m, "cosine_with_id_gradient": cos}
-                print(f"  {name:18s} eps {eps:<5} FPR95 {100 * m['mean_fpr95']:5.1f} AUROC {100 * m['mean_auroc']:5.1f} "
-                      f"acc {100 * m['accuracy']:5.1f}  " + " ".join(
-                          f"{k[:8]} {100 * v['fpr95']:.1f}" for k, v in m["per_set"].items()), flush=True)
+                print(f"  {name:18s} eps {eps:<5} {describe(m)}", flush=True)
         report["results"][score_name] = rows
     report["seconds"] = time.perf_counter() - t0
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
