@@ -58,6 +58,9 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=4000, help="ID test images for the metrics")
     parser.add_argument("--eps", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3])
     parser.add_argument("--scores", nargs="+", default=["energy", "msp"])
+    parser.add_argument("--direction", choices=["sign", "l2"], default="sign",
+                        help="sign: eps * sign(d) (L-inf steepest ascent); l2: d scaled to the L2 norm of eps * sign(d)")
+    parser.add_argument("--sources", nargs="+", help="only these outlier sources")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     t0 = time.perf_counter()
@@ -84,7 +87,7 @@ def main() -> None:
     def measure(w: torch.Tensor, score_name: str) -> dict:
         return detection_metrics(model, norm, id_test, ood_eval, w, score_name)
 
-    report = {"command": " ".join(sys.argv), "model": args.model, "results": {}}
+    report = {"command": " ".join(sys.argv), "model": args.model, "direction": args.direction, "results": {}}
     for score_name in args.scores:
         score = get_score(score_name)
         g_id = mean_gradient(model, norm, x_id, score)
@@ -93,10 +96,15 @@ def main() -> None:
         print(f"{args.model} {score_name}: zero watermark FPR95 {100 * zero['mean_fpr95']:.1f} "
               f"AUROC {100 * zero['mean_auroc']:.1f} acc {100 * zero['accuracy']:.1f}", flush=True)
         for name, x_out in sources.items():
+            if args.sources and name not in args.sources:
+                continue
             direction = g_id if x_out is None else g_id - mean_gradient(model, norm, x_out, score)
             cos = float(torch.nn.functional.cosine_similarity(direction.flatten(), g_id.flatten(), dim=0))
             for eps in args.eps:
-                w = (eps * torch.sign(direction)).unsqueeze(0)
+                w = eps * torch.sign(direction)
+                if args.direction == "l2":  # same L2 norm as the sign step, spent along the gradient itself
+                    w = direction * (w.norm() / direction.norm().clamp_min(1e-12))
+                w = w.unsqueeze(0)
                 m = measure(w, score_name)
                 rows[f"{name}@{eps}"] = {**m, "cosine_with_id_gradient": cos}
                 print(f"  {name:18s} eps {eps:<5} {describe(m)}", flush=True)
