@@ -63,6 +63,9 @@ def test_bench_runs_both_objectives_and_resumes(data, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert [r["objective"] for r in results["runs"]] == ["msp", "energy"]
     assert all(r["hyperparameters"]["epochs"] == 2 for r in results["runs"])
+    for run in results["runs"]:  # where and how it ran, for comparing timings across machines
+        assert run["device"] == "cpu" and "CPU" in run["device_name"]
+        assert run["execution"]["precision"] == "fp32" and run["execution"]["cuda_graphs"] is True
     for objective in ("msp", "energy"):
         for name in (f"watermark-{objective}.safetensors", f"hist-{objective}.png", f"roc-{objective}.png"):
             assert (out / name).is_file()

@@ -161,3 +161,31 @@ def test_max_steps_ends_early_with_the_same_prefix(toy_model, toy_train, norm3):
     capped = WatermarkLearner(toy_model, norm3, cfg, CPU).fit(toy_train, progress=False, max_steps=2)
     assert short.images_seen == capped.images_seen == 32
     assert torch.equal(short.watermark.tensor, capped.watermark.tensor)
+
+
+def test_mosaic_surrogates_are_patches_of_the_batch():
+    from watermark_ood.learner import mosaic
+
+    x = torch.arange(4 * 3 * 16 * 16, dtype=torch.float32).reshape(4, 3, 16, 16)
+    out = mosaic(x, generator(torch.device("cpu"), 0, 1))
+    assert out.shape == x.shape
+    tiles = {tuple(t.flatten().tolist()) for t in x.unfold(2, 8, 8).unfold(3, 8, 8).permute(0, 2, 3, 1, 4, 5)
+             .reshape(-1, 3, 8, 8)}
+    got = out.unfold(2, 8, 8).unfold(3, 8, 8).permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, 8, 8)
+    assert all(tuple(t.flatten().tolist()) in tiles for t in got)  # every patch is a whole patch of some input
+    assert not torch.equal(out, x)
+    small = mosaic(torch.arange(2 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8), generator(torch.device("cpu"), 0, 2))
+    assert small.shape == (2, 1, 8, 8)  # 8x8 images get 4x4 patches, so a mosaic is never one whole input image
+    with pytest.raises(WatermarkOODError, match="at least 2x2"):
+        mosaic(torch.zeros(2, 3, 1, 4), generator(torch.device("cpu"), 0, 1))
+
+
+def test_fit_with_mosaic_surrogates_uses_no_gaussian_noise(toy_model, toy_train, norm3, monkeypatch):
+    cfg = small_config(epochs=1, surrogate="mosaic")
+    monkeypatch.setattr(torch, "randn", lambda *a, **k: (_ for _ in ()).throw(AssertionError("noise drawn")))
+    result = WatermarkLearner(toy_model, norm3, cfg, CPU).fit(toy_train, progress=False)
+    assert result.watermark.tensor.abs().max() > 0
+    assert result.watermark.metadata["hyperparameters"]["surrogate"] == "mosaic"
+    assert "surrogate" not in small_config().hyperparameters()  # paper runs keep their results.json unchanged
+    with pytest.raises(WatermarkOODError, match="surrogate"):
+        small_config(surrogate="uniform")

@@ -89,11 +89,15 @@ def data_channel_std(images: torch.Tensor, normalization: Normalization, limit: 
 
 
 def mosaic(x: torch.Tensor, rng: torch.Generator, patch: int = 8) -> torch.Tensor:
-    """Surrogate outliers: each image a grid of patches drawn at random from all images of the batch."""
+    """Surrogate outliers: each image a grid of patches drawn at random from all images of the batch.
+
+    Patches are ``patch`` pixels wide, smaller for small images so that every mosaic has at least 2 x 2 of them.
+    """
     n, c, h, w = x.shape
+    if h < 2 or w < 2:
+        raise WatermarkOODError(f"mosaic surrogates need images of at least 2x2 pixels, got {h}x{w}")
+    patch = min(patch, h // 2, w // 2)
     gh, gw = h // patch, w // patch
-    if gh == 0 or gw == 0:
-        raise WatermarkOODError(f"mosaic surrogates need images of at least {patch}x{patch}, got {h}x{w}")
     tiles = x[:, :, : gh * patch, : gw * patch].reshape(n, c, gh, patch, gw, patch).permute(0, 2, 4, 1, 3, 5)
     tiles = tiles.reshape(n * gh * gw, c, patch, patch)
     pick = torch.randint(0, len(tiles), (len(tiles),), generator=rng, device=x.device)
