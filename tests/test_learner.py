@@ -189,3 +189,19 @@ def test_fit_with_mosaic_surrogates_uses_no_gaussian_noise(toy_model, toy_train,
     assert "surrogate" not in small_config().hyperparameters()  # paper runs keep their results.json unchanged
     with pytest.raises(WatermarkOODError, match="surrogate"):
         small_config(surrogate="uniform")
+
+
+def test_graph_capture_failure_falls_back_to_eager_steps(toy_model, toy_train, norm3, monkeypatch):
+    from watermark_ood import learner
+
+    expected = WatermarkLearner(toy_model, norm3, small_config(epochs=1), CPU).fit(toy_train, progress=False)
+
+    class Uncapturable:
+        def __init__(self, *args):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(learner, "graphs_apply", lambda execution, device: True)
+    monkeypatch.setattr(learner, "StepGraph", Uncapturable)
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed.*eager steps"):
+        result = WatermarkLearner(toy_model, norm3, small_config(epochs=1), CPU).fit(toy_train, progress=False)
+    assert torch.equal(result.watermark.tensor, expected.watermark.tensor)

@@ -235,8 +235,7 @@ class WatermarkLearner:
         for p in self.model.parameters():
             p.requires_grad_(False)
 
-        use_graphs = (exe.cuda_graphs and device.type == "cuda" and not exe.compile
-                      and not distributed.is_distributed())
+        use_graphs = graphs_apply(exe, device)
 
         def loss_at(point: torch.Tensor, x, y, noise) -> torch.Tensor:
             inputs = torch.cat([x, noise]) + point
@@ -374,6 +373,12 @@ class WatermarkLearner:
         if self.execution.compile:
             return torch.compile(module)
         return module
+
+
+def graphs_apply(execution: ExecutionConfig, device: torch.device) -> bool:
+    """CUDA graphs are used on CUDA unless switched off, compiled, or under torchrun (eager all-reduces)."""
+    return (execution.cuda_graphs and device.type == "cuda" and not execution.compile
+            and not distributed.is_distributed())
 
 
 class StepGraph:
