@@ -49,3 +49,17 @@ def test_hyperparameters_round_trip():
     assert hp["t_in"] == 0.9 and hp["linf_budget"] == 0.5
     assert FitConfig.from_dict(hp) == cfg
     assert "t_in" not in get_preset("cifar10-msp").config().hyperparameters()
+
+
+def test_l2_budget_projects_onto_the_ball_and_leaves_points_inside_alone():
+    import torch
+
+    cfg = FitConfig(l2_budget=2.0)
+    outside = torch.full((1, 3, 4, 4), 1.0)  # norm sqrt(48) ~ 6.9
+    projected = cfg.project(outside)
+    assert torch.isclose(projected.norm(), torch.tensor(2.0))
+    assert torch.allclose(projected / projected.norm(), outside / outside.norm())  # same direction
+    inside = torch.full((1, 3, 4, 4), 0.1)
+    assert torch.equal(cfg.project(inside), inside)
+    both = FitConfig(l2_budget=2.0, linf_budget=0.2).project(outside)
+    assert both.abs().max() <= 0.2 + 1e-7 and both.norm() <= 2.0 + 1e-6

@@ -322,14 +322,17 @@ class WatermarkLearner:
                     global_step += 1
                     stopping = distributed.any_rank(self.stop_requested or STOP.is_set(), device)
                     limit_reached = max_steps is not None and images_seen >= max_steps * cfg.batch_size
-                    if (global_step % check_every == 0 or step == steps - 1 or stopping or limit_reached
-                            or global_step % validate_every == 0 or global_step % checkpoint_every == 0):
+                    validating = global_step % validate_every == 0
+                    saving = ckpt is not None and (global_step % checkpoint_every == 0 or stopping)
+                    # Nothing leaves the loop (validation, checkpoint, stop, epoch end) without a finiteness check.
+                    if global_step % check_every == 0 or step == steps - 1 or limit_reached or validating or saving \
+                            or stopping:
                         check_finite(finite, loss, epoch, step, global_step)
                     if show and (step % 10 == 0 or step == steps - 1):
                         bar.set_postfix(loss=f"{float(loss_sum) / (step - first + 1):.4f}")
-                    if global_step % validate_every == 0:
+                    if validating:
                         validate(w, global_step)
-                    if ckpt is not None and (global_step % checkpoint_every == 0 or stopping):
+                    if saving:
                         ckpt.save(w, epoch, step + 1, history, steps, best, validation)
                     if stopping:
                         raise StopRequested(ckpt.path if ckpt else None)
