@@ -28,9 +28,11 @@ def full_objective(model, norm, data, w, cfg):
     return float(objective_loss(cfg, logits[: len(x)], data.labels, logits[len(x):]))
 
 
-@pytest.mark.parametrize("objective", ["msp", "energy"])
+@pytest.mark.parametrize("objective", ["msp", "energy", "hinge"])
 def test_fit_reduces_objective_and_leaves_weights_unchanged(toy_model, toy_train, norm3, objective):
     cfg = small_config(objective=objective, epochs=4, t_in=0.5, t_out=0.5, beta=0.5)
+    if objective == "hinge":
+        cfg = WatermarkLearner(toy_model, norm3, cfg, CPU).resolve_margins(toy_train, cfg, torch.device("cpu"))
     before = copy.deepcopy(toy_model.state_dict())
     flags = [p.requires_grad for p in toy_model.parameters()]
     start = full_objective(toy_model, norm3, toy_train, torch.zeros(1, 3, 8, 8), cfg)
@@ -205,3 +207,20 @@ def test_graph_capture_failure_falls_back_to_eager_steps(toy_model, toy_train, n
     with pytest.warns(RuntimeWarning, match="CUDA graph capture failed.*eager steps"):
         result = WatermarkLearner(toy_model, norm3, small_config(epochs=1), CPU).fit(toy_train, progress=False)
     assert torch.equal(result.watermark.tensor, expected.watermark.tensor)
+
+
+def test_hinge_margins_come_from_id_logsumexp_quantiles_and_are_recorded(toy_model, toy_train, norm3, tmp_path):
+    cfg = small_config(objective="hinge", epochs=2, beta=0.5)
+    result = WatermarkLearner(toy_model, norm3, cfg, CPU).fit(toy_train, progress=False, checkpoint_dir=tmp_path)
+    with torch.no_grad():
+        lse = torch.logsumexp(toy_model(norm3(toy_train.images)), 1).double()
+    hp = result.watermark.metadata["hyperparameters"]
+    assert hp["m_in"] == pytest.approx(float(lse.quantile(0.5)), abs=1e-3)
+    assert hp["m_out"] == pytest.approx(float(lse.quantile(0.05)), abs=1e-3)
+    assert hp["m_out"] < hp["m_in"]
+    # The same command resumes from its checkpoint: the resolved margins identify the same run.
+    again = WatermarkLearner(toy_model, norm3, cfg, CPU).fit(toy_train, progress=False, checkpoint_dir=tmp_path)
+    assert torch.equal(again.watermark.tensor, result.watermark.tensor)
+    fixed = WatermarkLearner(toy_model, norm3, cfg.replace(m_in=9.0, m_out=1.0), CPU).fit(toy_train, progress=False)
+    assert (fixed.watermark.metadata["hyperparameters"]["m_in"], fixed.watermark.metadata["hyperparameters"]["m_out"]) \
+        == (9.0, 1.0)

@@ -30,3 +30,35 @@ def test_energy_objective_matches_formula():
     assert torch.allclose(energy_objective(z_in, y, z_out, 0.1, 0.2, 0.7), expected)
     cfg = FitConfig(objective="energy", beta=0.1, t_in=0.2, t_out=0.7)
     assert torch.allclose(objective_loss(cfg, z_in.bfloat16(), y, z_out), expected, atol=0.05)
+
+
+def test_hinge_objective_is_liu_et_al_squared_hinge_in_logsumexp_units():
+    from watermark_ood.objectives import hinge_objective
+
+    torch.manual_seed(2)
+    z_in, y, z_out = torch.randn(5, 3) * 4, torch.tensor([0, 1, 2, 0, 1]), torch.randn(7, 3) * 4
+    # Liu et al. 2020 on the energy E = -logsumexp: (E_in - m_in)_+^2 + (m_out - E_out)_+^2, E-margins -5 / -1.
+    e_in, e_out = -torch.logsumexp(z_in, 1), -torch.logsumexp(z_out, 1)
+    liu = F.relu(e_in - (-5.0)).pow(2).mean() + F.relu(-1.0 - e_out).pow(2).mean()
+    expected = F.cross_entropy(z_in, y) + 0.1 * liu
+    assert torch.allclose(hinge_objective(z_in, y, z_out, 0.1, m_in=5.0, m_out=1.0), expected)
+
+
+def test_hinge_objective_is_flat_once_margins_hold():
+    from watermark_ood.objectives import hinge_objective
+
+    y = torch.tensor([0, 1])
+    confident = torch.tensor([[20.0, 0.0, 0.0], [0.0, 20.0, 0.0]])
+    quiet = torch.full((4, 3), -10.0)
+    assert torch.allclose(hinge_objective(confident, y, quiet, 1.0, 10.0, 2.0), F.cross_entropy(confident, y))
+    loud = torch.full((4, 3), 10.0)
+    assert hinge_objective(confident, y, loud, 1.0, 10.0, 2.0) > F.cross_entropy(confident, y) + 60
+
+
+def test_hinge_objective_without_margins_is_a_user_error():
+    import pytest
+
+    from watermark_ood.errors import WatermarkOODError
+
+    with pytest.raises(WatermarkOODError, match="margins"):
+        objective_loss(FitConfig(objective="hinge"), torch.zeros(2, 3), torch.tensor([0, 1]), torch.zeros(2, 3))

@@ -100,7 +100,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, log: Callable[[str], 
                                  checkpoint_every=cfg.checkpoint_every)
             fit_seconds = sum(r.seconds for r in result.history)
             images = min(len(train), config.train_limit or len(train)) * config.epochs
-            hyperparameters = config.hyperparameters()
+            hyperparameters = learner.config.hyperparameters()  # with margins the learner resolved (hinge)
         evaluation = evaluate(model.module, model.normalization, test, sets, result.watermark, cfg.execution,
                               protocol=False, baseline=baseline, progress=progress)
         score = score_for_objective(objective)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .config import PRESETS
+from .config import OBJECTIVES, PRESETS
 from .errors import WatermarkOODError
 
 EPILOG = """examples:
@@ -30,7 +30,7 @@ EPILOG = """examples:
 
 SCORE_CHOICES = ["msp", "energy", "maxlogit", "odin", "mahalanobis", "knn", "vim"]
 ID_HELP = "ID data folder (train.npz/test.npz, torchvision's CIFAR layout, or ImageFolder train/ and test/)"
-FIT_OVERRIDES = ("sigma", "rho", "beta", "t_in", "t_out", "alpha", "epochs", "batch_size", "train_limit", "seed",
+FIT_OVERRIDES = ("sigma", "rho", "beta", "t_in", "t_out", "m_in", "m_out", "alpha", "epochs", "batch_size", "train_limit", "seed",
                  "linf_budget", "l2_budget", "schedule", "noise_scale", "surrogate")
 
 
@@ -67,10 +67,11 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 def _add_fit(p: argparse.ArgumentParser, multi_objective: bool) -> None:
     g = p.add_argument_group("watermark fitting (defaults: the preset, i.e. the paper)")
     if multi_objective:
-        g.add_argument("--objective", nargs="+", default=["msp", "energy"], choices=["msp", "energy"],
+        g.add_argument("--objective", nargs="+", default=["msp", "energy"], choices=list(OBJECTIVES),
                        help="objectives to fit, one run each [msp energy]")
     else:
-        g.add_argument("--objective", default="msp", choices=["msp", "energy"], help="training objective [msp]")
+        g.add_argument("--objective", default="msp", choices=list(OBJECTIVES),
+                       help="training objective: msp, energy (the paper) or hinge (bounded, Liu et al. 2020) [msp]")
     g.add_argument("--preset", default="cifar10",
                    help=f"hyperparameter preset: cifar10, cifar100, a full name ({', '.join(PRESETS)}), or auto "
                         "(search on a held-out split of the ID training data; no OOD data is read) [cifar10]")
@@ -83,6 +84,8 @@ def _add_fit(p: argparse.ArgumentParser, multi_objective: bool) -> None:
     g.add_argument("--beta", type=float, help="weight of the outlier term")
     g.add_argument("--t-in", type=float, help="energy objective: ID temperature")
     g.add_argument("--t-out", type=float, help="energy objective: outlier temperature")
+    g.add_argument("--m-in", type=float, help="hinge objective: ID logsumexp margin [ID training median]")
+    g.add_argument("--m-out", type=float, help="hinge objective: outlier logsumexp margin [ID training 5%% quantile]")
     g.add_argument("--linf-budget", type=float, help="clip the watermark to [-B, B] after each step (not in the paper)")
     g.add_argument("--l2-budget", type=float, help="project the watermark onto an L2 ball (not in the paper)")
     g.add_argument("--schedule", choices=["step", "cosine"],

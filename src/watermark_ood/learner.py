@@ -32,6 +32,8 @@ from .watermark import Watermark
 
 PERMUTATION_TAG = 0x5EED
 SUBSET_TAG = 0x5B5E7
+MARGIN_TAG = 0x3A6
+MARGIN_IMAGES = 5000  # ID training images whose logsumexp quantiles set the hinge margins
 FINITE_CHECK_EVERY = 50  # steps between NaN checks on accelerators (each one waits for the device)
 
 STOP = threading.Event()  # set by the CLI's SIGINT/SIGTERM handler; every running fit stops after its step
@@ -194,6 +196,7 @@ class WatermarkLearner:
         if (train.labels < 0).any():
             raise WatermarkOODError(f"{train.name}: training needs class labels, found negative labels")
         self.normalization.check_channels(train.images.shape[1])
+        cfg = self.config = self.resolve_margins(train, cfg, device)
         image_shape = train.image_shape
         images, labels = train.images.to(device), train.labels.to(device)
         n, steps = len(train), self.steps_per_epoch(len(train))
@@ -370,6 +373,34 @@ class WatermarkLearner:
             watermark.metadata["selected_step"] = selected
         return FitResult(watermark, history, seconds, images_seen, start_epoch * steps + start_step,
                          selected, validation)
+
+    @torch.no_grad()
+    def resolve_margins(self, train: ImageSet, cfg: FitConfig, device: torch.device,
+                        limit: int = MARGIN_IMAGES) -> FitConfig:
+        """Hinge margins left unset become quantiles of the model's ID-training logsumexp at w = 0.
+
+        Deterministic (a fixed seeded subset, fp32) and rounded to 1e-3, so a resumed fit finds the same config.
+        """
+        if cfg.objective != "hinge" or (cfg.m_in is not None and cfg.m_out is not None):
+            return cfg
+        subset = train
+        if len(train) > limit:
+            order = torch.randperm(len(train), generator=generator(torch.device("cpu"), cfg.seed, MARGIN_TAG))
+            subset = train.subset(order[:limit].sort().values)
+        was_training = self.model.training
+        model = self.model.eval().to(device)
+        lse = []
+        for start in range(0, len(subset), 500):
+            x = self.normalization(subset.images[start:start + 500].to(device))
+            lse.append(torch.logsumexp(model(x).float(), dim=1).cpu())
+        self.model.train(was_training)
+        values = torch.cat(lse).double()
+        m_in = cfg.m_in if cfg.m_in is not None else round(float(values.quantile(cfg.m_in_quantile)), 3)
+        m_out = cfg.m_out if cfg.m_out is not None else round(float(values.quantile(cfg.m_out_quantile)), 3)
+        if not m_out < m_in:
+            raise WatermarkOODError(f"hinge margins from ID data are not ordered (m_in={m_in}, m_out={m_out}); "
+                                    "set --m-in/--m-out or other quantiles")
+        return cfg.replace(m_in=m_in, m_out=m_out)
 
     def _prepare_model(self, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
         module = prepare_model(self.model, self.execution, device)

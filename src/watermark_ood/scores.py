@@ -39,4 +39,4 @@ def get_score(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def score_for_objective(objective: str) -> str:
     """The score each objective is trained for."""
-    return {"msp": "msp", "energy": "energy"}[objective]
+    return {"msp": "msp", "energy": "energy", "hinge": "energy"}[objective]
