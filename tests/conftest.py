@@ -55,3 +55,24 @@ def write_npz_dataset(folder, n_train=64, n_test=30, classes=3, size=8, seed=0):
         np.savez_compressed(folder / f"{split}.npz", x=data.images.permute(0, 2, 3, 1).numpy(),
                             y=data.labels.numpy())
     return folder
+
+
+@pytest.fixture(scope="session")
+def trained_toy():
+    """A SmallCNN trained on the toy classes (every class predicted correctly somewhere, as SHE needs)."""
+    from watermark_ood.demo import train_classifier
+
+    norm = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    train = make_images(300, seed=1, name="toy-train")
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=3, in_channels=3, width=8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = norm(train.images), train.labels
+    model.train()
+    for _ in range(15):
+        for index in torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).split(32):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[index]), y[index]).backward()
+            optimizer.step()
+    del train_classifier
+    return model.eval(), norm, train

@@ -7,7 +7,7 @@ import torch
 from conftest import make_images, write_npz_dataset
 from watermark_ood.cli import main
 from watermark_ood.config import FitConfig
-from watermark_ood.detector import WatermarkDetector
+from watermark_ood.detector import Detector, WatermarkDetector
 from watermark_ood.errors import WatermarkOODError
 from watermark_ood.runtime import ExecutionConfig
 from watermark_ood.watermark import Watermark
@@ -55,14 +55,19 @@ def test_malformed_detector_files(detector, tmp_path, damage):
         WatermarkDetector.read(path)
 
 
-def test_uncalibrated_or_feature_score_detectors_are_refused(toy_model, norm3):
+def test_uncalibrated_unfitted_or_unknown_detectors_are_refused(toy_model, norm3):
     with pytest.raises(WatermarkOODError, match="calibrate"):
         WatermarkDetector(toy_model, norm3, score="msp", execution=CPU).predict(make_images(3))
-    with pytest.raises(WatermarkOODError):
-        WatermarkDetector(toy_model, norm3, score="knn")
+    with pytest.raises(WatermarkOODError, match="not fitted"):
+        Detector(toy_model, norm3, score="knn", execution=CPU).scores(make_images(3))
+    with pytest.raises(WatermarkOODError, match="known scores: msp, energy"):
+        Detector(toy_model, norm3, score="knnn")
+    with pytest.raises(WatermarkOODError, match="not fitted"):
+        Detector(toy_model, norm3, score="vim", execution=CPU).save("never-written.safetensors")
 
 
 def test_exported_torchscript_and_onnx_agree_with_the_library(detector, tmp_path):
+    """The exported module takes raw [0, 1] images: normalization, watermark, model, score and threshold inside."""
     import onnxruntime as ort
 
     from watermark_ood.export import export_onnx, export_torchscript
@@ -71,13 +76,14 @@ def test_exported_torchscript_and_onnx_agree_with_the_library(detector, tmp_path
     ts = torch.jit.load(str(export_torchscript(detector, tmp_path / "d.pt")))
     session = ort.InferenceSession(str(export_onnx(detector, tmp_path / "d.onnx")))
     for inputs in (make_images(37, seed=11), None):
-        if inputs is None:  # random normalized inputs, not only real-looking images
-            x = torch.randn(19, 3, 8, 8)
+        if inputs is None:  # random images, not only real-looking ones
+            x = torch.rand(19, 3, 8, 8)
             with torch.no_grad():
-                logits = detector.model(x + detector.watermark.tensor)
+                mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (detector.normalization.mean, detector.normalization.std))
+                logits = detector.model((x - mean) / std + detector.watermark.tensor)
             lib_scores = torch.logsumexp(logits, 1).numpy()
         else:
-            x = detector.normalization(inputs.images)
+            x = inputs.images.float() / 255
             lib_scores = detector.scores(inputs)
         with torch.no_grad():
             ts_logits, ts_scores, ts_ood = ts(x)

@@ -129,10 +129,28 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, log: Callable[[str], 
         runs.append(run)
 
     write_results(out / "results.json", runs, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    if cfg.scores:
+        write_bench_leaderboard(out, runs, model.model_id)
     images = [(f"{r['objective']} {kind}", f"{kind}-{r['objective']}.png") for r in runs
               for kind in ("watermark", "hist", "roc")]
     write_report(out / "report.md", runs, f"watermark-ood bench: {model.model_id}", images=images)
     return {"runs": runs}
+
+
+def write_bench_leaderboard(out: Path, runs: list[dict[str, Any]], model_id: str) -> None:
+    """leaderboard.md/.png: every detector without a watermark and with each objective's watermark."""
+    from .reporting import leaderboard_rows, plot_leaderboard, write_leaderboard
+
+    rows, seen = [], set()
+    for run in runs:
+        for row in leaderboard_rows(run.get("scores", {}), f"{run['objective']} ({run.get('preset', 'preset')})"):
+            key = (row["detector"], row["watermark"])
+            if key not in seen:  # the no-watermark rows repeat in every run
+                seen.add(key)
+                rows.append(row)
+    rows.sort(key=lambda r: (r["mean"]["fpr95"], -r["mean"]["auroc"]))
+    write_leaderboard(out / "leaderboard.md", rows, f"Detectors on {model_id}")
+    plot_leaderboard(rows, out / "leaderboard.png")
 
 
 def _auto(cfg: BenchConfig, model: LoadedModel, train: ImageSet, objective: str, config: FitConfig, progress: bool,

@@ -28,7 +28,9 @@ EPILOG = """examples:
       --ood-data data/ood/*.npz --objective msp energy --epochs 1 --train-limit 5000 --out runs/bench
 """
 
-SCORE_CHOICES = ["msp", "energy", "maxlogit", "odin", "mahalanobis", "knn", "vim"]
+SCORES_HELP = ("detectors to compare, each with and without the watermark: names (msp energy maxlogit entropy gen "
+               "klmatching odin mahalanobis rmd knn vim she react ash dice pnml), combinations such as "
+               "knn+vim+energy, or all")
 ID_HELP = "ID data folder (train.npz/test.npz, torchvision's CIFAR layout, or ImageFolder train/ and test/)"
 FIT_OVERRIDES = ("sigma", "rho", "beta", "t_in", "t_out", "m_in", "m_out", "alpha", "epochs", "batch_size", "train_limit", "seed",
                  "linf_budget", "l2_budget", "schedule", "noise_scale", "surrogate")
@@ -141,12 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="score ID vs OOD sets with and without a watermark",
                         description="Write results.json, report.md, histograms and ROC curves to --out.")
     _add_model(ev)
-    ev.add_argument("--watermark", required=True, help="a .safetensors watermark written by fit or bench")
+    ev.add_argument("--watermark", help="a .safetensors watermark written by fit or bench")
+    ev.add_argument("--detector", help="a detector file written by calibrate: evaluate it as shipped "
+                                       "(its score, fitted state, watermark and threshold)")
     _add_data(ev, "ID data folder; its test split is evaluated", ood=True)
     ev.add_argument("--score", choices=["msp", "energy", "maxlogit"],
                     help="score to report [the watermark's objective]")
-    ev.add_argument("--scores", nargs="+", default=None, choices=SCORE_CHOICES,
-                    help="also report these scores, each with and without the watermark, in one table")
+    ev.add_argument("--scores", nargs="+", default=None, help=SCORES_HELP)
     ev.add_argument("--seed", type=int, default=0, help="seed of the OOD subsampling [0]")
     ev.add_argument("--out", required=True, help="output folder")
     _add_runtime(ev)
@@ -159,8 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(bench, ID_HELP, ood=True)
     bench.add_argument("--out", required=True, help="output folder")
     bench.add_argument("--scores", nargs="+", default=None,
-                       choices=SCORE_CHOICES,
-                       help="also report these scores, each with and without the watermark, in one table")
+                       help=SCORES_HELP + "; writes leaderboard.md and leaderboard.png")
     _add_fit(bench, multi_objective=True)
     _add_runtime(bench)
     cal = sub.add_parser("calibrate", help="build a detector: watermark + score + threshold at a chosen ID acceptance",
@@ -169,8 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(cal)
     cal.add_argument("--watermark", help="watermark file; omit for a plain (unwatermarked) detector")
     _add_data(cal, ID_HELP, ood=False)
-    cal.add_argument("--score", default=None, choices=["msp", "energy", "maxlogit"],
-                     help="score [the watermark's objective, else energy]")
+    cal.add_argument("--score", default=None,
+                     help="a detector name (msp energy maxlogit entropy gen klmatching odin mahalanobis rmd knn vim "
+                          "she react ash dice pnml), a combination such as knn+vim+energy, or auto: rank them all, "
+                          "with and without --watermark, on held-out ID training data vs synthetic outliers (no OOD "
+                          "data) [the watermark's score, else energy]")
     cal.add_argument("--tpr", type=float, default=0.95, help="share of ID inputs to accept [0.95]")
     cal.add_argument("--split", default="holdout", choices=["holdout", "test"],
                      help="calibrate on a seeded 10%% hold-out of the training split (default) or on the test split")
@@ -194,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--format", nargs="+", default=["torchscript", "onnx"], choices=["torchscript", "onnx"])
     exp.add_argument("--out", required=True, help="output folder")
     _add_runtime(exp)
+    for command in sub.choices.values():  # --debug is accepted before or after the command
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show full tracebacks on errors")
     return parser
 
 
@@ -251,37 +259,92 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score_names(names: Sequence[str] | None) -> list[str]:
+    """``--scores``: names and combinations, ``all`` for every detector; unknown names are one-line errors."""
+    from .detectors import SCORE_NAMES, check_name
+
+    out: list[str] = []
+    for name in names or ():
+        for item in (SCORE_NAMES if name == "all" else [name]):
+            check_name(item)
+            if item not in out:
+                out.append(item)
+    return out
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .datasets import load_id_data, load_ood_data
-    from .evaluation import evaluate
+    from .evaluation import evaluate, evaluate_scores, protocol_subsample
     from .models import load_model
     from .reporting import build_run, format_terminal_table, plot_histograms, plot_roc, write_report, write_results
     from .watermark import Watermark
 
     out = _check_out(args.out)
+    if (args.watermark is None) == (args.detector is None):
+        raise WatermarkOODError("evaluate needs exactly one of --watermark (a watermark file) or --detector "
+                                "(a detector file from calibrate)")
+    scores = _score_names(args.scores)
     train, test = load_id_data(args.id_data, args.image_size)
+    if args.detector:
+        return _evaluate_detector(args, out, train, test)
     watermark = Watermark.load(args.watermark, expected_shape=test.image_shape)
     model = load_model(args.model, args.checkpoint, None, test.images.shape[1], args.mean, args.std,
                        fallback_classes=test.num_classes)
     ood = [load_ood_data(spec, test.image_shape, count=len(test), seed=args.seed) for spec in args.ood_data]
     objective = watermark.metadata.get("objective", "msp")
-    score = args.score or objective
+    score = args.score or score_for(objective)
     evaluation = evaluate(model.module, model.normalization, test, ood, watermark, _execution(args),
                           protocol=not args.all_ood, seed=args.seed, progress=not args.no_progress)
     extra = {}
-    if args.scores:
-        from .evaluation import evaluate_scores, protocol_subsample
-
+    if scores:
         sets = protocol_subsample(ood, len(test), args.seed) if not args.all_ood else ood
         extra["scores"] = evaluate_scores(model.module, model.normalization, train.sample(5000, args.seed), test,
-                                          sets, watermark, args.scores, _execution(args))
+                                          sets, watermark, scores, _execution(args))
     run = build_run(objective, score, watermark.metadata.get("hyperparameters", {}), evaluation, 0.0, 0.0,
                     model=model.model_id, watermark=str(args.watermark), **extra)
     write_results(out / "results.json", [run])
     plot_histograms(evaluation, score, out / f"hist-{score}.png")
     plot_roc(evaluation, score, out / f"roc-{score}.png")
-    write_report(out / "report.md", [run], "watermark-ood evaluation",
-                 images=[("score histograms", f"hist-{score}.png"), ("ROC", f"roc-{score}.png")])
+    images = [("score histograms", f"hist-{score}.png"), ("ROC", f"roc-{score}.png")]
+    if scores:
+        from .reporting import plot_leaderboard, write_leaderboard
+
+        write_leaderboard(out / "leaderboard.md", run["scores"], f"Detectors on {model.model_id}")
+        plot_leaderboard(run["scores"], out / "leaderboard.png")
+        images.append(("leaderboard", "leaderboard.png"))
+    write_report(out / "report.md", [run], "watermark-ood evaluation", images=images)
+    print(format_terminal_table(run))
+    return 0
+
+
+def score_for(objective: str) -> str:
+    from .scores import score_for_objective
+
+    return score_for_objective(objective) if objective in ("msp", "energy", "hinge") else "energy"
+
+
+def _evaluate_detector(args: argparse.Namespace, out: Path, train, test) -> int:
+    """``evaluate --detector``: the shipped detector on real OOD sets, one results.json run."""
+    from .datasets import load_ood_data
+    from .detector import Detector
+    from .evaluation import evaluate_detector, protocol_subsample
+    from .reporting import format_terminal_table, write_report, write_results
+
+    meta, _ = Detector.read(args.detector)
+    shape = tuple(meta.get("input_shape") or test.image_shape)
+    if shape != tuple(test.image_shape):
+        raise WatermarkOODError(f"{args.detector}: the detector expects images of shape {shape}, --id-data has "
+                                f"{tuple(test.image_shape)}")
+    model = _detector_model(args, shape)
+    detector = Detector.load(args.detector, model.module, _execution(args))
+    ood = [load_ood_data(spec, test.image_shape, count=len(test), seed=args.seed) for spec in args.ood_data]
+    sets = protocol_subsample(ood, len(test), args.seed) if not args.all_ood else ood
+    run = evaluate_detector(detector, train.split(0.1, args.seed)[0], test, sets)
+    run["detector"] = str(args.detector)
+    write_results(out / "results.json", [run])
+    write_report(out / "report.md", [run], f"watermark-ood evaluation of {Path(args.detector).name}",
+                 notes="`watermarked` is the detector as shipped; `baseline` the same score without its watermark "
+                       "(identical when it has none).")
     print(format_terminal_table(run))
     return 0
 
@@ -293,7 +356,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         model=args.model, checkpoint=args.checkpoint, id_data=args.id_data, ood_data=args.ood_data,
         out=str(_check_out(args.out)), objectives=args.objective, preset=args.preset, overrides=_overrides(args),
         protocol=not args.all_ood, mean=args.mean, std=args.std, checkpoint_every=args.checkpoint_every,
-        execution=_execution(args), image_size=args.image_size, scores=args.scores or (),
+        execution=_execution(args), image_size=args.image_size, scores=_score_names(args.scores),
     )
     run_benchmark(cfg, progress=not args.no_progress)
     print(f"wrote {cfg.out}/results.json and {cfg.out}/report.md")
@@ -324,20 +387,47 @@ def _detector_model(args, meta_shape=None):
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .datasets import load_id_data
-    from .detector import WatermarkDetector
+    from .detector import Detector
+    from .detectors import check_name
     from .watermark import Watermark
 
+    if args.score not in (None, "auto"):
+        check_name(args.score)
     train, test = load_id_data(args.id_data, args.image_size)
     watermark = Watermark.load(args.watermark, expected_shape=test.image_shape) if args.watermark else None
-    score = args.score or ((watermark.metadata.get("objective") if watermark else None) or "energy")
+    score = args.score or (score_for(watermark.metadata.get("objective", "")) if watermark else "energy")
     model = _detector_model(args, test.image_shape)
-    calibration = train.split(0.1, args.seed)[1].sample(5000, args.seed) if args.split == "holdout" else test
-    detector = WatermarkDetector(model.module, model.normalization, watermark, score, execution=_execution(args),
-                                 model_id=model.model_id).calibrate(calibration, args.tpr)
-    accepted = float((detector.scores(calibration) >= detector.threshold).mean())
-    detector.save(args.out)
-    print(f"wrote {args.out}: score {score}, threshold {detector.threshold:.6g}, accepts {100 * accepted:.2f}% of "
-          f"{len(calibration)} ID images ({args.split})")
+    execution = _execution(args)
+    if score == "auto":
+        from .progress import say
+        from .selection import SelectionSettings, select_detector
+
+        if args.split == "test":
+            raise WatermarkOODError("--score auto chooses and calibrates on held-out training data; drop --split test")
+        say("ranking every detector on held-out ID training data vs synthetic outliers (no OOD data)")
+        selection = select_detector(model.module, model.normalization, train, watermark, args.tpr,
+                                    SelectionSettings(seed=args.seed), execution, model.model_id,
+                                    log=None if args.no_progress else say)
+        detector = selection.detector
+        calibration = None
+    else:
+        fit_split, holdout = train.split(0.1, args.seed)
+        calibration = holdout.sample(5000, args.seed) if args.split == "holdout" else test
+        detector = Detector(model.module, model.normalization, watermark, score, execution=execution,
+                            model_id=model.model_id).fit(fit_split, seed=args.seed).calibrate(calibration, args.tpr)
+    path = detector.save(args.out)
+    if detector.selection is not None:
+        from .reporting import write_selection_report
+
+        report = write_selection_report(Path(path).with_suffix(".md"), detector.selection)
+        chosen = detector.selection["chosen"]
+        print(f"chose {chosen['score']} ({'with' if chosen['watermark'] == 'given' else 'without'} the watermark) "
+              f"from {len(detector.selection['ranking'])} candidates in {detector.selection['seconds']:.0f}s; "
+              f"ranking in {report}")
+    accepted = "" if calibration is None else \
+        f", accepts {100 * float((detector.scores(calibration) >= detector.threshold).mean()):.2f}% of " \
+        f"{len(calibration)} ID images ({args.split})"
+    print(f"wrote {path}: score {detector.score}, threshold {detector.threshold:.6g}{accepted}")
     return 0
 
 
@@ -362,21 +452,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .detector import WatermarkDetector
+    from .detector import Detector
     from .fileio import atomic_write_text
 
-    meta, _ = WatermarkDetector.read(args.detector)
+    meta, _ = Detector.read(args.detector)
     shape = meta.get("input_shape") or [3, 32, 32]
     model = _detector_model(args, shape)
-    detector = WatermarkDetector.load(args.detector, model.module, _execution(args))
+    detector = Detector.load(args.detector, model.module, _execution(args))
     images, names = _read_inputs(args.input, shape)
     if images.image_shape != tuple(shape):
         raise WatermarkOODError(f"{args.input}: images are {images.image_shape}, the detector expects {tuple(shape)}")
-    from tqdm.auto import tqdm
+    from .progress import bar
 
     rows = []
     step = 1000
-    for start in tqdm(range(0, len(images), step), desc="predict", disable=args.no_progress, unit="batch"):
+    for start in bar(range(0, len(images), step), not args.no_progress, desc="predict", unit="batch"):
         part = images.subset(torch.arange(start, min(start + step, len(images))))
         rows += detector.predict(part).to_rows(names[start:start + step])
     out = Path(args.out)
@@ -394,12 +484,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .detector import WatermarkDetector
+    from .detector import Detector
     from .export import export_onnx, export_torchscript
 
-    meta, _ = WatermarkDetector.read(args.detector)
+    meta, _ = Detector.read(args.detector)
     model = _detector_model(args, meta.get("input_shape"))
-    detector = WatermarkDetector.load(args.detector, model.module, _execution(args))
+    detector = Detector.load(args.detector, model.module, _execution(args))
     out = Path(args.out)
     if "torchscript" in args.format:
         print(f"wrote {export_torchscript(detector, out / 'detector.torchscript.pt')}")
@@ -428,8 +518,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not distributed.is_main_process():
             args.no_progress = True
             sys.stdout = open(os.devnull, "w")  # one voice: rank 0 prints, every rank computes
+    from .learner import STOP
+
     try:
-        return COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
+        if STOP.is_set():  # the signal came after the last step: the outputs are complete, the exit says interrupted
+            print("watermark-ood: interrupted after the work had finished; all outputs were written", file=sys.stderr)
+            return 130
+        return status
     except StopRequested as stop:
         print(f"watermark-ood: stopped; checkpoint written to {stop.args[0]}. Run the same command again to resume.",
               file=sys.stderr)

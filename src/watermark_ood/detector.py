@@ -1,14 +1,20 @@
-"""A detector object in the style of scikit-learn estimators and pytorch-ood detectors.
+"""The deployable detector: model (+ optional watermark) + any post-hoc score + a calibrated threshold.
 
-    detector = WatermarkDetector(model, normalization, score="energy")
-    detector.fit(id_train)                  # learns the watermark (or pass one in)
-    detector.calibrate(id_validation, tpr=0.95)
-    result = detector.predict(images)       # scores and is-OOD decisions
-    detector.save("detector.safetensors")
+One interface for every score of :mod:`detectors`, in the style of scikit-learn estimators and pytorch-ood:
+
+    detector = Detector(model, normalization, score="knn", watermark=None)
+    detector.fit(id_train)                  # fits the score on ID training data (no-op for msp, energy, ...)
+    detector.calibrate(id_holdout, tpr=0.95)
+    result = detector.predict(images)       # scores (higher = more ID) and is-OOD decisions
+    detector.save("detector.safetensors")   # safetensors tensors + JSON; no pickle anywhere
+
+``WatermarkDetector`` (the name of earlier releases) is the same class; its ``fit`` still learns a watermark
+first when none was given.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,17 +26,16 @@ from safetensors.torch import save as save_bytes
 
 from .config import FitConfig, get_preset
 from .data import ImageSet
+from .detectors import DETECTOR_KINDS, Combination, PosthocScore, build_score, check_name, last_linear
 from .errors import WatermarkOODError, describe
-from .evaluation import predict_logits
-from .features import LOGIT_SCORES
 from .fileio import atomic_write_bytes, atomic_write_json, read_safetensors
-from .learner import WatermarkLearner
 from .preprocessing import Normalization
 from .runtime import ExecutionConfig
-from .scores import get_score
 from .watermark import Watermark
 
 FORMAT = "watermark-ood-detector"
+FORMAT_VERSION = 2  # 1: logit scores only (still read); 2: any score, its fitted state, model fingerprint
+FIT_IMAGES = 5000  # ID training images a score is fitted on (seeded sample)
 
 
 @dataclass
@@ -43,43 +48,109 @@ class Prediction:
         return [{"input": n, "score": float(s), "is_ood": bool(o)} for n, s, o in zip(names, self.scores, self.is_ood)]
 
 
-class WatermarkDetector:
-    """Model + watermark + score + threshold: a yes/no "reject this input" at a known ID acceptance rate."""
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of the classifier head's weights: identifies the model a detector was fitted for, cheaply."""
+    head = last_linear(model)
+    digest = hashlib.sha256()
+    for tensor in (head.weight, head.bias):
+        if tensor is not None:
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def as_images(images: ImageSet | torch.Tensor) -> ImageSet:
+    if isinstance(images, torch.Tensor):
+        return ImageSet(images, torch.full((len(images),), -1), "inputs")
+    return images
+
+
+class Detector:
+    """A yes/no "reject this input" at a known ID acceptance rate, for any score, with or without a watermark."""
 
     def __init__(self, model: torch.nn.Module, normalization: Normalization, watermark: Watermark | None = None,
                  score: str = "energy", config: FitConfig | None = None, execution: ExecutionConfig | None = None,
                  model_id: str = "model") -> None:
-        if score not in LOGIT_SCORES:
-            raise WatermarkOODError(f"a deployable detector uses a logit score ({', '.join(LOGIT_SCORES)}), not {score!r}")
+        check_name(score)
         self.model, self.normalization, self.watermark = model, normalization, watermark
         self.score, self.config = score, config
         self.execution = execution or ExecutionConfig()
         self.model_id = model_id
+        head = last_linear(model) if any(DETECTOR_KINDS[p].reads == "features" for p in score.split("+")) else None
+        self.scorer = build_score(score, head)
         self.threshold: float | None = None
         self.tpr: float | None = None
+        self.input_shape: tuple[int, ...] | None = None if watermark is None else tuple(watermark.image_shape)
+        self.selection: dict[str, Any] | None = None  # the ranking `--score auto` chose from, when it did
+        self.fit_seconds: float | None = None
 
-    # ------------------------------------------------------------------ fitting
-    def fit(self, id_train: ImageSet, **fit_kwargs: Any) -> "WatermarkDetector":
-        """Learn the watermark on ID training data (the config defaults to the paper's CIFAR-10 preset for the score)."""
-        objective = "energy" if self.score == "energy" else "msp"
-        config = self.config or get_preset("cifar10", objective).config()
-        learner = WatermarkLearner(self.model, self.normalization, config, self.execution, self.model_id)
-        self.watermark = learner.fit(id_train, **fit_kwargs).watermark
-        return self
+    @property
+    def reads(self) -> str:
+        return "gradient" if self.scorer is None else self.scorer.reads
+
+    @property
+    def fitted(self) -> bool:
+        return self.scorer is None or self.scorer.fitted
+
+    # ------------------------------------------------------------------ forward passes
+    def outputs(self, images: ImageSet | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits and (when the score reads them) penultimate features of ``images`` under the watermark."""
+        from .evaluation import predict_logits
+        from .features import logits_and_features
+
+        images = as_images(images)
+        if self.reads == "features":
+            return logits_and_features(self.model, images, self.normalization, self.watermark, self.execution)
+        return predict_logits(self.model, images, self.normalization, self.watermark, self.execution), None
+
+    def scores_from(self, logits: torch.Tensor, features: torch.Tensor | None) -> np.ndarray:
+        """The score of precomputed outputs (the pure part; ODIN has none, it needs the images)."""
+        if self.scorer is None:
+            raise WatermarkOODError("odin perturbs the inputs; score images with scores(), not precomputed outputs")
+        return self.scorer(logits, features).numpy()
 
     def scores(self, images: ImageSet | torch.Tensor) -> np.ndarray:
-        if isinstance(images, torch.Tensor):
-            images = ImageSet(images, torch.full((len(images),), -1), "inputs")
-        logits = predict_logits(self.model, images, self.normalization, self.watermark, self.execution)
-        return get_score(self.score)(logits).numpy()
+        """Higher = more in-distribution."""
+        images = as_images(images)
+        if self.scorer is None:
+            from .features import odin_scores
 
-    def calibrate(self, id_validation: ImageSet, tpr: float = 0.95) -> "WatermarkDetector":
+            return odin_scores(self.model, images, self.normalization, self.watermark, self.execution)
+        return self.scores_from(*self.outputs(images))
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, id_train: ImageSet, limit: int = FIT_IMAGES, seed: int = 0) -> "Detector":
+        """Fit the score on (a seeded sample of at most ``limit``) labelled ID training images."""
+        import time
+
+        t0 = time.perf_counter()
+        self.input_shape = tuple(id_train.image_shape)
+        if isinstance(self.scorer, Combination):
+            fit_part, held = id_train.split(0.2, seed)  # parts fit on 80%, their z-scores from the other 20%
+            sample = fit_part.sample(limit, seed)
+            self.fit_outputs(*self.outputs(sample), sample.labels, self.outputs(held.sample(max(1, limit // 4), seed)))
+        elif self.scorer is not None and self.scorer.kind.fitted:
+            sample = id_train.sample(limit, seed)
+            self.fit_outputs(*self.outputs(sample), sample.labels)
+        self.fit_seconds = time.perf_counter() - t0
+        return self
+
+    def fit_outputs(self, logits: torch.Tensor, features: torch.Tensor | None, labels: torch.Tensor,
+                    held: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> "Detector":
+        """Fit on precomputed ID outputs; a combination also needs ``held`` ID outputs for its z-scores."""
+        if isinstance(self.scorer, Combination):
+            if held is None:
+                raise WatermarkOODError("a combination of scores needs held-out ID outputs for its z-scores")
+            self.scorer.fit(logits, features, labels, *held)
+        elif self.scorer is not None:
+            self.scorer.fit(logits, features, labels)
+        return self
+
+    def calibrate(self, id_validation: ImageSet, tpr: float = 0.95) -> "Detector":
         """Set the threshold so that a share ``tpr`` of these ID inputs is accepted (score >= threshold)."""
         if not 0.0 < tpr <= 1.0:
             raise WatermarkOODError(f"tpr must be in (0, 1], got {tpr}")
-        scores = np.sort(self.scores(id_validation))
-        k = int(np.floor((1.0 - tpr) * len(scores) + 1e-9))
-        self.threshold, self.tpr = float(scores[min(k, len(scores) - 1)]), float(tpr)
+        self.input_shape = tuple(id_validation.image_shape)
+        self.threshold, self.tpr = threshold_at_tpr(self.scores(id_validation), tpr), float(tpr)
         return self
 
     def predict(self, images: ImageSet | torch.Tensor) -> Prediction:
@@ -90,24 +161,34 @@ class WatermarkDetector:
 
     # ---------------------------------------------------------------- save/load
     def metadata(self) -> dict[str, Any]:
+        state_values = self.scorer.state()[1] if self.scorer is not None else {}
         return {
-            "format": FORMAT, "format_version": 1, "model": self.model_id,
-            "normalization": self.normalization.to_dict(), "score": self.score, "threshold": self.threshold,
-            "tpr": self.tpr, "watermark": None if self.watermark is None else self.watermark.metadata,
-            "input_shape": None if self.watermark is None else list(self.watermark.image_shape),
+            "format": FORMAT, "format_version": FORMAT_VERSION, "model": self.model_id,
+            "model_fingerprint": model_fingerprint(self.model), "normalization": self.normalization.to_dict(),
+            "score": self.score, "score_state": state_values, "threshold": self.threshold, "tpr": self.tpr,
+            "watermark": None if self.watermark is None else self.watermark.metadata,
+            "input_shape": None if self.input_shape is None else list(self.input_shape),
+            "selection": self.selection,
         }
 
     def save(self, path: str | Path) -> Path:
+        """``path`` (safetensors: watermark and fitted state) and a readable ``.json`` beside it."""
+        if not self.fitted:
+            raise WatermarkOODError(f"the {self.score} detector is not fitted; fit it before saving")
         path = Path(path)
         meta = self.metadata()
-        tensors = {"watermark": self.watermark.tensor} if self.watermark is not None else {"none": torch.zeros(1)}
+        tensors = {f"score/{k}": v for k, v in (self.scorer.state()[0] if self.scorer is not None else {}).items()}
+        if self.watermark is not None:
+            tensors["watermark"] = self.watermark.tensor
+        if not tensors:
+            tensors["none"] = torch.zeros(1)
         atomic_write_bytes(path, save_bytes(tensors, metadata={"detector": json.dumps(meta)}))
         atomic_write_json(path.with_suffix(".json"), meta)
         return path
 
     @staticmethod
     def read(path: str | Path) -> tuple[dict[str, Any], Watermark | None]:
-        """Metadata and watermark of a detector file; every failure is a WatermarkOODError."""
+        """Metadata (with ``score_tensors``) and watermark of a detector file; every failure is a WatermarkOODError."""
         path = Path(path)
         if not path.is_file():
             raise WatermarkOODError(f"{path}: detector file not found")
@@ -121,23 +202,69 @@ class WatermarkDetector:
             threshold = meta["threshold"]
             if threshold is not None and not np.isfinite(float(threshold)):
                 raise ValueError("threshold is not finite")
-            if meta["score"] not in LOGIT_SCORES:
-                raise ValueError(f"unknown score {meta['score']!r}")
-        except WatermarkOODError:
-            raise
+            check_name(meta["score"])
+            if int(meta.get("format_version", 1)) > FORMAT_VERSION:
+                raise ValueError(f"format version {meta['format_version']} is newer than this release reads")
+        except WatermarkOODError as error:
+            raise WatermarkOODError(f"{path}: not a valid detector file ({error})") from None
         except Exception as error:  # noqa: BLE001 - damaged files fail in many ways
             raise WatermarkOODError(f"{path}: not a valid detector file ({describe(error)})") from None
         watermark = None
         if "watermark" in tensors:
             watermark = Watermark(tensors["watermark"], meta.get("watermark") or {})
         meta["normalization"] = normalization
+        meta["score_tensors"] = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("score/")}
         return meta, watermark
 
     @classmethod
-    def load(cls, path: str | Path, model: torch.nn.Module, execution: ExecutionConfig | None = None
-             ) -> "WatermarkDetector":
+    def load(cls, path: str | Path, model: torch.nn.Module, execution: ExecutionConfig | None = None) -> "Detector":
+        """A saved detector for ``model``; refuses a file fitted for another model (by its head's fingerprint)."""
         meta, watermark = cls.read(path)
+        recorded = meta.get("model_fingerprint")
+        if recorded is not None and recorded != model_fingerprint(model):
+            raise WatermarkOODError(f"{path}: this detector was made for model {meta['model']!r} (head fingerprint "
+                                    f"{recorded}), not for the model given (fingerprint {model_fingerprint(model)})")
         detector = cls(model, meta["normalization"], watermark, meta["score"], execution=execution,
                        model_id=meta["model"])
+        if detector.scorer is not None:
+            head = detector.scorer.parts[0].head if isinstance(detector.scorer, Combination) else detector.scorer.head
+            kind = Combination if isinstance(detector.scorer, Combination) else PosthocScore
+            try:
+                detector.scorer = kind.from_state(meta["score"], head, meta["score_tensors"], meta.get("score_state")
+                                                  or {"fitted": True})
+            except WatermarkOODError:
+                raise
+            except Exception as error:  # noqa: BLE001 - a damaged state fails in many ways
+                raise WatermarkOODError(f"{path}: the {meta['score']} state is damaged ({describe(error)})") from None
         detector.threshold, detector.tpr = meta["threshold"], meta["tpr"]
+        detector.input_shape = tuple(meta["input_shape"]) if meta.get("input_shape") else detector.input_shape
+        detector.selection = meta.get("selection")
+        if watermark is not None and detector.input_shape and tuple(watermark.image_shape) != detector.input_shape:
+            raise WatermarkOODError(f"{path}: watermark shape {tuple(watermark.image_shape)} does not match the "
+                                    f"detector's input shape {detector.input_shape}")
         return detector
+
+
+def threshold_at_tpr(id_scores: np.ndarray, tpr: float) -> float:
+    """The score at which a share ``tpr`` of ``id_scores`` is accepted (score >= threshold).
+
+    >>> threshold_at_tpr(np.array([1.0, 2.0, 3.0, 4.0]), 0.75)
+    2.0
+    """
+    scores = np.sort(np.asarray(id_scores, dtype=np.float64))
+    k = int(np.floor((1.0 - tpr) * len(scores) + 1e-9))
+    return float(scores[min(k, len(scores) - 1)])
+
+
+class WatermarkDetector(Detector):
+    """The detector of earlier releases: ``fit`` learns a watermark first (the paper's preset for the score)."""
+
+    def fit(self, id_train: ImageSet, limit: int = FIT_IMAGES, seed: int = 0, **fit_kwargs: Any) -> "Detector":
+        from .learner import WatermarkLearner
+
+        if self.watermark is None:
+            objective = "energy" if self.score == "energy" else "msp"
+            config = self.config or get_preset("cifar10", objective).config()
+            learner = WatermarkLearner(self.model, self.normalization, config, self.execution, self.model_id)
+            self.watermark = learner.fit(id_train, **fit_kwargs).watermark
+        return super().fit(id_train, limit, seed)

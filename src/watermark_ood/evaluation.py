@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from .progress import bar as progress_bar
 from . import distributed
 from .data import ImageSet
 from .errors import WatermarkOODError
@@ -54,7 +54,7 @@ def _predict_rows(model, pixels, name, normalization, watermark, execution, devi
     size = execution.eval_batch_size
     batches = [pixels[start:start + size] for start in range(0, len(pixels), size)] or [pixels[:1]]
     out = []
-    for batch in tqdm(batches, desc=f"scoring {name}", disable=not progress, leave=False, unit="batch"):
+    for batch in progress_bar(batches, progress, desc=f"scoring {name}", leave=False, unit="batch"):
         if len(batch) == 0:  # an empty shard still learns the number of classes
             batch = torch.zeros((1, *pixels.shape[1:]), dtype=pixels.dtype)
         x = normalization(batch.to(device))
@@ -172,37 +172,108 @@ def evaluate_scores(
     watermark: Watermark | None,
     scores: Sequence[str],
     execution: ExecutionConfig | None = None,
-) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
-    """Every requested score with and without the watermark: ``{score: {"baseline"|"watermarked": {set: m}}}``.
+) -> dict[str, dict[str, Any]]:
+    """Every requested detector with and without the watermark, through the one :class:`Detector` interface.
 
-    Feature scores are fitted on ``id_fit`` (ID training images) under the same
-    condition they are evaluated in: watermarked features for the watermarked model.
+    Returns ``{score: {"baseline"|"watermarked": {set: metrics, "mean": ...}, "cost": {condition: {...}}}}``;
+    ``cost`` holds the fit time, scoring images/s (forward pass included) and the detector file's size.
+    Fitted scores use ``id_fit`` (ID training images) under the condition they are evaluated in:
+    watermarked features for the watermarked model; combinations take their z-scores from a fifth of it.
     """
-    from .features import FEATURE_SCORES, GRADIENT_SCORES, LOGIT_SCORES, FeatureScorer, logits_and_features, odin_scores
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from .detector import Detector
+    from .detectors import check_name
+    from .features import logits_and_features
 
     execution = execution or ExecutionConfig()
-    unknown = set(scores) - set(LOGIT_SCORES + FEATURE_SCORES + GRADIENT_SCORES)
-    if unknown:
-        raise WatermarkOODError(f"unknown scores {sorted(unknown)}; choose from "
-                                f"{', '.join(LOGIT_SCORES + GRADIENT_SCORES + FEATURE_SCORES)}")
-    table: dict[str, dict[str, dict[str, dict[str, float]]]] = {s: {} for s in scores}
+    for name in scores:
+        check_name(name)
+    table: dict[str, dict[str, Any]] = {s: {"cost": {}} for s in scores}
     conditions = [("baseline", None)] + ([("watermarked", watermark)] if watermark is not None else [])
-    for condition, mark in conditions:
-        id_logits, id_feats = logits_and_features(model, id_test, normalization, mark, execution)
-        ood = {s.name: logits_and_features(model, s, normalization, mark, execution) for s in ood_sets}
-        fit_feats = None
-        if any(s in FEATURE_SCORES for s in scores):
-            _, fit_feats = logits_and_features(model, id_fit, normalization, mark, execution)
-        for score in scores:
-            if score in LOGIT_SCORES:
-                fn = get_score(score)
-                s_id, s_ood = fn(id_logits).numpy(), {k: fn(v[0]).numpy() for k, v in ood.items()}
-            elif score in FEATURE_SCORES:
-                scorer = FeatureScorer.fit(score, model, fit_feats, id_fit.labels)
-                s_id, s_ood = scorer(id_feats), {k: scorer(v[1]) for k, v in ood.items()}
-            else:
-                s_id = odin_scores(model, id_test, normalization, mark, execution)
-                s_ood = {s.name: odin_scores(model, s, normalization, mark, execution) for s in ood_sets}
-            per_set = {k: ood_metrics(s_id, v) for k, v in s_ood.items()}
-            table[score][condition] = {**per_set, "mean": mean_metrics(per_set)}
+    fit_part, z_part = id_fit.split(0.2, 0) if len(id_fit) > 4 else (id_fit, id_fit)
+    with tempfile.TemporaryDirectory() as tmp:
+        for condition, mark in conditions:
+            t0 = time.perf_counter()
+            test_out = logits_and_features(model, id_test, normalization, mark, execution)
+            ood_out = {s.name: logits_and_features(model, s, normalization, mark, execution) for s in ood_sets}
+            n_scored = len(id_test) + sum(len(s) for s in ood_sets)
+            forward_seconds = time.perf_counter() - t0
+            fit_out = logits_and_features(model, fit_part, normalization, mark, execution)
+            z_out = logits_and_features(model, z_part, normalization, mark, execution)
+            for score in scores:
+                detector = Detector(model, normalization, mark, score, execution=execution)
+                t0 = time.perf_counter()
+                if score != "odin":
+                    detector.fit_outputs(*fit_out, fit_part.labels, z_out)
+                fit_seconds = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                if score == "odin":
+                    s_id = detector.scores(id_test)
+                    s_ood = {s.name: detector.scores(s) for s in ood_sets}
+                    seconds = time.perf_counter() - t0
+                else:
+                    s_id = detector.scores_from(*test_out)
+                    s_ood = {k: detector.scores_from(*v) for k, v in ood_out.items()}
+                    seconds = forward_seconds + time.perf_counter() - t0
+                per_set = {k: ood_metrics(s_id, v) for k, v in s_ood.items()}
+                table[score][condition] = {**per_set, "mean": mean_metrics(per_set)}
+                detector.input_shape, detector.threshold, detector.tpr = tuple(id_test.image_shape), 0.0, 0.95
+                path = detector.save(Path(tmp) / "detector.safetensors")
+                table[score]["cost"][condition] = {
+                    "fit_seconds": fit_seconds, "images_per_second": n_scored / max(seconds, 1e-9),
+                    "file_bytes": path.stat().st_size}
     return table
+
+
+def evaluate_detector(detector: Any, id_fit: ImageSet, id_test: ImageSet, ood_sets: Sequence[ImageSet],
+                      execution: ExecutionConfig | None = None) -> dict[str, Any]:
+    """A saved detector on real OOD sets, as one results.json run (``score`` = the detector's name).
+
+    ``watermarked``: the detector exactly as saved (its watermark, fitted state and threshold).
+    ``baseline``: the same score without the watermark, fitted the same way on ``id_fit`` (identical to the
+    detector when it has no watermark). ``decisions`` adds the shipped threshold's ID acceptance and OOD
+    rejection rates on these sets.
+    """
+    import time
+
+    import numpy as np
+
+    from .detector import Detector
+
+    execution = execution or detector.execution
+    t0 = time.perf_counter()
+    s_id = detector.scores(id_test)
+    s_ood = {s.name: detector.scores(s) for s in ood_sets}
+    seconds = time.perf_counter() - t0
+    shipped = {k: ood_metrics(s_id, v) for k, v in s_ood.items()}
+    if detector.watermark is None:
+        plain = shipped
+    else:
+        reference = Detector(detector.model, detector.normalization, None, detector.score, execution=execution)
+        reference.fit(id_fit)
+        r_id = reference.scores(id_test)
+        plain = {s.name: ood_metrics(r_id, reference.scores(s)) for s in ood_sets}
+    base_logits = predict_logits(detector.model, id_test, detector.normalization, None, execution)
+    marked_logits = predict_logits(detector.model, id_test, detector.normalization, detector.watermark, execution)
+    accuracy = {c: float((lg.argmax(1) == id_test.labels).float().mean())
+                for c, lg in (("baseline", base_logits), ("watermarked", marked_logits))}
+    decisions = None
+    if detector.threshold is not None:
+        decisions = {"threshold": detector.threshold, "tpr_requested": detector.tpr,
+                     "id_accepted": float(np.mean(s_id >= detector.threshold)),
+                     "ood_rejected": {k: float(np.mean(v < detector.threshold)) for k, v in s_ood.items()}}
+    mark = detector.watermark
+    return {
+        "objective": None if mark is None else mark.metadata.get("objective"),
+        "score": detector.score,
+        "hyperparameters": {} if mark is None else mark.metadata.get("hyperparameters", {}),
+        "accuracy": accuracy,
+        "baseline": {**plain, "mean": mean_metrics(plain)},
+        "watermarked": {**shipped, "mean": mean_metrics(shipped)},
+        "timing": {"fit_seconds": 0.0, "images_per_second": (len(id_test) + sum(map(len, ood_sets))) / seconds},
+        "model": detector.model_id, "has_watermark": mark is not None, "decisions": decisions,
+        "num_id_test": len(id_test), "num_ood": {s.name: len(s) for s in ood_sets},
+    }

@@ -1,55 +1,95 @@
-"""Export: one module that takes normalized images, adds the watermark, runs the model, scores and decides.
+"""Export: one module from raw images to a decision, as torchvision weights carry their own preprocessing.
 
-Outputs ``(logits, score, is_ood)``; the same module is saved as TorchScript
-(``torch.jit.trace``) and as ONNX (``torch.onnx.export`` with a dynamic batch).
+Input: float images in [0, 1], NCHW. Inside: the model's normalization, the watermark (if any), the model,
+the detector's score and its threshold. Output: ``(logits, score, is_ood)``, score higher = more ID.
+Saved as TorchScript (``torch.jit.trace``) and as ONNX (``torch.onnx.export``, dynamic batch).
+
+Penultimate features are read by running a copy of the model whose last linear layer is replaced by the
+identity, then applying that layer: plain tensor code that traces (hooks do not). ODIN is refused: its input
+perturbation needs a backward pass inside inference, which neither format carries.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .detector import WatermarkDetector
+from .detector import Detector
+from .detectors import last_linear
 from .errors import WatermarkOODError, describe
 
 
+def _without_head(model: nn.Module, head: nn.Linear) -> nn.Module:
+    """A copy of ``model`` whose last linear layer is the identity, so that it returns penultimate features."""
+    clone = copy.deepcopy(model).eval()
+    target = last_linear(clone)
+    for module in clone.modules():
+        for name, child in module.named_children():
+            if child is target:
+                setattr(module, name, nn.Identity())
+                return clone
+    raise WatermarkOODError("could not locate the model's last linear layer")  # pragma: no cover - found above
+
+
 class DeployedDetector(nn.Module):
-    def __init__(self, model: nn.Module, watermark: torch.Tensor, score: str, threshold: float,
-                 temperature: float = 1.0) -> None:
+    def __init__(self, detector: Detector) -> None:
         super().__init__()
-        self.model = model.eval()
-        self.register_buffer("watermark", watermark.detach().clone())
-        self.register_buffer("threshold", torch.tensor(float(threshold)))
-        self.score_name = score
-        self.temperature = float(temperature)
+        if detector.scorer is None:
+            raise WatermarkOODError("odin cannot be exported: its input perturbation needs a gradient pass at "
+                                    "inference, which neither TorchScript traces nor ONNX carry; use `watermark-ood "
+                                    "predict`, or calibrate another score (see `calibrate --score auto`)")
+        if detector.threshold is None:
+            raise WatermarkOODError("calibrate the detector before exporting it (watermark-ood calibrate)")
+        if detector.input_shape is None:
+            raise WatermarkOODError("the detector does not record its input shape; calibrate it again")
+        model = detector.model.cpu().eval()
+        self.head = last_linear(model)
+        self.features_model = _without_head(model, self.head)
+        norm = detector.normalization
+        self.register_buffer("mean", torch.tensor(norm.mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1))
+        w = detector.watermark.tensor if detector.watermark is not None else torch.zeros((1, *detector.input_shape))
+        self.register_buffer("watermark", w.detach().float().clone())
+        self.register_buffer("threshold", torch.tensor(float(detector.threshold)))
+        self.scorer = detector.scorer
+        self.input_shape = tuple(detector.input_shape)
+        self._check_split(model)
+
+    def _check_split(self, model: nn.Module) -> None:
+        x = torch.rand((2, *self.input_shape))
+        with torch.no_grad():
+            direct = model((x - self.mean) / self.std)
+            split = self.head(self.features_model((x - self.mean) / self.std).flatten(1))
+        if direct.shape != split.shape or not torch.allclose(direct, split, rtol=1e-4, atol=1e-4):
+            raise WatermarkOODError("cannot export: the model's last linear layer is not its last operation, so "
+                                    "its penultimate features cannot be separated from its logits")
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = self.model(images + self.watermark).float()
-        if self.score_name == "msp":
-            score = torch.softmax(logits, dim=1).amax(dim=1)
-        elif self.score_name == "energy":
-            score = self.temperature * torch.logsumexp(logits / self.temperature, dim=1)
-        else:
-            score = logits.amax(dim=1)
+        x = (images - self.mean) / self.std + self.watermark
+        features = self.features_model(x).flatten(1).float()
+        logits = self.head(features).float()
+        score = self.scorer(logits, features, traceable=True).float()
         return logits, score, score < self.threshold
 
 
-def deployable(detector: WatermarkDetector) -> DeployedDetector:
-    if detector.threshold is None:
-        raise WatermarkOODError("calibrate the detector before exporting it (watermark-ood calibrate)")
-    if detector.watermark is None:
-        raise WatermarkOODError("the detector has no watermark to export")
-    return DeployedDetector(detector.model.cpu().eval(), detector.watermark.tensor, detector.score,
-                            detector.threshold).eval()
+def deployable(detector: Detector) -> DeployedDetector:
+    return DeployedDetector(detector).eval()
 
 
-def export_torchscript(detector: WatermarkDetector, path: str | Path) -> Path:
+def _example(module: DeployedDetector) -> torch.Tensor:
+    return torch.rand((2, *module.input_shape))
+
+
+def export_torchscript(detector: Detector, path: str | Path) -> Path:
     module = deployable(detector)
-    example = torch.zeros((2, *detector.watermark.image_shape))
     with torch.no_grad():
-        traced = torch.jit.trace(module, (example,), check_trace=False)
+        try:
+            traced = torch.jit.trace(module, (_example(module),), check_trace=False)
+        except Exception as error:  # noqa: BLE001 - tracing fails in many ways
+            raise WatermarkOODError(f"TorchScript export of {detector.score} failed: {describe(error)}") from None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -58,22 +98,24 @@ def export_torchscript(detector: WatermarkDetector, path: str | Path) -> Path:
     return path
 
 
-def export_onnx(detector: WatermarkDetector, path: str | Path, opset: int = 18) -> Path:
+def export_onnx(detector: Detector, path: str | Path, opset: int = 18) -> Path:
     module = deployable(detector)
-    example = torch.zeros((2, *detector.watermark.image_shape))
+    example = _example(module)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.onnx")
+    names = dict(input_names=["images"], output_names=["logits", "score", "is_ood"], opset_version=opset)
     try:
-        torch.onnx.export(module, (example,), str(tmp), input_names=["images"],
-                          output_names=["logits", "score", "is_ood"], opset_version=opset, dynamo=True,
-                          dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
+        with torch.no_grad():
+            torch.onnx.export(module, (example,), str(tmp), **names, dynamo=True,
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
     except Exception as error:  # noqa: BLE001 - fall back to the TorchScript-based exporter
         try:
-            torch.onnx.export(module, (example,), str(tmp), input_names=["images"],
-                              output_names=["logits", "score", "is_ood"], opset_version=opset, dynamo=False,
-                              dynamic_axes={"images": {0: "batch"}})
+            with torch.no_grad():
+                torch.onnx.export(module, (example,), str(tmp), **names, dynamo=False,
+                                  dynamic_axes={"images": {0: "batch"}})
         except Exception:  # noqa: BLE001
-            raise WatermarkOODError(f"ONNX export failed: {describe(error)}") from None
+            tmp.unlink(missing_ok=True)
+            raise WatermarkOODError(f"ONNX export of {detector.score} failed: {describe(error)}") from None
     tmp.replace(path)
     return path

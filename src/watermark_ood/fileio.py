@@ -70,3 +70,35 @@ def read_safetensors(blob: bytes):
     if not isinstance(metadata, dict):
         raise ValueError("metadata is not a mapping")
     return tensors, metadata
+
+
+def what_file_is(path: str | Path) -> str:
+    """A short description of a file that failed to load as a checkpoint: empty, text, truncated zip, ...
+
+    For error messages: users need to know *what* they passed, not a reader's internal key error.
+    """
+    import zipfile
+
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        return "an empty file (0 bytes)"
+    with path.open("rb") as handle:
+        head = handle.read(512)
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                archive.namelist()
+        except zipfile.BadZipFile:
+            return f"a truncated or damaged zip archive ({size} bytes)"
+        return f"a zip archive ({size} bytes) that is not a PyTorch checkpoint"
+    if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
+        return f"a pickle file ({size} bytes), which is read only when it holds tensors alone"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"a binary file ({size} bytes) of unknown format"
+    if all(c.isprintable() or c in "\r\n\t" for c in text):
+        first = text.strip().splitlines()[0][:40] if text.strip() else ""
+        return f"a text file ({size} bytes, starting {first!r})"
+    return f"a binary file ({size} bytes) of unknown format"

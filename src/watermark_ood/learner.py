@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
-from tqdm.auto import tqdm
-
 from .checkpoint import FitCheckpoint
 from .config import FitConfig
 from . import distributed
 from .data import ImageSet
 from .errors import WatermarkOODError
-from .objectives import objective_loss
+from .objectives import objective_terms
+from .progress import bar as progress_bar, interactive, say
 from .preprocessing import Normalization
 from .runtime import ExecutionConfig, generator, prepare_model
 from .watermark import Watermark
@@ -41,7 +40,7 @@ STOP = threading.Event()  # set by the CLI's SIGINT/SIGTERM handler; every runni
 
 @dataclass
 class EpochRecord:
-    """One epoch of history: the running loss and how large the watermark has grown."""
+    """One epoch of history: the running loss (and its two parts) and how large the watermark has grown."""
 
     epoch: int
     loss: float
@@ -51,6 +50,13 @@ class EpochRecord:
     l2: float
     seconds: float
     steps: int
+    ce: float | None = None  # mean cross-entropy on ID (absent in histories written before it was recorded)
+    ood_term: float | None = None  # mean beta x OOD term; loss = ce + ood_term
+
+    def describe(self, epochs: int) -> str:
+        parts = f" (cross-entropy {self.ce:.4g} + OOD term {self.ood_term:.4g})" if self.ce is not None else ""
+        return (f"epoch {self.epoch}/{epochs}: loss {self.loss:.4g}{parts}, max |w| {self.max_abs:.3g}, "
+                f"{self.seconds:.1f} s")
 
     def to_dict(self) -> dict[str, float]:
         return dict(self.__dict__)
@@ -181,6 +187,7 @@ class WatermarkLearner:
         max_steps: int | None = None,
         validator: ValidationFn | None = None,
         validate_every: int | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> FitResult:
         """Run the schedule on ``train`` (labels required) and return the watermark and its history.
 
@@ -188,7 +195,10 @@ class WatermarkLearner:
         With a ``validator`` the watermark is scored on held-out data at the
         start, every ``validate_every`` steps (default: each epoch) and at the
         end, and the best one is returned (validation-based best-step selection).
+        Notices (resuming, and one line per epoch when stderr is not a terminal)
+        go to ``log``, by default to stderr when ``progress`` is on.
         """
+        log = log or (say if progress else None)
         cfg, exe = self.config, self.execution
         exe.apply_threads()
         device = exe.torch_device()
@@ -217,6 +227,8 @@ class WatermarkLearner:
             w = state.watermark.to(device)
             start_epoch, start_step, history = state.epoch, state.step, state.history
             best, validation = state.best, state.validation
+            if log is not None:
+                log(f"resuming from epoch {start_epoch + 1}, step {start_step} of {steps} ({ckpt.path})")
 
         def validate(point: torch.Tensor, at_step: int) -> None:
             nonlocal best
@@ -246,13 +258,15 @@ class WatermarkLearner:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             with exe.autocast(device, cache_enabled=not use_graphs):
                 logits = forward(inputs)
-            return objective_loss(cfg, logits[: len(x)], y, logits[len(x):])
+            ce, ood = objective_terms(cfg, logits[: len(x)], y, logits[len(x):])
+            return torch.stack([ce + ood, ce, ood])
 
         def grad_at(point: torch.Tensor, x, y, noise) -> tuple[torch.Tensor, torch.Tensor]:
+            """(loss, cross-entropy, OOD term) at ``point`` and the gradient of the loss."""
             point = point.detach().requires_grad_(True)
-            loss = loss_at(point, x, y, noise)
-            (grad,) = torch.autograd.grad(loss, point)
-            return loss.detach(), grad
+            losses = loss_at(point, x, y, noise)
+            (grad,) = torch.autograd.grad(losses[0], point)
+            return losses.detach(), grad
 
         def sam_step(point: torch.Tensor, x, y, noise, alpha, share: float = 1.0):
             """One sharpness-aware sign step; returns the loss at ``point`` and the next watermark."""
@@ -279,7 +293,8 @@ class WatermarkLearner:
             if not bool(ok):
                 where = f"epoch {epoch + 1}, step {step + 1}" if at - last_checked <= 1 else \
                     f"one of global steps {last_checked + 1}-{at} (epoch {epoch + 1})"
-                what = "the watermark became NaN/infinite" if torch.isfinite(loss) else f"the loss became {float(loss)}"
+                what = "the watermark became NaN/infinite" if torch.isfinite(loss).all() else \
+                    f"the loss became {float(loss[0])}"
                 raise WatermarkOODError(f"{what} at {where}; lower alpha/beta/temperatures "
                                         "(the last good checkpoint is kept)")
             last_checked = at
@@ -292,11 +307,11 @@ class WatermarkLearner:
                 order = torch.randperm(n, generator=generator(torch.device("cpu"), cfg.seed, PERMUTATION_TAG, epoch))
                 order = order.to(device)
                 first = start_step if epoch == start_epoch else 0
-                loss_sum = torch.zeros((), device=device)
+                loss_sum = torch.zeros(3, device=device)
                 epoch_t0 = time.perf_counter()
-                show = progress and distributed.is_main_process()
-                bar = tqdm(range(first, steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
-                           leave=False, unit="step", initial=first, total=steps)
+                show = progress and interactive()
+                bar = progress_bar(range(first, steps), progress, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                                   leave=False, unit="step", initial=first, total=steps)
                 for step in bar:
                     alpha = cfg.alpha_at_step(epoch, step, steps)
                     rng = generator(device, cfg.seed, epoch, step)
@@ -318,7 +333,7 @@ class WatermarkLearner:
                         loss, w_next = graphs[len(y)](w, x, y, noise, alpha)
                     else:
                         loss, w_next = sam_step(w, x, y, noise, alpha, share)
-                    finite = finite & torch.isfinite(loss) & torch.isfinite(w_next).all()
+                    finite = finite & torch.isfinite(loss).all() & torch.isfinite(w_next).all()
                     w = w_next
                     loss_sum += loss
                     images_seen += len(index)
@@ -332,7 +347,8 @@ class WatermarkLearner:
                             or stopping:
                         check_finite(finite, loss, epoch, step, global_step)
                     if show and (step % 10 == 0 or step == steps - 1):
-                        bar.set_postfix(loss=f"{float(loss_sum) / (step - first + 1):.4f}")
+                        mean = (loss_sum / (step - first + 1)).tolist()
+                        bar.set_postfix(ce=f"{mean[1]:.4g}", ood_term=f"{mean[2]:.4g}")
                     if validating:
                         validate(w, global_step)
                     if saving:
@@ -343,8 +359,9 @@ class WatermarkLearner:
                         break
                 bar.close()
                 stats = w.abs()
+                mean = (loss_sum / max(1, steps - first)).tolist()
                 record = EpochRecord(
-                    epoch=epoch + 1, loss=float(loss_sum) / max(1, steps - first),
+                    epoch=epoch + 1, loss=mean[0], ce=mean[1], ood_term=mean[2],
                     alpha=cfg.alpha_at_step(epoch, steps - 1, steps),
                     max_abs=float(stats.max()), mean_abs=float(stats.mean()), l2=float(w.norm()),
                     seconds=time.perf_counter() - epoch_t0, steps=steps - first,
@@ -352,6 +369,8 @@ class WatermarkLearner:
                 if max_steps is not None and images_seen >= max_steps * cfg.batch_size:
                     break
                 history.append(record)
+                if log is not None and not show:
+                    log(record.describe(cfg.epochs))
                 validate(w, global_step)
                 if ckpt is not None:
                     ckpt.save(w, epoch + 1, 0, history, steps, best, validation)

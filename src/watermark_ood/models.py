@@ -18,6 +18,7 @@ from torch import nn
 
 from .architectures import SmallCNN, WideResNet, cifar_resnet
 from .errors import WatermarkOODError, describe
+from .fileio import what_file_is
 from .preprocessing import CIFAR, IMAGENET, Normalization
 
 Builder = Callable[[int, int], nn.Module]  # (num_classes, in_channels) -> module
@@ -113,13 +114,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise WatermarkOODError(
-                f"{path}: refused to load: the checkpoint contains objects other than tensors "
-                f"(weights_only=True): {describe(error)}"
-            ) from None
-        except Exception as error:  # noqa: BLE001 - a damaged file can fail in many ways inside torch.load
-            raise WatermarkOODError(f"{path}: not a readable PyTorch checkpoint ({describe(error)})") from None
+        except pickle.UnpicklingError:
+            # PyTorch's own message advises weights_only=False, i.e. running the file's code: never pass that on.
+            kind = what_file_is(path)
+            if kind.startswith("a pickle file") or kind.startswith("a zip archive"):
+                raise WatermarkOODError(f"{path}: refused to load: the checkpoint holds Python objects other than "
+                                        "tensors, and checkpoints are never unpickled; save model.state_dict() "
+                                        "(or a .safetensors file) instead") from None
+            raise WatermarkOODError(f"{path}: not a readable checkpoint: {kind}") from None
+        except Exception:  # noqa: BLE001 - a damaged file can fail in many ways inside torch.load
+            raise WatermarkOODError(f"{path}: not a readable checkpoint: {what_file_is(path)}") from None
     if isinstance(state, dict):
         for key in STATE_DICT_KEYS:
             if isinstance(state.get(key), dict):

@@ -1,4 +1,7 @@
-"""The two training objectives of the paper, on ID logits and surrogate-outlier logits."""
+"""The training objectives on ID logits and surrogate-outlier logits: the paper's two, and a bounded one.
+
+Each is ``CE(z_in, y) + beta * ood_term``; :func:`objective_terms` keeps the two parts apart for logs and plots.
+"""
 
 from __future__ import annotations
 
@@ -9,50 +12,69 @@ from .config import FitConfig
 from .errors import WatermarkOODError
 
 
-def msp_objective(z_in: torch.Tensor, y: torch.Tensor, z_out: torch.Tensor, beta: float) -> torch.Tensor:
-    """CE on ID plus beta times the cross-entropy of the outliers to the uniform distribution.
+def msp_term(z_out: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the outliers to the uniform distribution, ``logsumexp(z) - mean_k z_k``.
 
-    The uniform CE of one row is ``logsumexp(z) - mean_k z_k``; it reaches its
-    minimum, log K, only when all logits are equal, i.e. when max softmax is as
-    low as it gets.
+    It reaches its minimum, log K, only when all logits are equal, i.e. when max softmax is as low as it gets.
     """
-    uniform_ce = torch.logsumexp(z_out, dim=1) - z_out.mean(dim=1)
-    return F.cross_entropy(z_in, y) + beta * uniform_ce.mean()
+    return (torch.logsumexp(z_out, dim=1) - z_out.mean(dim=1)).mean()
+
+
+def energy_term(z_in: torch.Tensor, z_out: torch.Tensor, t_in: float, t_out: float) -> torch.Tensor:
+    """``mean exp(T_out z_out) + mean exp(-T_in z_in)``: pushes outlier logits down and ID logits up. Unbounded."""
+    return torch.exp(t_out * z_out).mean() + torch.exp(-t_in * z_in).mean()
+
+
+def hinge_term(z_in: torch.Tensor, z_out: torch.Tensor, m_in: float, m_out: float) -> torch.Tensor:
+    """Squared hinge on logsumexp (Liu et al., "Energy-based Out-of-distribution Detection", NeurIPS 2020).
+
+    Their loss on the energy E = -logsumexp(z) is ``(max(0, E_in - m_in))^2 + (max(0, m_out - E_out))^2``
+    with E-margins m_in < m_out; in logsumexp units (``m_in = -their m_in``) that is
+    ``relu(m_in - LSE(z_in))^2 + relu(LSE(z_out) - m_out)^2``. Zero once both margins hold, unlike the
+    exponential energy term, which keeps growing.
+    """
+    lse_in, lse_out = torch.logsumexp(z_in, dim=1), torch.logsumexp(z_out, dim=1)
+    return torch.relu(m_in - lse_in).square().mean() + torch.relu(lse_out - m_out).square().mean()
+
+
+def msp_objective(z_in: torch.Tensor, y: torch.Tensor, z_out: torch.Tensor, beta: float) -> torch.Tensor:
+    """CE on ID plus beta times the cross-entropy of the outliers to the uniform distribution (the paper)."""
+    return F.cross_entropy(z_in, y) + beta * msp_term(z_out)
 
 
 def energy_objective(
     z_in: torch.Tensor, y: torch.Tensor, z_out: torch.Tensor, beta: float, t_in: float, t_out: float
 ) -> torch.Tensor:
-    """CE on ID plus beta times (mean exp(T_out z_out) + mean exp(-T_in z_in)).
-
-    Pushes outlier logits down and ID logits up, which separates the free energy.
-    """
-    out_term = torch.exp(t_out * z_out).mean()
-    in_term = torch.exp(-t_in * z_in).mean()
-    return F.cross_entropy(z_in, y) + beta * (out_term + in_term)
+    """CE on ID plus beta times (mean exp(T_out z_out) + mean exp(-T_in z_in)) (the paper)."""
+    return F.cross_entropy(z_in, y) + beta * energy_term(z_in, z_out, t_in, t_out)
 
 
 def hinge_objective(z_in: torch.Tensor, y: torch.Tensor, z_out: torch.Tensor, beta: float, m_in: float,
                     m_out: float) -> torch.Tensor:
-    """CE on ID plus beta times the squared hinge on logsumexp (Liu et al., NeurIPS 2020, eq. 6).
+    """CE on ID plus beta times the squared hinge on logsumexp (Liu et al. 2020, see :func:`hinge_term`)."""
+    return F.cross_entropy(z_in, y) + beta * hinge_term(z_in, z_out, m_in, m_out)
 
-    Their loss on the energy E = -logsumexp(z) is ``(max(0, E_in - m_in))^2 + (max(0, m_out - E_out))^2``
-    with E-margins m_in < m_out; in logsumexp units (``m_in = -their m_in``) that is
-    ``relu(m_in - LSE(z_in))^2 + relu(LSE(z_out) - m_out)^2``. Bounded below by zero and flat once both
-    margins are met, unlike the exponential energy objective whose outlier term keeps growing.
+
+def objective_terms(config: FitConfig, z_in: torch.Tensor, y: torch.Tensor, z_out: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy, beta x OOD term), whose sum is the loss; float32 whatever the logits' dtype.
+
+    Kept apart for logs and plots: the energy preset's OOD term can be ~1e21 while the cross-entropy is ~1,
+    and one summed number hides which part moves.
     """
-    lse_in, lse_out = torch.logsumexp(z_in, dim=1), torch.logsumexp(z_out, dim=1)
-    hinge = torch.relu(m_in - lse_in).square().mean() + torch.relu(lse_out - m_out).square().mean()
-    return F.cross_entropy(z_in, y) + beta * hinge
+    z_in, z_out = z_in.float(), z_out.float()
+    if config.objective == "msp":
+        term = msp_term(z_out)
+    elif config.objective == "hinge":
+        if config.m_in is None or config.m_out is None:
+            raise WatermarkOODError("the hinge objective needs margins; WatermarkLearner.fit resolves them from ID data")
+        term = hinge_term(z_in, z_out, config.m_in, config.m_out)
+    else:
+        term = energy_term(z_in, z_out, config.t_in, config.t_out)
+    return F.cross_entropy(z_in, y), config.beta * term
 
 
 def objective_loss(config: FitConfig, z_in: torch.Tensor, y: torch.Tensor, z_out: torch.Tensor) -> torch.Tensor:
-    """Dispatch on ``config.objective``; computed in float32 whatever the logits' dtype."""
-    z_in, z_out = z_in.float(), z_out.float()
-    if config.objective == "msp":
-        return msp_objective(z_in, y, z_out, config.beta)
-    if config.objective == "hinge":
-        if config.m_in is None or config.m_out is None:
-            raise WatermarkOODError("the hinge objective needs margins; WatermarkLearner.fit resolves them from ID data")
-        return hinge_objective(z_in, y, z_out, config.beta, config.m_in, config.m_out)
-    return energy_objective(z_in, y, z_out, config.beta, config.t_in, config.t_out)
+    """The loss the watermark descends: cross-entropy plus the weighted OOD term."""
+    ce, ood = objective_terms(config, z_in, y, z_out)
+    return ce + ood

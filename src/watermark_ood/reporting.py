@@ -153,13 +153,16 @@ def plot_watermark(tensor, path: str | Path, title: str = "watermark") -> Path:
     w = np.asarray(tensor, dtype=np.float32)[0]
     channels = w.shape[0]
     limit = float(np.abs(w).max()) or 1.0
-    fig, axes = plt.subplots(1, channels + (1 if channels == 3 else 0), figsize=(3 * (channels + 1), 3))
+    fig, axes = plt.subplots(1, channels + (1 if channels == 3 else 0), figsize=(3 * (channels + 1), 3.4),
+                             layout="constrained")
     axes = np.atleast_1d(axes)
+    names = ("red", "green", "blue") if channels == 3 else tuple(f"channel {c}" for c in range(channels))
     for c in range(channels):
         im = axes[c].imshow(w[c], cmap="RdBu_r", vmin=-limit, vmax=limit)
-        axes[c].set_title(f"channel {c}")
+        axes[c].set_title(names[c], fontsize=9)
         axes[c].axis("off")
-    fig.colorbar(im, ax=list(axes[:channels]), shrink=0.8)
+    bar = fig.colorbar(im, ax=list(axes[:channels]), shrink=0.8)
+    bar.set_label("w (normalized input units)")
     if channels == 3:
         rgb = (w.transpose(1, 2, 0) + limit) / (2 * limit)
         axes[-1].imshow(np.clip(rgb, 0, 1))
@@ -178,13 +181,22 @@ def plot_histograms(evaluation: Evaluation, score: str, path: str | Path) -> Pat
     fig, axes = plt.subplots(len(conditions), 1, figsize=(8, 3.2 * len(conditions)), squeeze=False)
     for ax, (label, cond) in zip(axes[:, 0], conditions):
         id_scores, ood_scores = cond.scores(score)
+        axis_name = f"{score} score (higher = more in-distribution)"
+        if score == "msp":  # MSP piles up just below 1.0: spread it out as -log10(1 - MSP)
+            def spread(v):
+                return -np.log10(np.clip(1.0 - v, 1e-7, None))
+            id_scores, ood_scores = spread(id_scores), {k: spread(v) for k, v in ood_scores.items()}
+            axis_name = "-log10(1 - MSP) (higher = more in-distribution)"
         everything = np.concatenate([id_scores, *ood_scores.values()])
         bins = np.linspace(everything.min(), everything.max() + 1e-9, 60)
         ax.hist(id_scores, bins=bins, density=True, alpha=0.6, label="ID test", color="black")
         for name, s in ood_scores.items():
             ax.hist(s, bins=bins, density=True, alpha=0.45, histtype="stepfilled", label=name)
         ax.set_title(f"{score} score, {label}")
+        ax.set_xlabel(axis_name)
+        ax.set_ylabel("density")
         ax.legend(fontsize=7)
+    fig.tight_layout()
     return atomic_write_bytes(path, _figure_png(fig))
 
 
@@ -203,7 +215,7 @@ def plot_roc(evaluation: Evaluation, score: str, path: str | Path) -> Path:
             labels = np.r_[np.ones_like(id_scores), np.zeros_like(s)]
             fpr, tpr, _ = roc_curve(labels, np.r_[id_scores, s])
             ax.plot(fpr, tpr, style, color=colours[i % len(colours)], label=f"{name} ({label})", lw=1.2)
-    ax.axhline(0.95, color="grey", lw=0.6, ls=":")
+    ax.axhline(0.95, color="grey", lw=0.8, ls=":", label="95% TPR (FPR95 is read here)")
     ax.plot([0, 1], [0, 1], color="lightgrey", lw=0.6)
     ax.set_xlabel("false-positive rate (OOD accepted)")
     ax.set_ylabel("true-positive rate (ID accepted)")
@@ -213,14 +225,22 @@ def plot_roc(evaluation: Evaluation, score: str, path: str | Path) -> Path:
 
 
 def plot_history(history: Sequence[dict[str, float]], path: str | Path) -> Path:
+    """Training loss and its two parts on a log axis (they differ by up to ~20 orders of magnitude), and |w|."""
     plt = _pyplot()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
     epochs = [h["epoch"] for h in history]
-    a.plot(epochs, [h["loss"] for h in history], marker="o")
-    a.set_xlabel("epoch"); a.set_ylabel("mean training loss")
+    a.plot(epochs, [h["loss"] for h in history], marker="o", color="black", label="loss")
+    if all(h.get("ce") is not None for h in history):
+        a.plot(epochs, [h["ce"] for h in history], marker=".", ls="--", label="cross-entropy (ID)")
+        a.plot(epochs, [max(h["ood_term"], 1e-12) for h in history], marker=".", ls=":", label="beta x OOD term")
+    if min(min(h["loss"] for h in history), min(h.get("ce") or 1.0 for h in history)) > 0:
+        a.set_yscale("log")
+    a.set_xlabel("epoch"); a.set_ylabel("mean training loss (log scale)"); a.set_title("objective")
+    a.legend(fontsize=7)
     b.plot(epochs, [h["max_abs"] for h in history], marker="o", label="max |w|")
     b.plot(epochs, [h["mean_abs"] for h in history], marker="o", label="mean |w|")
-    b.set_xlabel("epoch"); b.legend()
+    b.set_xlabel("epoch"); b.set_ylabel("normalized input units"); b.set_title("watermark size"); b.legend(fontsize=7)
+    fig.tight_layout()
     return atomic_write_bytes(path, _figure_png(fig))
 
 
@@ -233,3 +253,76 @@ def write_report(path: str | Path, runs: Sequence[dict[str, Any]], title: str, n
     if images:
         text += "\n## Pictures\n\n" + "\n".join(f"![{caption}]({file})" for caption, file in images) + "\n"
     return atomic_write_text(path, text)
+
+
+# -------------------------------------------------------------- detector leaderboard
+def leaderboard_rows(scores: dict[str, Any], watermark_label: str = "watermark") -> list[dict[str, Any]]:
+    """One row per (detector, condition) from an ``evaluate_scores`` table, best mean FPR95 first."""
+    rows = []
+    for name, block in scores.items():
+        for condition in ("baseline", "watermarked"):
+            if condition not in block:
+                continue
+            metrics, cost = block[condition], block.get("cost", {}).get(condition, {})
+            rows.append({"detector": name, "watermark": "none" if condition == "baseline" else watermark_label,
+                         "mean": metrics["mean"], "per_set": {k: v for k, v in metrics.items() if k != "mean"},
+                         **cost})
+    return sorted(rows, key=lambda r: (r["mean"]["fpr95"], -r["mean"]["auroc"]))
+
+
+def format_leaderboard(rows: Sequence[dict[str, Any]], title: str) -> str:
+    sets = list(rows[0]["per_set"]) if rows else []
+    head = ["rank", "detector", "watermark", "mean FPR95", "mean AUROC", *[f"FPR95 {s}" for s in sets],
+            "fit s", "images/s", "file KiB"]
+    out = [f"# {title}", "", "Percentages; FPR95 at 95% TPR (ID positive), lower is better. Images/s include the "
+           "model's forward pass; the file is the saved detector (safetensors + JSON header).", "",
+           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, r in enumerate(rows, 1):
+        cells = [str(i), r["detector"], r["watermark"], _pct(r["mean"]["fpr95"]), _pct(r["mean"]["auroc"]),
+                 *[_pct(r["per_set"][s]["fpr95"]) for s in sets],
+                 f"{r['fit_seconds']:.2f}" if "fit_seconds" in r else "-",
+                 f"{r['images_per_second']:.0f}" if "images_per_second" in r else "-",
+                 f"{r['file_bytes'] / 1024:.1f}" if "file_bytes" in r else "-"]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def write_leaderboard(path: str | Path, scores: dict[str, Any] | Sequence[dict[str, Any]], title: str) -> Path:
+    rows = leaderboard_rows(scores) if isinstance(scores, dict) else list(scores)
+    return atomic_write_text(path, format_leaderboard(rows, title))
+
+
+def plot_leaderboard(scores: dict[str, Any] | Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Mean FPR95 per detector, without (grey) and with (colour) the watermark, best first."""
+    plt = _pyplot()
+    rows = leaderboard_rows(scores) if isinstance(scores, dict) else list(scores)
+    names = list(dict.fromkeys(r["detector"] for r in rows))
+    labels = list(dict.fromkeys(r["watermark"] for r in rows))
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(names) + 1.4), layout="constrained")
+    height = 0.8 / max(1, len(labels))
+    colours = ["0.6"] + plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for j, label in enumerate(labels):
+        values = {r["detector"]: r["mean"]["fpr95"] for r in rows if r["watermark"] == label}
+        y = [i + j * height for i in range(len(names))]
+        ax.barh(y, [100 * values.get(n, np.nan) for n in names], height=height, color=colours[j % len(colours)],
+                label=f"watermark: {label}")
+    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(names))], names)
+    ax.invert_yaxis()
+    ax.set_xlabel("mean FPR95 over OOD sets, % (lower is better)")
+    ax.set_title("Detectors, best first")
+    ax.legend(fontsize=7, loc="lower right")
+    return atomic_write_bytes(path, _figure_png(fig))
+
+
+def write_selection_report(path: str | Path, selection: dict[str, Any]) -> Path:
+    """The short report of ``calibrate --score auto``: what was chosen, how, and the whole ranking."""
+    chosen = selection["chosen"]
+    lines = [f"# Detector chosen: {chosen['score']} ({'with' if chosen['watermark'] == 'given' else 'without'} "
+             "the watermark)", "", f"Criterion: {selection['criterion']}. Took {selection['seconds']:.0f} s.", "",
+             "| rank | detector | watermark | validation FPR95 | validation AUROC |", "|---|---|---|---|---|"]
+    for i, row in enumerate(selection["ranking"], 1):
+        if row["ok"]:
+            lines.append(f"| {i} | {row['score']} | {row['watermark']} | {_pct(row['fpr95'])} | {_pct(row['auroc'])} |")
+        else:
+            lines.append(f"| {i} | {row['score']} | {row['watermark']} | skipped: {row['error']} | |")
+    return atomic_write_text(path, "\n".join(lines) + "\n")

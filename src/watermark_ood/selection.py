@@ -1,0 +1,145 @@
+"""``--score auto``: rank every detector, with and without a watermark, using ID training data only.
+
+The ID training split is divided, by seed, into a part the scores are fitted on, a ranking part and a
+calibration part. Synthetic outliers are built from the ranking part (:mod:`validation`: patch-shuffled,
+rotated, low-frequency noise). Every single score is ranked by FPR95 (then AUROC) on ranking ID vs those
+outliers, under each condition (no watermark; the given watermark); then mean-of-z-scores combinations of
+the best two and three feature/logit scores of each condition join the ranking. The winner is fitted,
+calibrated on the calibration part at the requested TPR, and carries the whole ranking in its file.
+No OOD data is read anywhere here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .data import ImageSet
+from .detector import FIT_IMAGES, Detector
+from .detectors import SCORE_NAMES
+from .errors import WatermarkOODError
+from .metrics import auroc, fpr_at_tpr
+from .preprocessing import Normalization
+from .runtime import ExecutionConfig
+from .validation import OUTLIER_KINDS, synthesize_outliers
+from .watermark import Watermark
+
+
+@dataclass
+class SelectionSettings:
+    candidates: Sequence[str] = SCORE_NAMES
+    fit_images: int = FIT_IMAGES
+    rank_images: int = 2000  # ID images ranked against as many synthetic outliers
+    calibration_images: int = 2000
+    holdout_fraction: float = 0.1
+    combine: Sequence[int] = (2, 3)  # combinations of the best k scores of each condition
+    seed: int = 0
+
+
+@dataclass
+class Selection:
+    detector: Detector
+    ranking: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        best = self.ranking[0]
+        return {"chosen": {"score": best["score"], "watermark": best["watermark"]},
+                "criterion": "FPR95 then AUROC, held-out ID training images vs synthetic outliers "
+                             f"({', '.join(OUTLIER_KINDS)}); no OOD data",
+                "seconds": self.seconds, "ranking": self.ranking}
+
+
+def _outputs(model, normalization, mark, images: ImageSet, execution) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits and penultimate features in one pass (logits alone for a model without a linear head)."""
+    from .evaluation import predict_logits
+    from .features import logits_and_features
+
+    if not any(isinstance(m, torch.nn.Linear) for m in model.modules()):
+        return predict_logits(model, images, normalization, mark, execution), None
+    return logits_and_features(model, images, normalization, mark, execution)
+
+
+def select_detector(model: torch.nn.Module, normalization: Normalization, train: ImageSet,
+                    watermark: Watermark | None = None, tpr: float = 0.95,
+                    settings: SelectionSettings | None = None, execution: ExecutionConfig | None = None,
+                    model_id: str = "model", log: Callable[[str], None] | None = None) -> Selection:
+    """Rank every candidate on ID-only validation, fit and calibrate the best; see the module docstring."""
+    settings = settings or SelectionSettings()
+    execution = execution or ExecutionConfig()
+    t0 = time.perf_counter()
+    if (train.labels < 0).any():
+        raise WatermarkOODError(f"{train.name}: choosing a detector needs labelled ID training images")
+    fit_split, holdout = train.split(settings.holdout_fraction, settings.seed)
+    rank_part, calibration = holdout.split(0.5, settings.seed + 1)
+    rank_id = rank_part.sample(settings.rank_images, settings.seed)
+    outliers = synthesize_outliers(rank_id, settings.seed)
+    fit_set, z_set = fit_split.split(0.2, settings.seed)  # z_set: z-scores of combinations
+    fit_set = fit_set.sample(settings.fit_images, settings.seed)
+    z_set = z_set.sample(max(1, settings.fit_images // 4), settings.seed)
+    conditions = [("none", None)] + ([("given", watermark)] if watermark is not None else [])
+    ranking: list[dict[str, Any]] = []
+    cached: dict[str, dict[str, Any]] = {}
+    for condition, mark in conditions:
+        outputs = {key: _outputs(model, normalization, mark, images, execution)
+                   for key, images in (("fit", fit_set), ("z", z_set), ("id", rank_id), ("out", outliers))}
+        cached[condition] = outputs
+        rows = []
+        for name in settings.candidates:
+            rows.append(_rank_one(model, normalization, mark, name, condition, outputs, fit_set, rank_id, outliers,
+                                  execution, model_id))
+            if log is not None:
+                log(_describe(rows[-1]))
+        ranking += rows
+        usable = sorted((r for r in rows if r["ok"] and r["score"] != "odin"), key=_key)
+        for k in settings.combine:
+            if len(usable) >= k:
+                name = "+".join(r["score"] for r in usable[:k])
+                ranking.append(_rank_one(model, normalization, mark, name, condition, outputs, fit_set, rank_id,
+                                         outliers, execution, model_id))
+                if log is not None:
+                    log(_describe(ranking[-1]))
+    ranking.sort(key=_key)
+    best = ranking[0]
+    if not best["ok"]:
+        raise WatermarkOODError("no detector could be fitted on this model and data")
+    mark = watermark if best["watermark"] == "given" else None
+    detector = Detector(model, normalization, mark, best["score"], execution=execution, model_id=model_id)
+    outputs = cached[best["watermark"]]
+    detector.fit_outputs(*outputs["fit"], fit_set.labels, outputs["z"])
+    detector.input_shape = tuple(train.image_shape)
+    detector.calibrate(calibration.sample(settings.calibration_images, settings.seed), tpr)
+    selection = Selection(detector, ranking, time.perf_counter() - t0)
+    detector.selection = selection.summary()
+    return selection
+
+
+def _key(row: dict[str, Any]) -> tuple[float, float]:
+    return (0.0 if row["ok"] else 1.0, row.get("fpr95", 1.0), -row.get("auroc", 0.0))
+
+
+def _rank_one(model, normalization, mark, name, condition, outputs, fit_set, rank_id, outliers, execution,
+              model_id) -> dict[str, Any]:
+    row: dict[str, Any] = {"score": name, "watermark": condition}
+    t0 = time.perf_counter()
+    try:
+        detector = Detector(model, normalization, mark, name, execution=execution, model_id=model_id)
+        if name == "odin":
+            s_id, s_out = detector.scores(rank_id), detector.scores(outliers)
+        else:
+            detector.fit_outputs(*outputs["fit"], fit_set.labels, outputs["z"])
+            s_id, s_out = detector.scores_from(*outputs["id"]), detector.scores_from(*outputs["out"])
+    except WatermarkOODError as error:
+        return {**row, "ok": False, "error": str(error)}
+    return {**row, "ok": True, "fpr95": fpr_at_tpr(s_id, s_out), "auroc": auroc(s_id, s_out),
+            "seconds": time.perf_counter() - t0}
+
+
+def _describe(row: dict[str, Any]) -> str:
+    where = "with the watermark" if row["watermark"] == "given" else "without watermark"
+    if not row["ok"]:
+        return f"  {row['score']} ({where}): skipped, {row['error']}"
+    return f"  {row['score']} ({where}): validation FPR95 {100 * row['fpr95']:.1f}%, AUROC {100 * row['auroc']:.1f}%"
