@@ -136,3 +136,68 @@ def test_cuda_graphs_are_the_default_and_can_be_switched_off():
     assert ExecutionConfig().cuda_graphs
     args = build_parser().parse_args(["fit", "--model", "small_cnn", "--id-data", "x", "--out", "o", "--no-cuda-graphs"])
     assert not _execution(args).cuda_graphs
+
+
+def test_debug_is_accepted_after_the_command(data, tmp_path):
+    id_data, _ = data
+    with pytest.raises(Exception):  # --debug shows the real exception instead of the one-line message
+        main(["fit", *FAST, "--id-data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--debug"])
+    assert main(["fit", *FAST, "--id-data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_a_signal_after_the_work_finished_still_exits_130(data, tmp_path, monkeypatch, capsys):
+    from watermark_ood import cli
+    from watermark_ood.learner import STOP
+
+    def finishes_then_signalled(args):
+        STOP.set()  # as the SIGINT handler does, arriving after the last step
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "fit", finishes_then_signalled)
+    id_data, _ = data
+    assert main(["fit", *FAST, "--id-data", str(id_data), "--out", str(tmp_path / "o")]) == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_resumed_fit_says_so_and_logs_plain_epoch_lines(data, tmp_path, capsys):
+    id_data, _ = data
+    out = tmp_path / "fit"
+    args = ["fit", "--model", "small_cnn", "--batch-size", "16", "--device", "cpu", "--id-data", str(id_data),
+            "--objective", "energy", "--out", str(out)]
+    assert main([*args, "--epochs", "1"]) == 0
+    first = capsys.readouterr().err
+    # stderr is not a terminal here: one plain line per epoch with the objective's two parts, no bar updates
+    assert "epoch 1/1: loss" in first and "cross-entropy" in first and "OOD term" in first and "\r" not in first
+    (out / "watermark.safetensors").unlink()
+    from watermark_ood.checkpoint import FitCheckpoint  # noqa: F401 - the checkpoint stays for the resume
+    assert main([*args, "--epochs", "1"]) == 0
+    assert "resuming from epoch 2, step 0" in capsys.readouterr().err
+
+
+def test_hinge_objective_from_the_command_line(data, tmp_path):
+    id_data, _ = data
+    out = tmp_path / "h"
+    assert main(["fit", *FAST, "--id-data", str(id_data), "--objective", "hinge", "--out", str(out)]) == 0
+    hp = json.loads((out / "watermark.json").read_text())["hyperparameters"]
+    assert hp["objective"] == "hinge" and hp["m_out"] < hp["m_in"]
+    history = json.loads((out / "history.json").read_text())
+    assert all(abs(h["loss"] - h["ce"] - h["ood_term"]) < 1e-3 * max(1.0, h["loss"]) for h in history)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"not a checkpoint", "a text file"), (b"", "an empty file"), (b"PK\x03\x04broken", "truncated or damaged zip")])
+def test_checkpoint_messages_say_what_the_file_is(data, tmp_path, capsys, content, message):
+    id_data, _ = data
+    bad = tmp_path / "model.th"
+    bad.write_bytes(content)
+    code = main(["fit", *FAST, "--checkpoint", str(bad), "--id-data", str(id_data), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "weights_only" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_score_names_are_one_line_errors(data, tmp_path, capsys):
+    id_data, noise = data
+    code = main(["bench", *FAST, "--id-data", str(id_data), "--ood-data", str(noise), "--scores", "knn", "kmeans",
+                 "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "kmeans" in err and "known scores: msp" in err and len(err.splitlines()) == 1

@@ -118,3 +118,50 @@ def test_cli_calibrate_predict_export(tmp_path, capsys):
     (tmp_path / "bad.safetensors").write_bytes(b"nope")
     assert main(["predict", *common, "--detector", str(tmp_path / "bad.safetensors"), "--input",
                  str(tmp_path / "inputs.npz"), "--out", str(tmp_path / "x.csv")]) == 2
+
+
+def test_cli_plain_feature_detector_calibrate_export_evaluate(tmp_path, capsys):
+    """The detector that works best on our models (a feature score, no watermark) can be shipped and evaluated."""
+    data = write_npz_dataset(tmp_path / "toy", n_train=300, n_test=30)
+    common = ["--model", "small_cnn", "--device", "cpu", "--no-progress"]
+    det = tmp_path / "knn.safetensors"
+    assert main(["calibrate", *common, "--score", "knn", "--id-data", str(data), "--out", str(det)]) == 0
+    assert json.loads(det.with_suffix(".json").read_text())["score"] == "knn"
+    assert main(["export", *common, "--detector", str(det), "--out", str(tmp_path / "exp")]) == 0
+    assert (tmp_path / "exp" / "detector.onnx").is_file()
+    out = tmp_path / "ev"
+    assert main(["evaluate", *common, "--detector", str(det), "--id-data", str(data), "--ood-data",
+                 "synthetic:uniform", "--out", str(out)]) == 0
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert run["score"] == "knn" and run["has_watermark"] is False and run["baseline"] == run["watermarked"]
+    assert 0 <= run["decisions"]["id_accepted"] <= 1
+    capsys.readouterr()
+    assert main(["calibrate", *common, "--score", "odin", "--id-data", str(data), "--out", str(tmp_path / "o.st")]) == 0
+    assert main(["export", *common, "--detector", str(tmp_path / "o.st"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "odin cannot be exported" in err and len(err.splitlines()) == 1
+
+
+def test_cli_score_auto_ranks_without_reading_ood_data(tmp_path, monkeypatch, capsys):
+    from watermark_ood import datasets
+
+    def no_ood(*args, **kwargs):
+        raise AssertionError("calibrate --score auto read OOD data")
+
+    monkeypatch.setattr(datasets, "load_ood_data", no_ood)
+    data = write_npz_dataset(tmp_path / "toy", n_train=400, n_test=30)
+    Watermark(torch.randn(1, 3, 8, 8) * 0.05, {"objective": "energy"}).save(tmp_path / "w.safetensors")
+    det = tmp_path / "auto.safetensors"
+    assert main(["calibrate", "--model", "small_cnn", "--device", "cpu", "--no-progress", "--score", "auto",
+                 "--watermark", str(tmp_path / "w.safetensors"), "--id-data", str(data), "--out", str(det)]) == 0
+    meta = json.loads(det.with_suffix(".json").read_text())
+    ranking = meta["selection"]["ranking"]
+    assert {r["watermark"] for r in ranking} == {"none", "given"}
+    assert any("+" in r["score"] for r in ranking)  # combinations compete too
+    assert meta["score"] == meta["selection"]["chosen"]["score"]
+    ok = [r for r in ranking if r["ok"]]
+    assert ok == sorted(ok, key=lambda r: (r["fpr95"], -r["auroc"]))
+    assert "chose" in capsys.readouterr().out and det.with_suffix(".md").is_file()
+    loaded = Detector.load(det, __import__("watermark_ood.models", fromlist=["load_model"]).load_model(
+        "small_cnn", None, None, 3).module, CPU)
+    assert loaded.threshold == meta["threshold"]

@@ -40,7 +40,8 @@ def test_every_score_with_and_without_watermark(toy_model, toy_train, toy_test, 
                             scores, ExecutionConfig(device="cpu"))
     assert list(table) == scores
     for block in table.values():
-        assert set(block) == {"baseline", "watermarked"}
+        assert set(block) == {"baseline", "watermarked", "cost"}
+        assert set(block["cost"]["baseline"]) == {"fit_seconds", "images_per_second", "file_bytes"}
         assert 0 <= block["baseline"]["mean"]["auroc"] <= 1
     assert table["msp"]["baseline"] != table["msp"]["watermarked"]
 

@@ -245,9 +245,12 @@ def plot_history(history: Sequence[dict[str, float]], path: str | Path) -> Path:
 
 
 def write_report(path: str | Path, runs: Sequence[dict[str, Any]], title: str, notes: str = "",
-                 images: Sequence[tuple[str, str]] = ()) -> Path:
-    """report.md: the Markdown tables, free-text notes, and links to the pictures."""
+                 images: Sequence[tuple[str, str]] = (), preface: str = "") -> Path:
+    """report.md: an optional preface (what to do), the Markdown tables, free-text notes, and the pictures."""
     text = format_markdown(runs, title)
+    if preface:
+        head, _, rest = text.partition("\n\n")
+        text = f"{head}\n\n{preface.strip()}\n\n{rest}"
     if notes:
         text += "\n" + notes.strip() + "\n"
     if images:

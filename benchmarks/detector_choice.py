@@ -1,0 +1,127 @@
+"""Issue 13 targets: does `--score auto` (ID data only) pick a detector close to the best in hindsight?
+
+For one model: runs the selection (timed), then measures every candidate it ranked on the real OOD sets
+(the paper's protocol) and reports
+- the chosen detector's mean FPR95 vs the best candidate in hindsight and vs the energy score,
+- the Spearman correlation between the synthetic-outlier ranking and the real-OOD ranking,
+- the selection's wall time vs one watermark fit of the same schedule on the same model (optional, --fit-reference).
+OOD data is read only *after* the choice, to measure it.
+
+    python benchmarks/detector_choice.py --model resnet20 --checkpoint ../shared/models/cifar10_resnet/resnet20-*.th \
+        --id-data ../shared/data/cifar10 --ood-data ../shared/data/ood/*.npz \
+        --watermark benchmarks/results/detectors/resnet20-bench/watermark-energy.safetensors \
+        --out benchmarks/results/detectors/resnet20-choice.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from watermark_ood.bench import fit_config_for
+from watermark_ood.datasets import load_id_data, load_ood_data
+from watermark_ood.detector import Detector
+from watermark_ood.evaluation import mean_metrics, protocol_subsample
+from watermark_ood.learner import WatermarkLearner
+from watermark_ood.metrics import ood_metrics
+from watermark_ood.models import load_model
+from watermark_ood.runtime import ExecutionConfig
+from watermark_ood.selection import SelectionSettings, select_detector
+from watermark_ood.watermark import Watermark
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--id-data", required=True)
+    p.add_argument("--ood-data", nargs="+", required=True)
+    p.add_argument("--watermark")
+    p.add_argument("--fit-reference", action="store_true",
+                   help="also time one watermark fit (energy preset, 2 epochs x 10k images, fp32)")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+
+    execution = ExecutionConfig(device="cpu")
+    train, test = load_id_data(args.id_data)
+    model = load_model(args.model, args.checkpoint)
+    watermark = Watermark.load(args.watermark, expected_shape=test.image_shape) if args.watermark else None
+
+    t0 = time.perf_counter()
+    selection = select_detector(model.module, model.normalization, train, watermark, 0.95, SelectionSettings(),
+                                execution, model.model_id, log=print)
+    choose_seconds = time.perf_counter() - t0
+    chosen = selection.detector
+    print(f"chose {chosen.score} (watermark: {selection.ranking[0]['watermark']}) in {choose_seconds:.0f}s", flush=True)
+
+    # --- only now is OOD data read, to measure the choice
+    ood = protocol_subsample([load_ood_data(s, test.image_shape) for s in args.ood_data], len(test), 0)
+    settings = SelectionSettings()
+    fit_split, _ = train.split(settings.holdout_fraction, settings.seed)
+    fit_set, z_set = fit_split.split(0.2, settings.seed)
+    fit_set, z_set = fit_set.sample(settings.fit_images, settings.seed), z_set.sample(settings.fit_images // 4, 0)
+    rows, cache = [], {}
+    for row in selection.ranking:
+        if not row["ok"]:
+            continue
+        mark = watermark if row["watermark"] == "given" else None
+        key = row["watermark"]
+        if key not in cache:
+            probe = Detector(model.module, model.normalization, mark, "knn", execution=execution)
+            cache[key] = {"fit": probe.outputs(fit_set), "z": probe.outputs(z_set), "test": probe.outputs(test),
+                          "ood": {s.name: probe.outputs(s) for s in ood}}
+        c = cache[key]
+        detector = Detector(model.module, model.normalization, mark, row["score"], execution=execution)
+        if row["score"] == "odin":
+            s_id, s_ood = detector.scores(test), {s.name: detector.scores(s) for s in ood}
+        else:
+            detector.fit_outputs(*c["fit"], fit_set.labels, c["z"])
+            s_id, s_ood = detector.scores_from(*c["test"]), {k: detector.scores_from(*v) for k, v in c["ood"].items()}
+        per = {k: ood_metrics(s_id, v) for k, v in s_ood.items()}
+        rows.append({**row, "real": {**per, "mean": mean_metrics(per)}})
+        print(f"{row['score']:>28s} {row['watermark']:5s} synthetic FPR95 {100 * row['fpr95']:5.1f}  real mean FPR95 "
+              f"{100 * rows[-1]['real']['mean']['fpr95']:5.1f}", flush=True)
+
+    # the shipped detector itself (fitted and calibrated by the selection), on the same sets
+    s_id = chosen.scores(test)
+    shipped = {s.name: ood_metrics(s_id, chosen.scores(s)) for s in ood}
+    shipped_mean = mean_metrics(shipped)
+    best = min(rows, key=lambda r: r["real"]["mean"]["fpr95"])
+    energy = next(r for r in rows if r["score"] == "energy" and r["watermark"] == "none")
+    rho = spearmanr([r["fpr95"] for r in rows], [r["real"]["mean"]["fpr95"] for r in rows])
+    result = {
+        "model": model.model_id, "watermark": args.watermark, "device": "cpu", "threads": torch.get_num_threads(),
+        "chosen": {"score": chosen.score, "watermark": selection.ranking[0]["watermark"],
+                   "real": {**shipped, "mean": shipped_mean}, "threshold": chosen.threshold,
+                   "id_test_accepted": float(np.mean(s_id >= chosen.threshold))},
+        "best_in_hindsight": {"score": best["score"], "watermark": best["watermark"], "real": best["real"]},
+        "energy_no_watermark": energy["real"],
+        "targets": {
+            "within_5_points_of_best": bool(shipped_mean["fpr95"] - best["real"]["mean"]["fpr95"] <= 0.05),
+            "gap_to_best_points": 100 * (shipped_mean["fpr95"] - best["real"]["mean"]["fpr95"]),
+            "ratio_to_energy": shipped_mean["fpr95"] / energy["real"]["mean"]["fpr95"],
+            "at_most_0.7x_energy": bool(shipped_mean["fpr95"] <= 0.7 * energy["real"]["mean"]["fpr95"]),
+        },
+        "spearman_synthetic_vs_real": {"rho": float(rho.statistic), "p": float(rho.pvalue), "n": len(rows)},
+        "choose_seconds": choose_seconds, "candidates": rows,
+    }
+    if args.fit_reference:
+        config = fit_config_for("cifar10", "energy", {"epochs": 2, "train_limit": 10000})
+        t0 = time.perf_counter()
+        WatermarkLearner(model.module, model.normalization, config, execution).fit(train, progress=False)
+        result["reference_fit_seconds"] = time.perf_counter() - t0
+        result["targets"]["choose_over_fit"] = choose_seconds / result["reference_fit_seconds"]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: result[k] for k in ("chosen", "best_in_hindsight", "targets", "spearman_synthetic_vs_real",
+                                             "choose_seconds")}, indent=1)[:3000])
+
+
+if __name__ == "__main__":
+    main()
