@@ -125,8 +125,14 @@ def test_demo_end_to_end(tmp_path):
     run = results["runs"][0]
     assert set(run["baseline"]) == {"digits6-9", "photo-patches", "gaussian-noise", "uniform-noise", "mean"}
     assert run["accuracy"]["baseline"] > 0.9  # the demo classifier really learned the digits
-    for name in ("report.md", "watermark-msp.png", "hist-energy.png", "roc-msp.png", "watermark-energy.safetensors"):
+    for name in ("report.md", "watermark-msp.png", "hist-energy.png", "roc-msp.png", "watermark-energy.safetensors",
+                 "detector.safetensors", "leaderboard.md", "leaderboard.png", "detector.md"):
         assert (out / name).is_file(), name
+    shipped = results["shipped_detector"]
+    report = (out / "report.md").read_text()
+    assert report.index("## What to ship") < report.index("objective=msp")  # the report starts with what to do
+    assert f"`{shipped['score']}` detector" in report
+    assert 0 <= shipped["real"]["mean"]["fpr95"] <= 1
 
 
 def test_cuda_graphs_are_the_default_and_can_be_switched_off():

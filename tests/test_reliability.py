@@ -67,3 +67,20 @@ def test_temporaries_left_by_a_killed_write_are_removed_on_restart(tmp_path):
     unrelated.write_text("mine")
     assert main(["fit", *FAST, "--device", "cpu", "--id-data", str(data), "--out", str(out)]) == 0
     assert not stale.exists() and unrelated.read_text() == "mine"
+
+
+def test_bf16_on_a_cpu_without_native_support_warns_once(monkeypatch):
+    import warnings
+
+    import torch
+
+    from watermark_ood import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "_BF16_WARNED", [])
+    exe = runtime.ExecutionConfig(device="cpu", precision="bf16")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exe.autocast(torch.device("cpu"))
+        exe.autocast(torch.device("cpu"))
+    assert [str(w.message) for w in caught if "emulated" in str(w.message)].__len__() == 1

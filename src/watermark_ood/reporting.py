@@ -312,8 +312,8 @@ def plot_leaderboard(scores: dict[str, Any] | Sequence[dict[str, Any]], path: st
     ax.set_yticks([i + 0.4 - height / 2 for i in range(len(names))], names)
     ax.invert_yaxis()
     ax.set_xlabel("mean FPR95 over OOD sets, % (lower is better)")
-    ax.set_title("Detectors, best first")
-    ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("Detectors, best first")
+    fig.legend(fontsize=7, loc="outside lower center", ncol=len(labels))
     return atomic_write_bytes(path, _figure_png(fig))
 
 

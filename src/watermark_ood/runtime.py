@@ -56,11 +56,35 @@ class ExecutionConfig:
         dtype = PRECISIONS[self.precision]
         if dtype is None:
             return contextlib.nullcontext()
+        if device.type == "cpu" and dtype is torch.bfloat16:
+            warn_if_bf16_is_emulated()
         return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache_enabled)
 
     def apply_threads(self) -> None:
         if self.threads:
             torch.set_num_threads(self.threads)
+
+
+def cpu_has_native_bf16() -> bool | None:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); None where /proc/cpuinfo is unreadable."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return None
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+_BF16_WARNED: list[bool] = []
+
+
+def warn_if_bf16_is_emulated() -> None:
+    """bf16 without native support is emulated: on an AVX2-only EPYC a ResNet-20 step was ~18x slower than fp32."""
+    import warnings
+
+    if not _BF16_WARNED and cpu_has_native_bf16() is False:
+        _BF16_WARNED.append(True)
+        warnings.warn("--precision bf16 on a CPU without AVX-512 BF16 or AMX is emulated and much slower than fp32 "
+                      "(measured ~18x on a ResNet-20 fit); use --precision fp32 here", RuntimeWarning, stacklevel=3)
 
 
 def resolve_device(name: str) -> torch.device:
