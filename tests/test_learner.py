@@ -224,3 +224,22 @@ def test_hinge_margins_come_from_id_logsumexp_quantiles_and_are_recorded(toy_mod
     fixed = WatermarkLearner(toy_model, norm3, cfg.replace(m_in=9.0, m_out=1.0), CPU).fit(toy_train, progress=False)
     assert (fixed.watermark.metadata["hyperparameters"]["m_in"], fixed.watermark.metadata["hyperparameters"]["m_out"]) \
         == (9.0, 1.0)
+
+
+def test_features_objective_learns_on_penultimate_features_with_margins_from_id(trained_toy):
+    from watermark_ood.config import get_preset
+    from watermark_ood.objectives import class_mean_distance
+
+    model, norm, train = trained_toy
+    cfg = get_preset("cifar10", "features").config(epochs=1, batch_size=32, hflip=False)
+    learner = WatermarkLearner(model, norm, cfg, CPU)
+    result = learner.fit(train, progress=False)
+    hp = result.watermark.metadata["hyperparameters"]
+    assert hp["objective"] == "features" and 0 <= hp["m_in"] < hp["m_out"] <= 2
+    from watermark_ood.features import logits_and_features
+
+    _, feats = logits_and_features(model, train, norm, None, CPU)
+    distance = class_mean_distance(feats, learner.anchors.cpu()).double()
+    assert hp["m_in"] == pytest.approx(float(distance.quantile(0.5)), abs=1e-5)
+    assert hp["m_out"] == pytest.approx(float(distance.quantile(0.95)), abs=1e-5)
+    assert result.history[0].ood_term is not None and torch.count_nonzero(result.watermark.tensor) > 0

@@ -62,3 +62,15 @@ def test_hinge_objective_without_margins_is_a_user_error():
 
     with pytest.raises(WatermarkOODError, match="margins"):
         objective_loss(FitConfig(objective="hinge"), torch.zeros(2, 3), torch.tensor([0, 1]), torch.zeros(2, 3))
+
+
+def test_features_term_is_a_squared_hinge_on_distance_to_the_nearest_class_mean():
+    from watermark_ood.objectives import class_mean_distance, features_term
+
+    anchors = torch.eye(3)[:2]  # two unit class means in 3-d
+    near, far = torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([[0.0, 0.0, 5.0]])
+    assert torch.allclose(class_mean_distance(near, anchors), torch.tensor([0.0]))
+    assert torch.allclose(class_mean_distance(far, anchors), torch.tensor([1.0]))
+    assert features_term(near, far, anchors, m_in=0.1, m_out=0.5) == 0  # both margins hold
+    # swapped: ID far from its class (1 - 0.1)^2, outlier at a class mean (0.5 - 0)^2
+    assert torch.allclose(features_term(far, near, anchors, 0.1, 0.5), torch.tensor(0.81 + 0.25))

@@ -9,7 +9,7 @@ from typing import Any
 
 from .errors import WatermarkOODError
 
-OBJECTIVES = ("msp", "energy", "hinge")
+OBJECTIVES = ("msp", "energy", "hinge", "features")
 # Surrogate outliers: the paper's Gaussian noise, or mosaics of 8x8 patches taken from random images of the ID
 # batch (natural local statistics, no object structure; not in the paper).
 SURROGATES = ("gaussian", "mosaic")
@@ -45,6 +45,8 @@ class FitConfig:
     surrogate: str = "gaussian"
     # Hinge objective (Liu et al. 2020, squared hinge on logsumexp): margins in logsumexp units. Unset, they are
     # the model's own ID-training logsumexp quantiles below (resolved by the learner, recorded in the artefact).
+    # The features objective uses the same fields for cosine distances to the nearest ID class mean of the
+    # penultimate features (lower = more ID), at the mirrored quantiles 1 - q (median and 95th percentile).
     m_in: float | None = None
     m_out: float | None = None
     m_in_quantile: float = 0.5
@@ -74,8 +76,12 @@ class FitConfig:
         for name in ("m_in_quantile", "m_out_quantile"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise WatermarkOODError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.m_in is not None and self.m_out is not None and not self.m_out < self.m_in:
+        if self.objective == "hinge" and self.m_in is not None and self.m_out is not None and not self.m_out < self.m_in:
             raise WatermarkOODError(f"hinge margins need m_out < m_in, got m_in={self.m_in}, m_out={self.m_out}")
+        if self.objective == "features" and self.m_in is not None and self.m_out is not None \
+                and not self.m_in < self.m_out:
+            raise WatermarkOODError(f"feature-distance margins need m_in < m_out, got m_in={self.m_in}, "
+                                    f"m_out={self.m_out}")
         if self.train_limit is not None and self.train_limit < 1:
             raise WatermarkOODError(f"train_limit must be >= 1, got {self.train_limit}")
         if any(not 0.0 <= f <= 1.0 for f in self.lr_decay_at):
@@ -113,7 +119,7 @@ class FitConfig:
         if self.objective != "energy":
             data.pop("t_in")
             data.pop("t_out")
-        if self.objective != "hinge":
+        if self.objective not in ("hinge", "features"):
             for name in ("m_in", "m_out", "m_in_quantile", "m_out_quantile"):
                 data.pop(name)
         for name in ("linf_budget", "l2_budget"):
@@ -185,6 +191,12 @@ PRESETS: dict[str, Preset] = {
                description="energy preset's noise, squared-hinge objective (Liu et al. 2020), margins from ID"),
         Preset("cifar100-hinge", "hinge", sigma=0.4, rho=0.1, beta=0.1,
                description="energy preset's noise, squared-hinge objective (Liu et al. 2020), margins from ID"),
+        # Not in the paper: a squared hinge on what feature detectors (KNN, Mahalanobis, ViM) read, the cosine
+        # distance of penultimate features to the nearest ID class mean; distances are < 2, hence the larger beta.
+        Preset("cifar10-features", "features", sigma=1.5, rho=0.05, beta=10.0,
+               description="squared hinge on penultimate-feature distance to ID class means (ours)"),
+        Preset("cifar100-features", "features", sigma=0.4, rho=0.1, beta=10.0,
+               description="squared hinge on penultimate-feature distance to ID class means (ours)"),
     )
 }
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .errors import WatermarkOODError, describe
+from .features import last_linear  # noqa: F401 - re-exported: the head that feature scores read
 
 
 @dataclass(frozen=True)
@@ -71,13 +72,6 @@ def check_name(name: str) -> None:
                                 f"{', '.join(SCORE_NAMES)} (combine several with '+', e.g. knn+vim+energy)")
     if "+" in name and any(DETECTOR_KINDS[p].reads == "gradient" for p in name.split("+")):
         raise WatermarkOODError("odin needs input gradients and cannot be part of a combination")
-
-
-def last_linear(model: nn.Module) -> nn.Linear:
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise WatermarkOODError(f"{type(model).__name__} has no nn.Linear head; feature scores need one")
-    return linears[-1]
 
 
 def knn_kth_distance(features: torch.Tensor, bank: torch.Tensor, k: int, spare: int = 8) -> torch.Tensor:

@@ -11,27 +11,14 @@ perturbation needs a backward pass inside inference, which neither format carrie
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .detector import Detector
-from .detectors import last_linear
+from .features import split_at_head
 from .errors import WatermarkOODError, describe
-
-
-def _without_head(model: nn.Module, head: nn.Linear) -> nn.Module:
-    """A copy of ``model`` whose last linear layer is the identity, so that it returns penultimate features."""
-    clone = copy.deepcopy(model).eval()
-    target = last_linear(clone)
-    for module in clone.modules():
-        for name, child in module.named_children():
-            if child is target:
-                setattr(module, name, nn.Identity())
-                return clone
-    raise WatermarkOODError("could not locate the model's last linear layer")  # pragma: no cover - found above
 
 
 class DeployedDetector(nn.Module):
@@ -46,8 +33,8 @@ class DeployedDetector(nn.Module):
         if detector.input_shape is None:
             raise WatermarkOODError("the detector does not record its input shape; calibrate it again")
         model = detector.model.cpu().eval()
-        self.head = last_linear(model)
-        self.features_model = _without_head(model, self.head)
+        self.features_model, self.head = split_at_head(model)
+        self.features_model.eval()
         norm = detector.normalization
         self.register_buffer("mean", torch.tensor(norm.mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1))

@@ -49,6 +49,24 @@ def last_linear(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
+def split_at_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
+    """(a copy of ``model`` returning penultimate features, its last linear layer): ``head(f(x)) == model(x)``.
+
+    Plain modules instead of a hook, so that gradients flow (learning on features) and traces capture it (export).
+    Callers check the equality where it matters: it fails for models that do more after their last linear layer.
+    """
+    import copy
+
+    clone = copy.deepcopy(model)
+    target = last_linear(clone)
+    for module in clone.modules():
+        for name, child in module.named_children():
+            if child is target:
+                setattr(module, name, nn.Identity())
+                return clone, target
+    raise WatermarkOODError("could not locate the model's last linear layer")  # pragma: no cover - found above
+
+
 class PenultimateHook:
     """Captures the input of the last linear layer during forward passes."""
 

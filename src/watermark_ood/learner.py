@@ -23,7 +23,8 @@ from .config import FitConfig
 from . import distributed
 from .data import ImageSet
 from .errors import WatermarkOODError
-from .objectives import objective_terms
+from .features import PenultimateHook, split_at_head
+from .objectives import class_mean_distance, objective_terms
 from .progress import bar as progress_bar, interactive, say
 from .preprocessing import Normalization
 from .runtime import ExecutionConfig, generator, prepare_model
@@ -137,6 +138,7 @@ class WatermarkLearner:
         self.model_id = model_id
         self.stop_requested = False
         self.noise_std: torch.Tensor | float = self.config.sigma
+        self.anchors: torch.Tensor | None = None  # unit ID class means of the penultimate features (features objective)
 
     # ------------------------------------------------------------------ helpers
     def training_subset(self, train: ImageSet) -> ImageSet:
@@ -207,7 +209,7 @@ class WatermarkLearner:
             raise WatermarkOODError(f"{train.name}: training needs class labels, found negative labels")
         self.normalization.check_channels(train.images.shape[1])
         cfg = self.config = self.resolve_margins(train, cfg, device)
-        image_shape = train.image_shape
+        image_shape = self.input_shape = train.image_shape
         images, labels = train.images.to(device), train.labels.to(device)
         n, steps = len(train), self.steps_per_epoch(len(train))
         if steps == 0:
@@ -257,8 +259,13 @@ class WatermarkLearner:
             if exe.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             with exe.autocast(device, cache_enabled=not use_graphs):
-                logits = forward(inputs)
-            ce, ood = objective_terms(cfg, logits[: len(x)], y, logits[len(x):])
+                out = forward(inputs)
+            if cfg.objective == "features":
+                feats, logits = out
+                n = len(x)
+                ce, ood = objective_terms(cfg, logits[:n], y, logits[n:], (feats[:n], feats[n:], self.anchors))
+            else:
+                ce, ood = objective_terms(cfg, out[: len(x)], y, out[len(x):])
             return torch.stack([ce + ood, ce, ood])
 
         def grad_at(point: torch.Tensor, x, y, noise) -> tuple[torch.Tensor, torch.Tensor]:
@@ -396,11 +403,16 @@ class WatermarkLearner:
     @torch.no_grad()
     def resolve_margins(self, train: ImageSet, cfg: FitConfig, device: torch.device,
                         limit: int = MARGIN_IMAGES) -> FitConfig:
-        """Hinge margins left unset become quantiles of the model's ID-training logsumexp at w = 0.
+        """Margins left unset become quantiles of the model's own ID-training statistics at w = 0.
 
-        Deterministic (a fixed seeded subset, fp32) and rounded to 1e-3, so a resumed fit finds the same config.
+        hinge: logsumexp quantiles ``m_in_quantile`` / ``m_out_quantile``. features: the penultimate features'
+        cosine distance to the nearest ID class mean (the class means become ``self.anchors``), at the mirrored
+        quantiles. Deterministic (a fixed seeded subset, fp32) and rounded to 1e-3 (1e-5 for distances), so a
+        resumed fit finds the same config.
         """
-        if cfg.objective != "hinge" or (cfg.m_in is not None and cfg.m_out is not None):
+        if cfg.objective not in ("hinge", "features"):
+            return cfg
+        if cfg.objective == "hinge" and cfg.m_in is not None and cfg.m_out is not None:
             return cfg
         subset = train
         if len(train) > limit:
@@ -408,24 +420,59 @@ class WatermarkLearner:
             subset = train.subset(order[:limit].sort().values)
         was_training = self.model.training
         model = self.model.eval().to(device)
+        hook = PenultimateHook(model) if cfg.objective == "features" else None
         lse = []
-        for start in range(0, len(subset), 500):
-            x = self.normalization(subset.images[start:start + 500].to(device))
-            lse.append(torch.logsumexp(model(x).float(), dim=1).cpu())
-        self.model.train(was_training)
-        values = torch.cat(lse).double()
-        m_in = cfg.m_in if cfg.m_in is not None else round(float(values.quantile(cfg.m_in_quantile)), 3)
-        m_out = cfg.m_out if cfg.m_out is not None else round(float(values.quantile(cfg.m_out_quantile)), 3)
-        if not m_out < m_in:
-            raise WatermarkOODError(f"hinge margins from ID data are not ordered (m_in={m_in}, m_out={m_out}); "
-                                    "set --m-in/--m-out or other quantiles")
+        try:
+            for start in range(0, len(subset), 500):
+                x = self.normalization(subset.images[start:start + 500].to(device))
+                lse.append(torch.logsumexp(model(x).float(), dim=1).cpu())
+        finally:
+            features = hook.close() if hook is not None else None
+            self.model.train(was_training)
+        if cfg.objective == "hinge":
+            values, q_in, q_out, digits = torch.cat(lse).double(), cfg.m_in_quantile, cfg.m_out_quantile, 3
+        else:
+            unit = features / features.norm(dim=1, keepdim=True).clamp(min=1e-12)
+            labels = subset.labels
+            means = torch.stack([unit[labels == k].mean(0) for k in labels.unique()])
+            self.anchors = (means / means.norm(dim=1, keepdim=True).clamp(min=1e-12)).to(device)
+            values = class_mean_distance(unit, self.anchors.cpu()).double()
+            q_in, q_out, digits = 1.0 - cfg.m_in_quantile, 1.0 - cfg.m_out_quantile, 5
+        m_in = cfg.m_in if cfg.m_in is not None else round(float(values.quantile(q_in)), digits)
+        m_out = cfg.m_out if cfg.m_out is not None else round(float(values.quantile(q_out)), digits)
+        if (m_out < m_in) != (cfg.objective == "hinge") or m_in == m_out:
+            raise WatermarkOODError(f"{cfg.objective} margins from ID data are not ordered (m_in={m_in}, "
+                                    f"m_out={m_out}); set --m-in/--m-out or other quantiles")
         return cfg.replace(m_in=m_in, m_out=m_out)
 
-    def _prepare_model(self, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-        module = prepare_model(self.model, self.execution, device)
+    def _prepare_model(self, device: torch.device) -> Callable[[torch.Tensor], Any]:
+        """The model as the objective needs it: logits, or (penultimate features, logits) for ``features``."""
+        module: torch.nn.Module = prepare_model(self.model, self.execution, device)
+        if self.config.objective == "features":
+            split = _FeaturesAndLogits(*split_at_head(module)).eval()
+            for p in split.parameters():
+                p.requires_grad_(False)
+            probe = torch.randn((2, *self.input_shape), device=device)
+            with torch.no_grad():
+                if not torch.allclose(split(probe)[1], module(probe), rtol=1e-3, atol=1e-3):
+                    raise WatermarkOODError("the features objective needs a model whose last linear layer is its last "
+                                            "operation")
+            module = split
         if self.execution.compile:
             return torch.compile(module)
         return module
+
+
+class _FeaturesAndLogits(torch.nn.Module):
+    """(penultimate features, logits) in one differentiable pass."""
+
+    def __init__(self, body: torch.nn.Module, head: torch.nn.Linear) -> None:
+        super().__init__()
+        self.body, self.head = body, head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(x).flatten(1)
+        return features, self.head(features)
 
 
 def graphs_apply(execution: ExecutionConfig, device: torch.device) -> bool:

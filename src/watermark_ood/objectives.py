@@ -37,6 +37,23 @@ def hinge_term(z_in: torch.Tensor, z_out: torch.Tensor, m_in: float, m_out: floa
     return torch.relu(m_in - lse_in).square().mean() + torch.relu(lse_out - m_out).square().mean()
 
 
+def class_mean_distance(features: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """Cosine distance of each feature vector to the nearest of ``anchors`` (unit-norm ID class means).
+
+    What feature detectors read, in one differentiable number: KNN and Mahalanobis call an input ID when its
+    penultimate features lie near the ID clusters.
+    """
+    z = features / features.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    return 1.0 - (z @ anchors.T).amax(dim=1)
+
+
+def features_term(f_in: torch.Tensor, f_out: torch.Tensor, anchors: torch.Tensor, m_in: float,
+                  m_out: float) -> torch.Tensor:
+    """Squared hinge on feature distance: ID within ``m_in`` of its class mean, outliers beyond ``m_out``."""
+    d_in, d_out = class_mean_distance(f_in, anchors), class_mean_distance(f_out, anchors)
+    return torch.relu(d_in - m_in).square().mean() + torch.relu(m_out - d_out).square().mean()
+
+
 def msp_objective(z_in: torch.Tensor, y: torch.Tensor, z_out: torch.Tensor, beta: float) -> torch.Tensor:
     """CE on ID plus beta times the cross-entropy of the outliers to the uniform distribution (the paper)."""
     return F.cross_entropy(z_in, y) + beta * msp_term(z_out)
@@ -55,12 +72,14 @@ def hinge_objective(z_in: torch.Tensor, y: torch.Tensor, z_out: torch.Tensor, be
     return F.cross_entropy(z_in, y) + beta * hinge_term(z_in, z_out, m_in, m_out)
 
 
-def objective_terms(config: FitConfig, z_in: torch.Tensor, y: torch.Tensor, z_out: torch.Tensor
+def objective_terms(config: FitConfig, z_in: torch.Tensor, y: torch.Tensor, z_out: torch.Tensor,
+                    features: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """(cross-entropy, beta x OOD term), whose sum is the loss; float32 whatever the logits' dtype.
 
     Kept apart for logs and plots: the energy preset's OOD term can be ~1e21 while the cross-entropy is ~1,
-    and one summed number hides which part moves.
+    and one summed number hides which part moves. ``features`` = (ID features, outlier features, anchors) for
+    the features objective.
     """
     z_in, z_out = z_in.float(), z_out.float()
     if config.objective == "msp":
@@ -69,12 +88,19 @@ def objective_terms(config: FitConfig, z_in: torch.Tensor, y: torch.Tensor, z_ou
         if config.m_in is None or config.m_out is None:
             raise WatermarkOODError("the hinge objective needs margins; WatermarkLearner.fit resolves them from ID data")
         term = hinge_term(z_in, z_out, config.m_in, config.m_out)
+    elif config.objective == "features":
+        if features is None or config.m_in is None or config.m_out is None:
+            raise WatermarkOODError("the features objective needs penultimate features, class means and margins; "
+                                    "WatermarkLearner.fit provides them")
+        f_in, f_out, anchors = features
+        term = features_term(f_in.float(), f_out.float(), anchors, config.m_in, config.m_out)
     else:
         term = energy_term(z_in, z_out, config.t_in, config.t_out)
     return F.cross_entropy(z_in, y), config.beta * term
 
 
-def objective_loss(config: FitConfig, z_in: torch.Tensor, y: torch.Tensor, z_out: torch.Tensor) -> torch.Tensor:
+def objective_loss(config: FitConfig, z_in: torch.Tensor, y: torch.Tensor, z_out: torch.Tensor,
+                   features: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The loss the watermark descends: cross-entropy plus the weighted OOD term."""
-    ce, ood = objective_terms(config, z_in, y, z_out)
+    ce, ood = objective_terms(config, z_in, y, z_out, features)
     return ce + ood
