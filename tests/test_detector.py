@@ -129,6 +129,10 @@ def test_cli_plain_feature_detector_calibrate_export_evaluate(tmp_path, capsys):
     assert json.loads(det.with_suffix(".json").read_text())["score"] == "knn"
     assert main(["export", *common, "--detector", str(det), "--out", str(tmp_path / "exp")]) == 0
     assert (tmp_path / "exp" / "detector.onnx").is_file()
+    np.savez(tmp_path / "inputs.npz", x=make_images(12, seed=3).images.permute(0, 2, 3, 1).numpy())
+    assert main(["predict", *common, "--detector", str(det), "--input", str(tmp_path / "inputs.npz"),
+                 "--out", str(tmp_path / "p.json")]) == 0
+    assert json.loads((tmp_path / "p.json").read_text())["score"] == "knn"
     out = tmp_path / "ev"
     assert main(["evaluate", *common, "--detector", str(det), "--id-data", str(data), "--ood-data",
                  "synthetic:uniform", "--out", str(out)]) == 0

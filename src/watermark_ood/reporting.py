@@ -275,14 +275,14 @@ def leaderboard_rows(scores: dict[str, Any], watermark_label: str = "watermark")
 
 def format_leaderboard(rows: Sequence[dict[str, Any]], title: str) -> str:
     sets = list(rows[0]["per_set"]) if rows else []
-    head = ["rank", "detector", "watermark", "mean FPR95", "mean AUROC", *[f"FPR95 {s}" for s in sets],
+    head = ["rank", "detector", "watermark", "mean FPR95", "mean AUROC", *[f"{s} FPR95 / AUROC" for s in sets],
             "fit s", "images/s", "file KiB"]
     out = [f"# {title}", "", "Percentages; FPR95 at 95% TPR (ID positive), lower is better. Images/s include the "
            "model's forward pass; the file is the saved detector (safetensors + JSON header).", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(rows, 1):
         cells = [str(i), r["detector"], r["watermark"], _pct(r["mean"]["fpr95"]), _pct(r["mean"]["auroc"]),
-                 *[_pct(r["per_set"][s]["fpr95"]) for s in sets],
+                 *[f"{_pct(r['per_set'][s]['fpr95'])} / {_pct(r['per_set'][s]['auroc'])}" for s in sets],
                  f"{r['fit_seconds']:.2f}" if "fit_seconds" in r else "-",
                  f"{r['images_per_second']:.0f}" if "images_per_second" in r else "-",
                  f"{r['file_bytes'] / 1024:.1f}" if "file_bytes" in r else "-"]
