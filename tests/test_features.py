@@ -57,6 +57,19 @@ def test_bench_scores_option(tmp_path):
     assert "| knn |" in (out / "report.md").read_text()
 
 
+def test_bench_with_the_bounded_objectives_and_feature_detectors(tmp_path):
+    data = write_npz_dataset(tmp_path / "toy", n_train=64, n_test=30)
+    out = tmp_path / "b"
+    assert main(["bench", "--model", "small_cnn", "--device", "cpu", "--no-progress", "--epochs", "1",
+                 "--batch-size", "16", "--objective", "hinge", "features", "--id-data", str(data), "--ood-data",
+                 "synthetic:uniform", "--scores", "knn", "energy", "--out", str(out)]) == 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [r["objective"] for r in runs] == ["hinge", "features"] and all(r["score"] == "energy" for r in runs)
+    assert "m_in" in runs[1]["hyperparameters"]
+    board = (out / "leaderboard.md").read_text()
+    assert "| knn | features (cifar10) |" in board and "| knn | none |" in board
+
+
 def test_evaluate_scores_option(tmp_path):
     data = write_npz_dataset(tmp_path / "toy", n_train=64, n_test=30)
     Watermark(torch.randn(1, 3, 8, 8) * 0.1, {"objective": "msp"}).save(tmp_path / "w.safetensors")

@@ -320,7 +320,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def score_for(objective: str) -> str:
     from .scores import score_for_objective
 
-    return score_for_objective(objective) if objective in ("msp", "energy", "hinge") else "energy"
+    from .config import OBJECTIVES
+
+    return score_for_objective(objective) if objective in OBJECTIVES else "energy"
 
 
 def _evaluate_detector(args: argparse.Namespace, out: Path, train, test) -> int:

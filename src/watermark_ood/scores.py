@@ -38,5 +38,6 @@ def get_score(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def score_for_objective(objective: str) -> str:
-    """The score each objective is trained for."""
-    return {"msp": "msp", "energy": "energy", "hinge": "energy"}[objective]
+    """The logit score each objective is trained for (features: energy, for the logit table; the feature
+    detectors it is meant for are compared with ``--scores``)."""
+    return {"msp": "msp", "energy": "energy", "hinge": "energy", "features": "energy"}[objective]
