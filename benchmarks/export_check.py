@@ -81,7 +81,7 @@ def main() -> None:
             diff = np.abs(onnx_scores - lib)
             row.update(exported=True, max_abs_diff=float(diff.max()), score_scale=scale,
                        max_rel_diff_to_scale=float(diff.max() / scale),
-                       within_1e-4_relative=bool(diff.max() <= 1e-4 * scale),
+                       within_1e4_relative=bool(diff.max() <= 1e-4 * scale),
                        decisions_agree=float(np.mean(onnx_ood == (lib < detector.threshold))),
                        onnx_images_per_second=len(x) / seconds, onnx_bytes=path.stat().st_size,
                        images=len(x))
