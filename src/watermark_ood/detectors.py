@@ -183,7 +183,9 @@ class PosthocScore:
         if name in ("msp", "energy", "maxlogit", "entropy", "gen"):
             fn = {"msp": pod.MaxSoftmax.score, "energy": pod.EnergyBased.score, "maxlogit": pod.MaxLogit.score,
                   "entropy": pod.Entropy.score, "gen": pod.GEN.score}[name]
-            return fn(logits.float())
+            # float64: GEN's p^0.1 (1 - p)^0.1 terms lose ~1e-3 of the score's range in float32, which would make
+            # any two float32 implementations (library, onnxruntime) disagree at that level; the cost is N x C.
+            return fn(logits.double())
         if name == "klmatching":
             return self.impl.predict_logits(logits.float())
         if features is None:
