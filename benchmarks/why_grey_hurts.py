@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from watermark_ood.data import ImageSet
 from watermark_ood.datasets import load_id_data, load_ood_data
 from watermark_ood.evaluation import predict_logits
 from watermark_ood.metrics import fpr_at_tpr
@@ -47,6 +48,14 @@ def main() -> None:
     norm = model.normalization
     sets = [test.sample(args.count, 0)] + [load_ood_data(s, test.image_shape).sample(args.count, 0)
                                            for s in args.ood_data]
+    # Flat images (one random grey level each, and one random colour each): no texture at all, to separate
+    # "flat" from "dark" as the property the watermark reacts to.
+    g = torch.Generator().manual_seed(0)
+    grey = torch.randint(0, 256, (args.count, 1, 1, 1), generator=g, dtype=torch.uint8).expand(-1, *test.image_shape)
+    colour = torch.randint(0, 256, (args.count, 3, 1, 1), generator=g, dtype=torch.uint8).expand(-1, -1,
+                                                                                              *test.image_shape[1:])
+    sets += [ImageSet(grey.contiguous(), torch.full((args.count,), -1), "flat-grey"),
+             ImageSet(colour.contiguous(), torch.full((args.count,), -1), "flat-colour")]
     report = {"model": model.model_id, "watermarks": {}}
     for path in args.watermark:
         mark = Watermark.load(path, expected_shape=test.image_shape)
