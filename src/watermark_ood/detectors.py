@@ -321,7 +321,6 @@ class Combination:
         return combo
 
 
-ScoreFunction = Callable[..., torch.Tensor]
 
 
 def build_score(name: str, head: nn.Linear | None) -> PosthocScore | Combination | None:

@@ -3,15 +3,13 @@
 The hook sits on the input of the model's last ``nn.Linear`` (``linear`` in the
 CIFAR ResNets, ``fc`` in WRN and torchvision ResNets, ``classifier[-1]`` or
 ``heads.head`` elsewhere), so it works for every registry and torchvision
-classifier. Feature scores (Mahalanobis, KNN, ViM) and ODIN come from
-pytorch-ood (Apache-2.0) rather than being written again; a watermarked model
-plugs into them as :class:`WatermarkedModel`.
+classifier. The scores themselves come from pytorch-ood (see :mod:`detectors`);
+ODIN, which needs the model, runs here, with a watermarked model plugged in as
+:class:`WatermarkedModel`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,10 +21,6 @@ from .preprocessing import Normalization
 from .runtime import ExecutionConfig
 from .watermark import Watermark
 
-LOGIT_SCORES = ("msp", "energy", "maxlogit")
-FEATURE_SCORES = ("mahalanobis", "knn", "vim")
-GRADIENT_SCORES = ("odin",)
-ALL_SCORES = LOGIT_SCORES + GRADIENT_SCORES + FEATURE_SCORES
 
 
 class WatermarkedModel(nn.Module):
@@ -115,31 +109,3 @@ def odin_scores(model: nn.Module, images: ImageSet, normalization: Normalization
         x = normalization(images.images[start:start + execution.eval_batch_size].to(device))
         out.append(-detector.predict(x).detach().float().cpu())
     return torch.cat(out).numpy()
-
-
-@dataclass
-class FeatureScorer:
-    """A pytorch-ood feature detector fitted on ID training features; ``__call__`` gives higher = more ID."""
-
-    name: str
-    detector: Any
-
-    @classmethod
-    def fit(cls, name: str, model: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> "FeatureScorer":
-        from pytorch_ood.detector import KNN, ViM, Mahalanobis
-
-        if name == "mahalanobis":
-            detector = Mahalanobis(None)
-        elif name == "knn":
-            detector = KNN(None, k=min(50, len(features) - 1))
-        elif name == "vim":
-            head = last_linear(model)
-            d = min(64, features.shape[1] // 2)
-            detector = ViM(None, d=d, w=head.weight.detach().cpu(), b=head.bias.detach().cpu())
-        else:
-            raise WatermarkOODError(f"unknown feature score {name!r}; choose one of {', '.join(FEATURE_SCORES)}")
-        detector.fit_features(features, labels)
-        return cls(name, detector)
-
-    def __call__(self, features: torch.Tensor) -> np.ndarray:
-        return (-self.detector.predict_features(features)).detach().float().cpu().numpy()
