@@ -21,7 +21,7 @@ neighbours with scikit-learn (:func:`knn_kth_distance` does the same in torch) a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
