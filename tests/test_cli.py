@@ -175,7 +175,6 @@ def test_resumed_fit_says_so_and_logs_plain_epoch_lines(data, tmp_path, capsys):
     # stderr is not a terminal here: one plain line per epoch with the objective's two parts, no bar updates
     assert "epoch 1/1: loss" in first and "cross-entropy" in first and "OOD term" in first and "\r" not in first
     (out / "watermark.safetensors").unlink()
-    from watermark_ood.checkpoint import FitCheckpoint  # noqa: F401 - the checkpoint stays for the resume
     assert main([*args, "--epochs", "1"]) == 0
     assert "resuming from epoch 2, step 0" in capsys.readouterr().err
 
