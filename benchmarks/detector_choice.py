@@ -32,7 +32,7 @@ from watermark_ood.learner import WatermarkLearner
 from watermark_ood.metrics import ood_metrics
 from watermark_ood.models import load_model
 from watermark_ood.runtime import ExecutionConfig
-from watermark_ood.selection import SelectionSettings, select_detector
+from watermark_ood.selection import SelectionSettings, select_detector, selection_splits
 from watermark_ood.watermark import Watermark
 
 
@@ -62,10 +62,7 @@ def main() -> None:
 
     # --- only now is OOD data read, to measure the choice
     ood = protocol_subsample([load_ood_data(s, test.image_shape) for s in args.ood_data], len(test), 0)
-    settings = SelectionSettings()
-    fit_split, _ = train.split(settings.holdout_fraction, settings.seed)
-    fit_set, z_set = fit_split.split(0.2, settings.seed)
-    fit_set, z_set = fit_set.sample(settings.fit_images, settings.seed), z_set.sample(settings.fit_images // 4, 0)
+    fit_set, z_set, _, _ = selection_splits(train, SelectionSettings())  # the parts the selection fitted on
     rows, cache = [], {}
     for row in selection.ranking:
         if not row["ok"]:

@@ -160,8 +160,10 @@ class Detector:
         return Prediction(scores, scores < self.threshold)
 
     # ---------------------------------------------------------------- save/load
-    def metadata(self) -> dict[str, Any]:
-        state_values = self.scorer.state()[1] if self.scorer is not None else {}
+    def metadata(self, state_values: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The JSON side of a detector file; ``state_values`` is the score's JSON state (computed if not given)."""
+        if state_values is None:
+            state_values = self.scorer.state()[1] if self.scorer is not None else {}
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION, "model": self.model_id,
             "model_fingerprint": model_fingerprint(self.model), "normalization": self.normalization.to_dict(),
@@ -176,8 +178,9 @@ class Detector:
         if not self.fitted:
             raise WatermarkOODError(f"the {self.score} detector is not fitted; fit it before saving")
         path = Path(path)
-        meta = self.metadata()
-        tensors = {f"score/{k}": v for k, v in (self.scorer.state()[0] if self.scorer is not None else {}).items()}
+        state_tensors, state_values = self.scorer.state() if self.scorer is not None else ({}, {})
+        meta = self.metadata(state_values)
+        tensors = {f"score/{k}": v for k, v in state_tensors.items()}
         if self.watermark is not None:
             tensors["watermark"] = self.watermark.tensor
         if not tensors:

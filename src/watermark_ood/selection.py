@@ -63,6 +63,16 @@ def _outputs(model, normalization, mark, images: ImageSet, execution) -> tuple[t
     return logits_and_features(model, images, normalization, mark, execution)
 
 
+def selection_splits(train: ImageSet, settings: SelectionSettings) -> tuple[ImageSet, ImageSet, ImageSet, ImageSet]:
+    """Disjoint seeded parts of the ID training data: (fit, z-scores of combinations, ranking, calibration)."""
+    fit_split, holdout = train.split(settings.holdout_fraction, settings.seed)
+    rank_part, calibration = holdout.split(0.5, settings.seed + 1)
+    fit_set, z_set = fit_split.split(0.2, settings.seed)
+    return (fit_set.sample(settings.fit_images, settings.seed),
+            z_set.sample(max(1, settings.fit_images // 4), settings.seed),
+            rank_part.sample(settings.rank_images, settings.seed), calibration)
+
+
 def select_detector(model: torch.nn.Module, normalization: Normalization, train: ImageSet,
                     watermark: Watermark | None = None, tpr: float = 0.95,
                     settings: SelectionSettings | None = None, execution: ExecutionConfig | None = None,
@@ -73,13 +83,8 @@ def select_detector(model: torch.nn.Module, normalization: Normalization, train:
     t0 = time.perf_counter()
     if (train.labels < 0).any():
         raise WatermarkOODError(f"{train.name}: choosing a detector needs labelled ID training images")
-    fit_split, holdout = train.split(settings.holdout_fraction, settings.seed)
-    rank_part, calibration = holdout.split(0.5, settings.seed + 1)
-    rank_id = rank_part.sample(settings.rank_images, settings.seed)
+    fit_set, z_set, rank_id, calibration = selection_splits(train, settings)
     outliers = synthesize_outliers(rank_id, settings.seed)
-    fit_set, z_set = fit_split.split(0.2, settings.seed)  # z_set: z-scores of combinations
-    fit_set = fit_set.sample(settings.fit_images, settings.seed)
-    z_set = z_set.sample(max(1, settings.fit_images // 4), settings.seed)
     conditions = [("none", None)] + ([("given", watermark)] if watermark is not None else [])
     ranking: list[dict[str, Any]] = []
     cached: dict[str, dict[str, Any]] = {}
