@@ -164,8 +164,29 @@ def test_cli_score_auto_ranks_without_reading_ood_data(tmp_path, monkeypatch, ca
     assert any("+" in r["score"] for r in ranking)  # combinations compete too
     assert meta["score"] == meta["selection"]["chosen"]["score"]
     ok = [r for r in ranking if r["ok"]]
-    assert ok == sorted(ok, key=lambda r: (r["fpr95"], -r["auroc"]))
+    assert ok == sorted(ok, key=lambda r: (not r.get("admitted", True), r["fpr95"], -r["auroc"]))
+    assert all(set(r["per_kind"]) == {"patch-shuffle", "rotate90", "low-frequency-noise"} for r in ok)
     assert "chose" in capsys.readouterr().out and det.with_suffix(".md").is_file()
     loaded = Detector.load(det, __import__("watermark_ood.models", fromlist=["load_model"]).load_model(
         "small_cnn", None, None, 3).module, CPU)
     assert loaded.threshold == meta["threshold"]
+
+
+def test_selection_refuses_a_watermark_that_costs_accuracy(trained_toy):
+    """A watermark that wrecks the classifier is never shipped, however it ranks on synthetic outliers."""
+    import doctest
+
+    from watermark_ood import selection as module
+    from watermark_ood.selection import SelectionSettings, select_detector
+
+    assert doctest.testmod(module).failed == 0
+    model, norm, train = trained_toy
+    harmful = Watermark(torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 50.0)
+    settings = SelectionSettings(candidates=("energy", "msp", "knn"), combine=(), fit_images=200, rank_images=40,
+                                 calibration_images=20)
+    selection = select_detector(model, norm, train, harmful, settings=settings, execution=CPU)
+    given = [r for r in selection.ranking if r["watermark"] == "given" and r["ok"]]
+    assert given and all(r["admitted"] is False and "accuracy" in r["refused"] for r in given)
+    assert selection.ranking[0]["watermark"] == "none" and selection.detector.watermark is None
+    assert selection.ranking.index(given[0]) > max(selection.ranking.index(r) for r in selection.ranking
+                                                   if r["watermark"] == "none" and r["ok"])

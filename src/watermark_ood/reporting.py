@@ -325,7 +325,9 @@ def write_selection_report(path: str | Path, selection: dict[str, Any]) -> Path:
              "| rank | detector | watermark | validation FPR95 | validation AUROC |", "|---|---|---|---|---|"]
     for i, row in enumerate(selection["ranking"], 1):
         if row["ok"]:
-            lines.append(f"| {i} | {row['score']} | {row['watermark']} | {_pct(row['fpr95'])} | {_pct(row['auroc'])} |")
+            refused = f" (not admitted: {row['refused']})" if row.get("refused") else ""
+            lines.append(f"| {i} | {row['score']} | {row['watermark']}{refused} | {_pct(row['fpr95'])} | "
+                         f"{_pct(row['auroc'])} |")
         else:
             lines.append(f"| {i} | {row['score']} | {row['watermark']} | skipped: {row['error']} | |")
     return atomic_write_text(path, "\n".join(lines) + "\n")

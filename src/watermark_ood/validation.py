@@ -45,10 +45,15 @@ def low_frequency_noise(n: int, shape: tuple[int, int, int], rng: torch.Generato
         torch.uint8)
 
 
+def outlier_kind_parts(count: int) -> dict[str, np.ndarray]:
+    """Which rows of ``synthesize_outliers`` (of ``count`` images) are of which kind."""
+    return dict(zip(OUTLIER_KINDS, np.array_split(np.arange(count), len(OUTLIER_KINDS))))
+
+
 def synthesize_outliers(source: ImageSet, seed: int) -> ImageSet:
     """Equal shares of the three outlier kinds, built from ``source`` (ID validation images)."""
     rng = generator(torch.device("cpu"), seed, 0x0D7)
-    parts = np.array_split(np.arange(len(source)), len(OUTLIER_KINDS))
+    parts = list(outlier_kind_parts(len(source)).values())
     images = source.images
     out = [
         patch_shuffle(images[parts[0]], 4, rng),
