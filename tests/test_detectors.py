@@ -6,7 +6,8 @@ import torch
 
 from conftest import make_images
 from watermark_ood.detector import Detector
-from watermark_ood.detectors import (DETECTOR_KINDS, SCORE_NAMES, PosthocScore, check_name, knn_kth_distance,
+from watermark_ood.detectors import (DETECTOR_KINDS, SCORE_NAMES, PosthocScore, check_name, gen_outlier,
+                                     knn_kth_distance,
                                      mahalanobis_min_distance)
 from watermark_ood.errors import WatermarkOODError
 from watermark_ood.runtime import ExecutionConfig
@@ -49,6 +50,33 @@ def test_torch_twins_equal_pytorch_ood():
     maha = Mahalanobis(None).fit_features(bank, labels)
     assert torch.allclose(mahalanobis_min_distance(query, maha.mu, maha.precision), maha.predict_features(query),
                           rtol=1e-4)
+    from pytorch_ood.detector import GEN
+
+    confident = torch.randn(30, 10) * torch.tensor([1.0, 5.0, 30.0]).repeat_interleave(10)[:, None]
+    assert torch.allclose(gen_outlier(confident), GEN.score(confident.double()), rtol=1e-7, atol=0)
+
+
+def test_gen_exports_within_1e4_for_confident_images(trained_toy, tmp_path):
+    """GEN's clamp at 1 - 1e-7 must stay float64 in ONNX: confident images sit on that bound."""
+    import copy
+
+    import onnxruntime as ort
+
+    from watermark_ood.export import export_onnx
+
+    model, norm, train = trained_toy
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.fc.weight.mul_(40.0)  # (1 - p) far below 1e-7 for most images
+    detector = Detector(model, norm, None, "gen", execution=CPU).fit(train).calibrate(make_images(100, seed=5))
+    test = make_images(60, seed=11)
+    lib = detector.scores(test)
+    with torch.no_grad():
+        top = model(norm(test.images)).double().softmax(1).max(1).values
+    assert (1 - top < 1e-7).float().mean() > 0.5  # the case that failed: p clamped at 1 - 1e-7
+    session = ort.InferenceSession(str(export_onnx(detector, tmp_path / "gen.onnx")))
+    _, onnx_scores, _ = session.run(None, {"images": (test.images.float() / 255).numpy()})
+    assert np.abs(onnx_scores - lib).max() <= 1e-4 * np.abs(lib).max()
 
 
 @pytest.mark.parametrize("name", [n for n in SCORE_NAMES] + ["knn+vim+energy"])

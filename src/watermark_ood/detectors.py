@@ -88,6 +88,18 @@ def knn_kth_distance(features: torch.Tensor, bank: torch.Tensor, k: int, spare: 
     return exact.topk(k, dim=1, largest=False).values[:, -1]
 
 
+def gen_outlier(logits: torch.Tensor, gamma: float = 0.1, eps: float = 1e-7) -> torch.Tensor:
+    """pytorch-ood's GEN outlier score (all classes) in float64, written so that it exports exactly.
+
+    The library clamps p to [1e-7, 1 - 1e-7]; ONNX exporters store that upper bound as float32, where it is
+    1 - 1.19e-7, and for confident images ((1 - p)^0.1 at the bound) the exported score moved by ~5e-4 of its
+    range. Here the bound is applied to 1 - p instead (1e-7 survives float32), which equals the library's
+    clamp to ~1e-8 relative.
+    """
+    p = logits.double().softmax(dim=1)
+    return (p.clamp(min=eps).pow(gamma) * (1 - p).clamp(min=eps).pow(gamma)).mean(dim=1)
+
+
 def mahalanobis_min_distance(features: torch.Tensor, mu: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
     """Half the squared Mahalanobis distance to the closest class mean: pytorch-ood's Mahalanobis score."""
     centered = features[:, None, :] - mu[None, :, :]  # N x K x D
@@ -180,6 +192,8 @@ class PosthocScore:
         if not self.fitted:
             raise WatermarkOODError(f"the {self.name} detector is not fitted; fit it on ID training data first")
         name = self.name
+        if name == "gen" and traceable:
+            return gen_outlier(logits)
         if name in ("msp", "energy", "maxlogit", "entropy", "gen"):
             fn = {"msp": pod.MaxSoftmax.score, "energy": pod.EnergyBased.score, "maxlogit": pod.MaxLogit.score,
                   "entropy": pod.Entropy.score, "gen": pod.GEN.score}[name]
