@@ -57,7 +57,7 @@ def main() -> None:
         for name in args.scores:
             detector = Detector(model.module, model.normalization, None, name, execution=execution,
                                 model_id=model.model_id).fit(fit_split).calibrate(holdout.sample(2000, 0))
-            row = {"detector": name}
+            row = {"detector": name, "measured": time.strftime("%Y-%m-%d")}
             try:
                 t0 = time.perf_counter()
                 path = export_onnx(detector, Path(tmp) / "d.onnx")
@@ -89,8 +89,12 @@ def main() -> None:
             print(f"{name:16s} max |diff| {row['max_abs_diff']:.2e} (rel. to range {row['max_rel_diff_to_scale']:.1e}) "
                   f"decisions agree {100 * row['decisions_agree']:.2f}%  onnxruntime {row['onnx_images_per_second']:.0f} "
                   "img/s", flush=True)
+    previous = json.loads(Path(args.out).read_text()).get("detectors", []) if Path(args.out).is_file() else []
+    measured = {row["detector"] for row in results}
+    kept = [row for row in previous if row["detector"] not in measured]  # rows of detectors not re-measured now
+    order = {name: i for i, name in enumerate([r["detector"] for r in previous] + sorted(measured))}
     out = {"model": model.model_id, "onnxruntime": ort.__version__, "torch": torch.__version__, "threads": 2,
-           "detectors": results}
+           "detectors": sorted(kept + results, key=lambda r: order[r["detector"]])}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
 

@@ -46,9 +46,9 @@ class OracleLearner(WatermarkLearner):
 
     pool: torch.Tensor
 
-    def batch(self, images, labels, index, rng, device):
-        x, y, _ = super().batch(images, labels, index, rng, device)
-        pick = torch.randint(0, len(self.pool), (len(index),), generator=rng, device=device)
+    def batch(self, pixels, y, n, rows, rng, device):
+        x, y, _ = super().batch(pixels, y, n, rows, rng, device)
+        pick = torch.randint(0, len(self.pool), (len(y),), generator=rng, device=device)
         return x, y, self.normalization(self.pool[pick].to(device))
 
 

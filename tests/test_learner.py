@@ -64,7 +64,8 @@ def test_one_step_is_the_papers_sharpness_aware_sign_update(toy_model, toy_train
 
     order = torch.randperm(64, generator=generator(torch.device("cpu"), cfg.seed, PERMUTATION_TAG, 0))
     rng = generator(torch.device("cpu"), cfg.seed, 0, 0)
-    x, y, noise = learner.batch(toy_train.images, toy_train.labels, order, rng, torch.device("cpu"))
+    x, y, noise = learner.batch(toy_train.images[order], toy_train.labels[order], 64, torch.arange(64), rng,
+                                torch.device("cpu"))
 
     def grad(w):
         w = w.clone().requires_grad_(True)

@@ -55,9 +55,9 @@ def fit_config_for(preset: str, objective: str, overrides: dict[str, Any]) -> Fi
 def load_inputs(cfg: BenchConfig) -> tuple[LoadedModel, ImageSet, ImageSet, list[ImageSet]]:
     """Everything is read and checked before anything is written."""
     train, test = load_id_data(cfg.id_data, cfg.image_size)
-    model = load_model(cfg.model, cfg.checkpoint, None, train.images.shape[1], cfg.mean, cfg.std,
+    model = load_model(cfg.model, cfg.checkpoint, None, train.image_shape[0], cfg.mean, cfg.std,
                        fallback_classes=train.num_classes)
-    model.normalization.check_channels(train.images.shape[1])
+    model.normalization.check_channels(train.image_shape[0])
     ood = [load_ood_data(spec, test.image_shape, count=len(test)) for spec in cfg.ood_data]
     names = [s.name for s in ood]
     if len(set(names)) != len(names):

@@ -244,7 +244,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     out = _check_out(args.out)
     config = fit_config_for(args.preset, args.objective, _overrides(args))
     train, _ = load_id_data(args.id_data, args.image_size)
-    model = load_model(args.model, args.checkpoint, None, train.images.shape[1], args.mean, args.std,
+    model = load_model(args.model, args.checkpoint, None, train.image_shape[0], args.mean, args.std,
                        fallback_classes=train.num_classes)
     learner = WatermarkLearner(model.module, model.normalization, config, _execution(args), model.model_id)
     result = learner.fit(train, progress=not args.no_progress, checkpoint_dir=out,
@@ -288,7 +288,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.detector:
         return _evaluate_detector(args, out, train, test)
     watermark = Watermark.load(args.watermark, expected_shape=test.image_shape)
-    model = load_model(args.model, args.checkpoint, None, test.images.shape[1], args.mean, args.std,
+    model = load_model(args.model, args.checkpoint, None, test.image_shape[0], args.mean, args.std,
                        fallback_classes=test.num_classes)
     ood = [load_ood_data(spec, test.image_shape, count=len(test), seed=args.seed) for spec in args.ood_data]
     objective = watermark.metadata.get("objective", "msp")

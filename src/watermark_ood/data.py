@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -61,6 +62,17 @@ class ImageSet:
             return self
         generator = torch.Generator().manual_seed(seed)
         return self.subset(torch.randperm(len(self), generator=generator)[:count].sort().values)
+
+    is_streaming = False
+    skipped = ()  # in-memory sets hold only readable images
+
+    def batches(self, batch_size: int, indices: torch.Tensor | None = None,
+                seeds: Callable[[int, int], int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(kept positions, uint8 pixels) of consecutive batches, as streamed sets give them (all kept here)."""
+        images = self.images if indices is None else self.images[torch.as_tensor(indices, dtype=torch.int64)]
+        for start in range(0, len(images), batch_size):
+            pixels = images[start:start + batch_size]
+            yield torch.arange(len(pixels)), pixels
 
     def split(self, fraction: float, seed: int) -> tuple["ImageSet", "ImageSet"]:
         """A seeded (1 - fraction, fraction) split, e.g. train / validation."""

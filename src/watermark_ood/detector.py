@@ -31,6 +31,7 @@ from .errors import WatermarkOODError, describe
 from .fileio import atomic_write_bytes, atomic_write_json, read_safetensors
 from .preprocessing import Normalization
 from .runtime import ExecutionConfig
+from .streaming import readable_rows, without_skipped
 from .watermark import Watermark
 
 FORMAT = "watermark-ood-detector"
@@ -136,7 +137,17 @@ class Detector:
 
     def fit_outputs(self, logits: torch.Tensor, features: torch.Tensor | None, labels: torch.Tensor,
                     held: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> "Detector":
-        """Fit on precomputed ID outputs; a combination also needs ``held`` ID outputs for its z-scores."""
+        """Fit on precomputed ID outputs; a combination also needs ``held`` ID outputs for its z-scores.
+
+        Rows of files skipped as unreadable (all NaN) are left out.
+        """
+        rows = readable_rows(logits)
+        if not bool(rows.all()):
+            logits, labels = logits[rows], labels[rows]
+            features = None if features is None else features[rows]
+        if held is not None and not bool(readable_rows(held[0]).all()):
+            kept = readable_rows(held[0])
+            held = (held[0][kept], None if held[1] is None else held[1][kept])
         if isinstance(self.scorer, Combination):
             if held is None:
                 raise WatermarkOODError("a combination of scores needs held-out ID outputs for its z-scores")
@@ -150,7 +161,7 @@ class Detector:
         if not 0.0 < tpr <= 1.0:
             raise WatermarkOODError(f"tpr must be in (0, 1], got {tpr}")
         self.input_shape = tuple(id_validation.image_shape)
-        self.threshold, self.tpr = threshold_at_tpr(self.scores(id_validation), tpr), float(tpr)
+        self.threshold, self.tpr = threshold_at_tpr(without_skipped(self.scores(id_validation)), tpr), float(tpr)
         return self
 
     def predict(self, images: ImageSet | torch.Tensor) -> Prediction:

@@ -16,6 +16,7 @@ from .metrics import mean_metrics, ood_metrics
 from .preprocessing import Normalization
 from .runtime import ExecutionConfig, prepare_model
 from .scores import get_score
+from .streaming import readable_rows, without_skipped
 from .watermark import Watermark
 
 
@@ -27,10 +28,13 @@ def predict_logits(
     execution: ExecutionConfig | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Logits (float32, on CPU) of ``model(normalize(x) + w)`` over a set, in large batches."""
+    """Logits (float32, on CPU) of ``model(normalize(x) + w)`` over a set, in large batches.
+
+    A streamed set is decoded batch by batch; rows of files skipped as unreadable (``skip_bad``) are NaN.
+    """
     execution = execution or ExecutionConfig()
     device = execution.torch_device()
-    normalization.check_channels(images.images.shape[1])
+    normalization.check_channels(images.image_shape[0])
     # Preparation happens outside inference mode, or new parameters would become inference tensors.
     model = prepare_model(model, execution, device)
     with torch.inference_mode():
@@ -39,33 +43,51 @@ def predict_logits(
 
 def _predict(model, images, normalization, watermark, execution, device, progress) -> torch.Tensor:
     """Under torchrun each rank scores a contiguous shard of the set; the logits are gathered in order."""
-    part, total = distributed.shard(torch.arange(len(images)))
-    local = _predict_rows(model, images.images[part], images.name, normalization, watermark, execution, device,
+    rows = torch.arange(len(images))
+    part, total = distributed.shard(rows)
+    local = _predict_rows(model, images, rows[part], normalization, watermark, execution, device,
                           progress and distributed.is_main_process())
     return distributed.gather_rows(local, total)
 
 
-def _predict_rows(model, pixels, name, normalization, watermark, execution, device, progress) -> torch.Tensor:
+def _predict_rows(model, images, rows, normalization, watermark, execution, device, progress) -> torch.Tensor:
+    shape = tuple(images.image_shape)
     w = watermark.tensor.to(device) if watermark is not None else None
-    if w is not None and tuple(w.shape[1:]) != tuple(pixels.shape[1:]):
+    if w is not None and tuple(w.shape[1:]) != shape:
         raise WatermarkOODError(
-            f"{name}: images of shape {tuple(pixels.shape[1:])} do not match the watermark's {tuple(w.shape[1:])}"
+            f"{images.name}: images of shape {shape} do not match the watermark's {tuple(w.shape[1:])}"
         )
     size = execution.eval_batch_size
-    batches = [pixels[start:start + size] for start in range(0, len(pixels), size)] or [pixels[:1]]
-    out = []
-    for batch in progress_bar(batches, progress, desc=f"scoring {name}", leave=False, unit="batch"):
-        if len(batch) == 0:  # an empty shard still learns the number of classes
-            batch = torch.zeros((1, *pixels.shape[1:]), dtype=pixels.dtype)
+    batches = images.batches(size, rows) if len(rows) else iter([(torch.zeros(0, dtype=torch.int64),
+                                                                   torch.zeros((1, *shape), dtype=torch.uint8))])
+    out, classes = [], None
+    count = max(1, (len(rows) + size - 1) // size)
+    for kept, batch in progress_bar(batches, progress, desc=f"scoring {images.name}", leave=False, unit="batch",
+                                    total=count):
+        if len(batch) == 0:  # every image of the batch was skipped as unreadable
+            out.append((kept, None))
+            continue
         x = normalization(batch.to(device))
         if w is not None:
             x = x + w
         if execution.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with execution.autocast(device):
-            logits = model(x)
-        out.append(logits.float().cpu())
-    return torch.cat(out)[: len(pixels)]
+            logits = model(x).float().cpu()
+        classes = logits.shape[1]
+        out.append((kept, logits))
+    if len(rows) == 0:  # an empty shard still learns the number of classes
+        return torch.zeros((0, classes or 1))
+    return _place_rows(out, len(rows), size, classes)
+
+
+def _place_rows(batches, count: int, size: int, width: int | None) -> torch.Tensor:
+    """Stack per-batch outputs at their rows; rows of skipped (unreadable) images stay NaN."""
+    result = torch.full((count, width or 1), float("nan"))
+    for b, (kept, values) in enumerate(batches):
+        if values is not None:
+            result[b * size + kept] = values
+    return result
 
 
 def protocol_subsample(ood_sets: Sequence[ImageSet], id_count: int, seed: int) -> list[ImageSet]:
@@ -84,7 +106,8 @@ class ConditionLogits:
 
     @property
     def accuracy(self) -> float:
-        return float((self.id_logits.argmax(1) == self.id_labels).float().mean())
+        rows = readable_rows(self.id_logits)
+        return float((self.id_logits[rows].argmax(1) == self.id_labels[rows]).float().mean())
 
     def scores(self, score: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         fn = get_score(score)
@@ -93,7 +116,7 @@ class ConditionLogits:
     def metrics(self, score: str) -> dict[str, dict[str, float]]:
         """``{ood set: {fpr95, auroc, aupr_in, aupr_out}, ..., "mean": {...}}``."""
         id_scores, ood_scores = self.scores(score)
-        per_set = {name: ood_metrics(id_scores, s) for name, s in ood_scores.items()}
+        per_set = {name: ood_metrics(without_skipped(id_scores), without_skipped(s)) for name, s in ood_scores.items()}
         return {**per_set, "mean": mean_metrics(per_set)}
 
 
@@ -224,7 +247,7 @@ def evaluate_scores(
                     s_id = detector.scores_from(*test_out)
                     s_ood = {k: detector.scores_from(*v) for k, v in ood_out.items()}
                     seconds = forward_seconds + time.perf_counter() - t0
-                per_set = {k: ood_metrics(s_id, v) for k, v in s_ood.items()}
+                per_set = {k: ood_metrics(without_skipped(s_id), without_skipped(v)) for k, v in s_ood.items()}
                 table[score][condition] = {**per_set, "mean": mean_metrics(per_set)}
                 detector.input_shape, detector.threshold, detector.tpr = tuple(id_test.image_shape), 0.0, 0.95
                 path = detector.save(Path(tmp) / "detector.safetensors")
@@ -260,23 +283,25 @@ def evaluate_detector(detector: Any, id_fit: ImageSet, id_test: ImageSet, ood_se
     s_id = detector.scores(id_test)
     s_ood = {s.name: detector.scores(s) for s in ood_sets}
     seconds = time.perf_counter() - t0
-    shipped = {k: ood_metrics(s_id, v) for k, v in s_ood.items()}
+    shipped = {k: ood_metrics(without_skipped(s_id), without_skipped(v)) for k, v in s_ood.items()}
     if detector.watermark is None:
         plain = shipped
     else:
         reference = Detector(detector.model, detector.normalization, None, detector.score, execution=execution)
         reference.fit(id_fit)
         r_id = reference.scores(id_test)
-        plain = {s.name: ood_metrics(r_id, reference.scores(s)) for s in ood_sets}
+        plain = {s.name: ood_metrics(without_skipped(r_id), without_skipped(reference.scores(s))) for s in ood_sets}
     base_logits = predict_logits(detector.model, id_test, detector.normalization, None, execution)
     marked_logits = predict_logits(detector.model, id_test, detector.normalization, detector.watermark, execution)
-    accuracy = {c: float((lg.argmax(1) == id_test.labels).float().mean())
+    rows = readable_rows(base_logits)
+    accuracy = {c: float((lg[rows].argmax(1) == id_test.labels[rows]).float().mean())
                 for c, lg in (("baseline", base_logits), ("watermarked", marked_logits))}
     decisions = None
     if detector.threshold is not None:
         decisions = {"threshold": detector.threshold, "tpr_requested": detector.tpr,
-                     "id_accepted": float(np.mean(s_id >= detector.threshold)),
-                     "ood_rejected": {k: float(np.mean(v < detector.threshold)) for k, v in s_ood.items()}}
+                     "id_accepted": float(np.mean(without_skipped(s_id) >= detector.threshold)),
+                     "ood_rejected": {k: float(np.mean(without_skipped(v) < detector.threshold))
+                                      for k, v in s_ood.items()}}
     mark = detector.watermark
     return {
         "objective": None if mark is None else mark.metadata.get("objective"),

@@ -79,21 +79,41 @@ class PenultimateHook:
 @torch.no_grad()
 def logits_and_features(model: nn.Module, images: ImageSet, normalization: Normalization,
                         watermark: Watermark | None, execution: ExecutionConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass over a set giving logits and penultimate features (fp32, CPU)."""
+    """One pass over a set giving logits and penultimate features (fp32, CPU).
+
+    A streamed set is decoded batch by batch; rows of files skipped as unreadable are NaN in both.
+    """
+    from .evaluation import _place_rows
+
     device = execution.torch_device()
     model = model.eval().to(device)
     hook = PenultimateHook(model)
-    logits = []
+    size = execution.eval_batch_size
+    logits, kept_rows = [], []
     try:
-        for start in range(0, len(images), execution.eval_batch_size):
-            x = normalization(images.images[start:start + execution.eval_batch_size].to(device))
+        for kept, pixels in images.batches(size):
+            kept_rows.append(kept)
+            if len(pixels) == 0:
+                continue
+            x = normalization(pixels.to(device))
             if watermark is not None:
                 x = watermark.apply(x)
             with execution.autocast(device):
                 logits.append(model(x).float().cpu())
     finally:
         features = hook.close()
-    return torch.cat(logits), features
+    if sum(map(len, kept_rows)) == len(images):
+        return torch.cat(logits), features
+    # Some files were skipped as unreadable: put each batch's rows back at their positions, NaN elsewhere.
+    logit_parts, feature_parts, batch, used = [], [], 0, 0
+    for kept in kept_rows:
+        present = len(kept) > 0
+        logit_parts.append((kept, logits[batch] if present else None))
+        feature_parts.append((kept, features[used:used + len(kept)] if present else None))
+        batch, used = batch + present, used + len(kept)
+    width = features.shape[1] if len(features) else None
+    return (_place_rows(logit_parts, len(images), size, logits[0].shape[1] if logits else None),
+            _place_rows(feature_parts, len(images), size, width))
 
 
 def odin_scores(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
@@ -104,8 +124,10 @@ def odin_scores(model: nn.Module, images: ImageSet, normalization: Normalization
     device = execution.torch_device()
     module = WatermarkedModel(model, watermark).eval().to(device)
     detector = ODIN(module, eps=eps, temperature=temperature, norm_std=list(normalization.std))
+    from .evaluation import _place_rows
+
     out = []
-    for start in range(0, len(images), execution.eval_batch_size):
-        x = normalization(images.images[start:start + execution.eval_batch_size].to(device))
-        out.append(-detector.predict(x).detach().float().cpu())
-    return torch.cat(out).numpy()
+    for kept, pixels in images.batches(execution.eval_batch_size):
+        scores = -detector.predict(normalization(pixels.to(device))).detach().float().cpu() if len(pixels) else None
+        out.append((kept, None if scores is None else scores[:, None]))
+    return _place_rows(out, len(images), execution.eval_batch_size, 1)[:, 0].numpy()

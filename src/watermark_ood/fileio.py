@@ -89,7 +89,7 @@ def what_file_is(path: str | Path) -> str:
         try:
             with zipfile.ZipFile(path) as archive:
                 archive.namelist()
-        except zipfile.BadZipFile:
+        except (zipfile.BadZipFile, UnicodeDecodeError, ValueError, OSError, EOFError):  # damaged headers/names
             return f"a truncated or damaged zip archive ({size} bytes)"
         return f"a zip archive ({size} bytes) that is not a PyTorch checkpoint"
     if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:

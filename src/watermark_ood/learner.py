@@ -22,6 +22,9 @@ from .checkpoint import FitCheckpoint
 from .config import FitConfig
 from . import distributed
 from .data import ImageSet
+from .streaming import BadImage, FileImageSet, is_streaming, step_batches
+
+ImageSource = ImageSet | FileImageSet  # in memory, or streamed from disk: the learner reads both the same way
 from .errors import WatermarkOODError
 from .features import PenultimateHook, split_at_head
 from .objectives import class_mean_distance, objective_terms
@@ -78,6 +81,7 @@ class FitResult:
     resumed_from_step: int = 0
     selected_step: int | None = None
     validation: list[dict[str, Any]] = field(default_factory=list)
+    skipped_images: list[str] = field(default_factory=list)  # unreadable files left out (--skip-bad-images)
 
     @property
     def images_per_second(self) -> float:
@@ -91,10 +95,21 @@ class StopRequested(Exception):
     """Raised inside the loop when a signal handler asked the fit to stop after a checkpoint."""
 
 
-def data_channel_std(images: torch.Tensor, normalization: Normalization, limit: int = 10000) -> torch.Tensor:
-    """Per-channel std of the normalized data (on at most ``limit`` images), shape (1, C, 1, 1)."""
-    x = normalization(images[:limit])
-    return x.transpose(0, 1).flatten(1).std(dim=1).view(1, -1, 1, 1)
+def data_channel_std(images: "ImageSource | torch.Tensor", normalization: Normalization,
+                     limit: int = 10000) -> torch.Tensor:
+    """Per-channel std of the normalized data (on at most ``limit`` images), shape (1, C, 1, 1).
+
+    Accumulated batch by batch in float64, so a streamed set is never held in memory.
+    """
+    if isinstance(images, torch.Tensor):
+        images = ImageSet(images, torch.full((len(images),), -1), "data")
+    total, total_sq, count = 0.0, 0.0, 0
+    for _, pixels in images.batches(500, torch.arange(min(limit, len(images)))):
+        x = normalization(pixels).double().transpose(0, 1).flatten(1)
+        total, total_sq, count = total + x.sum(1), total_sq + (x * x).sum(1), count + x.shape[1]
+    mean = total / count
+    variance = (total_sq - count * mean * mean) / max(1, count - 1)
+    return variance.clamp_min(0).sqrt().float().view(1, -1, 1, 1)
 
 
 def mosaic(x: torch.Tensor, rng: torch.Generator, patch: int = 8) -> torch.Tensor:
@@ -165,23 +180,27 @@ class WatermarkLearner:
             "package_version": __version__,
         }
 
-    def batch(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, rng: torch.Generator,
+    def batch(self, pixels: torch.Tensor, y: torch.Tensor, n: int, rows: torch.Tensor, rng: torch.Generator,
               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normalized, randomly flipped ID batch, its labels and a same-sized noise batch."""
-        x = self.normalization(images[index])
-        y = labels[index]
+        """Normalized, randomly flipped ID images, their labels and a same-sized noise batch.
+
+        ``pixels`` are rows ``rows`` of a global batch of ``n`` (a torchrun rank's slice, less any skipped
+        image): flips and noise are drawn for all ``n`` and then sliced, so every row gets the values a single
+        process reading every image would give it.
+        """
+        x = self.normalization(pixels.to(device, non_blocking=True))
         if self.config.hflip:
-            flip = torch.rand(len(index), generator=rng, device=device) < 0.5
+            flip = (torch.rand(n, generator=rng, device=device) < 0.5)[rows]
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         if self.config.surrogate == "mosaic":
             return x, y, mosaic(x, rng)
-        noise = torch.randn(x.shape, generator=rng, device=device) * self.noise_std
+        noise = torch.randn((n, *x.shape[1:]), generator=rng, device=device)[rows] * self.noise_std
         return x, y, noise
 
     # --------------------------------------------------------------------- fit
     def fit(
         self,
-        train: ImageSet,
+        train: ImageSource,
         callback: EpochCallback | None = None,
         progress: bool = True,
         checkpoint_dir: str | Path | None = None,
@@ -199,6 +218,9 @@ class WatermarkLearner:
         end, and the best one is returned (validation-based best-step selection).
         Notices (resuming, and one line per epoch when stderr is not a terminal)
         go to ``log``, by default to stderr when ``progress`` is on.
+        ``train`` may be streamed from disk (:class:`streaming.FileImageSet`): batches are then decoded by
+        DataLoader workers, and an unreadable file stops the fit with its path after a checkpoint (or is
+        skipped, with the set's ``skip_bad``).
         """
         log = log or (say if progress else None)
         cfg, exe = self.config, self.execution
@@ -207,16 +229,18 @@ class WatermarkLearner:
         train = self.training_subset(train)
         if (train.labels < 0).any():
             raise WatermarkOODError(f"{train.name}: training needs class labels, found negative labels")
-        self.normalization.check_channels(train.images.shape[1])
+        self.normalization.check_channels(train.image_shape[0])
         cfg = self.config = self.resolve_margins(train, cfg, device)
         image_shape = self.input_shape = train.image_shape
-        images, labels = train.images.to(device), train.labels.to(device)
+        streaming = is_streaming(train)
+        images = None if streaming else train.images.to(device)
+        labels = train.labels.to(device)
         n, steps = len(train), self.steps_per_epoch(len(train))
         if steps == 0:
             raise WatermarkOODError(f"{n} training images is fewer than one batch of {cfg.batch_size} with drop_last")
         self.noise_std = cfg.sigma
         if cfg.noise_scale == "data":
-            self.noise_std = cfg.sigma * data_channel_std(train.images, self.normalization).to(device)
+            self.noise_std = cfg.sigma * data_channel_std(train, self.normalization).to(device)
         validate_every = validate_every or steps
 
         ckpt = FitCheckpoint(checkpoint_dir, cfg, image_shape, n) if checkpoint_dir is not None else None
@@ -319,16 +343,36 @@ class WatermarkLearner:
                 show = progress and interactive()
                 bar = progress_bar(range(first, steps), progress, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                                    leave=False, unit="step", initial=first, total=steps)
+                # Mosaic surrogates are cut from the whole batch, so each rank reads all of it.
+                read_part = (lambda index: slice(0, len(index))) if cfg.surrogate == "mosaic" else \
+                    (lambda index: distributed.shard(index)[0])
+                stream = step_batches(train, order, first, steps, cfg.batch_size, cfg.seed, epoch, read_part,
+                                      pin_memory=device.type == "cuda") if streaming else None
                 for step in bar:
                     alpha = cfg.alpha_at_step(epoch, step, steps)
                     rng = generator(device, cfg.seed, epoch, step)
                     index = order[step * cfg.batch_size: (step + 1) * cfg.batch_size]
-                    x, y, noise = self.batch(images, labels, index, rng, device)
                     # Under torchrun each rank takes its slice of the global batch and its noise; gradients
                     # weighted by the slice's share and summed equal the single-process gradient.
                     part, total = distributed.shard(index)
-                    x, y, noise = x[part], y[part], noise[part]
-                    share = len(y) / total
+                    rows = torch.arange(len(index), device=device)[read_part(index)]
+                    if stream is not None:
+                        try:
+                            kept, pixels = next(stream)
+                        except BadImage as error:
+                            if ckpt is not None:
+                                ckpt.save(w, epoch, step, history, steps, best, validation)
+                            raise bad_image_stop(error, epoch, step, ckpt.path if ckpt else None) from None
+                        rows = rows[kept.to(device)]
+                    else:
+                        pixels = images[index[rows]]
+                    x, y, noise = self.batch(pixels, labels[index[rows]], len(index), rows, rng, device)
+                    if cfg.surrogate == "mosaic":
+                        mine = (rows >= (part.start or 0)) & (rows < part.stop)
+                        x, y, noise = x[mine], y[mine], noise[mine]
+                    if streaming and train.skip_bad:  # shares of the images actually read, on every rank
+                        total = int(distributed.all_reduce_sum(torch.tensor([float(len(y))], device=device)).item())
+                    share = len(y) / max(1, total)
                     if use_graphs and len(y) not in graphs:
                         try:
                             graphs[len(y)] = StepGraph(sam_step, w, x, y, noise)
@@ -390,6 +434,10 @@ class WatermarkLearner:
             self.model.train(was_training)
 
         seconds = time.perf_counter() - t0
+        if streaming and train.skipped:
+            watermark_skipped = list(train.skipped)
+        else:
+            watermark_skipped = []
         selected = None
         if best is not None:
             w, selected = best["watermark"], best["step"]
@@ -397,8 +445,10 @@ class WatermarkLearner:
         watermark.metadata["history"] = [r.to_dict() for r in history]
         if selected is not None:
             watermark.metadata["selected_step"] = selected
+        if watermark_skipped:
+            watermark.metadata["skipped_images"] = watermark_skipped
         return FitResult(watermark, history, seconds, images_seen, start_epoch * steps + start_step,
-                         selected, validation)
+                         selected, validation, watermark_skipped)
 
     @torch.no_grad()
     def resolve_margins(self, train: ImageSet, cfg: FitConfig, device: torch.device,
@@ -421,11 +471,12 @@ class WatermarkLearner:
         was_training = self.model.training
         model = self.model.eval().to(device)
         hook = PenultimateHook(model) if cfg.objective == "features" else None
-        lse = []
+        lse, kept_rows = [], []
         try:
-            for start in range(0, len(subset), 500):
-                x = self.normalization(subset.images[start:start + 500].to(device))
+            for start, (kept, pixels) in zip(range(0, len(subset), 500), subset.batches(500)):
+                x = self.normalization(pixels.to(device))
                 lse.append(torch.logsumexp(model(x).float(), dim=1).cpu())
+                kept_rows.append(kept + start)
         finally:
             features = hook.close() if hook is not None else None
             self.model.train(was_training)
@@ -433,7 +484,7 @@ class WatermarkLearner:
             values, q_in, q_out, digits = torch.cat(lse).double(), cfg.m_in_quantile, cfg.m_out_quantile, 3
         else:
             unit = features / features.norm(dim=1, keepdim=True).clamp(min=1e-12)
-            labels = subset.labels
+            labels = subset.labels[torch.cat(kept_rows)]
             means = torch.stack([unit[labels == k].mean(0) for k in labels.unique()])
             self.anchors = (means / means.norm(dim=1, keepdim=True).clamp(min=1e-12)).to(device)
             values = class_mean_distance(unit, self.anchors.cpu()).double()
@@ -461,6 +512,15 @@ class WatermarkLearner:
         if self.execution.compile:
             return torch.compile(module)
         return module
+
+
+def bad_image_stop(error: BadImage, epoch: int, step: int, checkpoint: Path | None) -> WatermarkOODError:
+    """The one-line stop for an unreadable training image: which file, and how to go on."""
+    where = f"epoch {epoch + 1}, step {step + 1}"
+    if checkpoint is None:
+        return WatermarkOODError(f"{error} (at {where}); replace or remove the file, or add --skip-bad-images")
+    return WatermarkOODError(f"{error} (at {where}); the fit saved {checkpoint}: replace the file and run the same "
+                             "command to resume there, or add --skip-bad-images")
 
 
 class _FeaturesAndLogits(torch.nn.Module):
@@ -514,7 +574,7 @@ class StepGraph:
         return self.loss.clone(), self.w_next.clone()
 
 
-def fit_watermark(model: torch.nn.Module, train: ImageSet, normalization: Normalization,
+def fit_watermark(model: torch.nn.Module, train: ImageSource, normalization: Normalization,
                   config: FitConfig | None = None, execution: ExecutionConfig | None = None,
                   **fit_kwargs: Any) -> FitResult:
     """One-call API: ``fit_watermark(model, train_set, CIFAR, get_preset('cifar10-msp').config())``."""

@@ -30,6 +30,7 @@ from .errors import WatermarkOODError
 from .metrics import auroc, fpr_at_tpr
 from .preprocessing import Normalization
 from .runtime import ExecutionConfig
+from .streaming import readable_rows, without_skipped
 from .validation import OUTLIER_KINDS, outlier_kind_parts, synthesize_outliers
 from .watermark import Watermark
 
@@ -117,7 +118,8 @@ def select_detector(model: torch.nn.Module, normalization: Normalization, train:
                 if log is not None:
                     log(_describe(ranking[-1]))
     if watermark is not None:
-        accuracy = {c: float((cached[c]["id"][0].argmax(1) == rank_id.labels).float().mean()) for c, _ in conditions}
+        accuracy = {c: float((cached[c]["id"][0].argmax(1) == rank_id.labels)[readable_rows(cached[c]["id"][0])]
+                             .float().mean()) for c, _ in conditions}
         plain = sorted((r for r in ranking if r["ok"] and r["watermark"] == "none"), key=_key)
         for row in ranking:
             if row["ok"] and row["watermark"] == "given":
@@ -183,6 +185,7 @@ def _rank_one(model, normalization, mark, name, condition, outputs, fit_set, ran
             s_id, s_out = detector.scores_from(*outputs["id"]), detector.scores_from(*outputs["out"])
     except WatermarkOODError as error:
         return {**row, "ok": False, "error": str(error)}
+    s_id = without_skipped(s_id)  # rows of unreadable ID files (streamed with skip_bad); outliers are in memory
     per_kind = {kind: fpr_at_tpr(s_id, s_out[rows]) for kind, rows in outlier_kind_parts(len(s_out)).items()}
     return {**row, "ok": True, "fpr95": fpr_at_tpr(s_id, s_out), "auroc": auroc(s_id, s_out),
             "per_kind": per_kind, "seconds": time.perf_counter() - t0}
