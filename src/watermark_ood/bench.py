@@ -15,14 +15,14 @@ from typing import Any, Callable, Sequence
 
 from .config import FitConfig, get_preset
 from .data import ImageSet
-from .datasets import load_id_data, load_ood_data
+from .datasets import DataOptions, load_id_data, load_ood_data
 from .errors import WatermarkOODError
 from .evaluation import condition_logits, evaluate, evaluate_scores, protocol_subsample
 from .fileio import atomic_write_json, remove_stale_temporaries
 from .learner import WatermarkLearner
 from .models import LoadedModel, load_model
 from .reporting import (build_run, format_terminal_table, plot_histograms, plot_history, plot_roc, plot_watermark,
-                        write_report, write_results)
+                        skipped_images, write_report, write_results)
 from .runtime import ExecutionConfig, device_name
 from .scores import score_for_objective
 
@@ -42,6 +42,7 @@ class BenchConfig:
     std: tuple[float, ...] | None = None
     checkpoint_every: int = 200
     image_size: int | None = None
+    data: "DataOptions" = field(default_factory=lambda: DataOptions())
     scores: Sequence[str] = ()
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
@@ -54,11 +55,11 @@ def fit_config_for(preset: str, objective: str, overrides: dict[str, Any]) -> Fi
 
 def load_inputs(cfg: BenchConfig) -> tuple[LoadedModel, ImageSet, ImageSet, list[ImageSet]]:
     """Everything is read and checked before anything is written."""
-    train, test = load_id_data(cfg.id_data, cfg.image_size)
+    train, test = load_id_data(cfg.id_data, cfg.image_size, options=cfg.data)
     model = load_model(cfg.model, cfg.checkpoint, None, train.image_shape[0], cfg.mean, cfg.std,
                        fallback_classes=train.num_classes)
     model.normalization.check_channels(train.image_shape[0])
-    ood = [load_ood_data(spec, test.image_shape, count=len(test)) for spec in cfg.ood_data]
+    ood = [load_ood_data(spec, test.image_shape, count=len(test), options=cfg.data) for spec in cfg.ood_data]
     names = [s.name for s in ood]
     if len(set(names)) != len(names):
         raise WatermarkOODError(f"two OOD sets share a name: {names}; OOD sets are named by file or folder stem")
@@ -128,6 +129,8 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, log: Callable[[str], 
         log(format_terminal_table(run))
         runs.append(run)
 
+    for run in runs:
+        run["skipped_images"] = skipped_images([train, test, *ood])
     write_results(out / "results.json", runs, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
     if cfg.scores:
         write_bench_leaderboard(out, runs, model.model_id)

@@ -103,6 +103,17 @@ def _add_fit(p: argparse.ArgumentParser, multi_objective: bool) -> None:
 def _add_data(p: argparse.ArgumentParser, id_help: str, ood: bool) -> None:
     p.add_argument("--id-data", required=True, help=id_help)
     p.add_argument("--image-size", type=int, help="resize ImageFolder images (shorter side, then center crop)")
+    g = p.add_argument_group("image folders (ImageFolder / ImageNet layouts; see docs/scaling.md)")
+    g.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode image folders batch by batch from disk (--no-stream: load them into memory) "
+                        "[stream when the decoded set exceeds 2 GiB]")
+    g.add_argument("--resize", type=int, help="shorter side before the center crop, e.g. 256 for --image-size 224 "
+                                              "[the image size]")
+    g.add_argument("--train-crop", choices=["center", "random-resized"], default="center",
+                   help="training images: resize + center crop, or torchvision's RandomResizedCrop [center]")
+    g.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images [2]")
+    g.add_argument("--skip-bad-images", action="store_true",
+                   help="log, skip and count unreadable images instead of stopping at the first one")
     if ood:
         p.add_argument("--ood-data", nargs="+", required=True,
                        help="OOD sets: image folders, SVHN .mat, .npz, synthetic:gaussian, synthetic:uniform")
@@ -188,7 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(pred)
     pred.add_argument("--detector", required=True, help="detector file written by calibrate")
     pred.add_argument("--input", required=True, help="a folder of images or an .npz with 'x'")
-    pred.add_argument("--out", required=True, help="output .csv or .json")
+    pred.add_argument("--out", required=True, help="output .csv (written as it goes; any folder size) or .json")
+    pred.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images [2]")
+    pred.add_argument("--skip-bad-images", action="store_true",
+                      help="write 'unreadable' rows for files that cannot be decoded instead of stopping")
     _add_runtime(pred)
 
     exp = sub.add_parser("export", help="export a calibrated detector to TorchScript and/or ONNX",
@@ -203,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show full tracebacks on errors")
     return parser
+
+
+def _data_options(args: argparse.Namespace):
+    from .datasets import DataOptions
+
+    if getattr(args, "workers", 2) < 0:
+        raise WatermarkOODError(f"--workers must be >= 0, got {args.workers}")
+    return DataOptions(stream=getattr(args, "stream", None), workers=getattr(args, "workers", 2),
+                       skip_bad_images=getattr(args, "skip_bad_images", False), resize=getattr(args, "resize", None),
+                       random_resized_crop=getattr(args, "train_crop", "center") == "random-resized")
 
 
 def _execution(args: argparse.Namespace):
@@ -243,7 +267,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     out = _check_out(args.out)
     config = fit_config_for(args.preset, args.objective, _overrides(args))
-    train, _ = load_id_data(args.id_data, args.image_size)
+    train, _ = load_id_data(args.id_data, args.image_size, options=_data_options(args))
     model = load_model(args.model, args.checkpoint, None, train.image_shape[0], args.mean, args.std,
                        fallback_classes=train.num_classes)
     learner = WatermarkLearner(model.module, model.normalization, config, _execution(args), model.model_id)
@@ -276,7 +300,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .datasets import load_id_data, load_ood_data
     from .evaluation import evaluate, evaluate_scores, protocol_subsample
     from .models import load_model
-    from .reporting import build_run, format_terminal_table, plot_histograms, plot_roc, write_report, write_results
+    from .reporting import (build_run, format_terminal_table, plot_histograms, plot_roc, skipped_images,
+                            write_report, write_results)
     from .watermark import Watermark
 
     out = _check_out(args.out)
@@ -284,13 +309,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise WatermarkOODError("evaluate needs exactly one of --watermark (a watermark file) or --detector "
                                 "(a detector file from calibrate)")
     scores = _score_names(args.scores)
-    train, test = load_id_data(args.id_data, args.image_size)
+    train, test = load_id_data(args.id_data, args.image_size, options=_data_options(args))
     if args.detector:
         return _evaluate_detector(args, out, train, test)
     watermark = Watermark.load(args.watermark, expected_shape=test.image_shape)
     model = load_model(args.model, args.checkpoint, None, test.image_shape[0], args.mean, args.std,
                        fallback_classes=test.num_classes)
-    ood = [load_ood_data(spec, test.image_shape, count=len(test), seed=args.seed) for spec in args.ood_data]
+    options = _data_options(args)
+    ood = [load_ood_data(spec, test.image_shape, count=len(test), seed=args.seed, options=options)
+           for spec in args.ood_data]
     objective = watermark.metadata.get("objective", "msp")
     score = args.score or score_for(objective)
     evaluation = evaluate(model.module, model.normalization, test, ood, watermark, _execution(args),
@@ -302,6 +329,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                           sets, watermark, scores, _execution(args))
     run = build_run(objective, score, watermark.metadata.get("hyperparameters", {}), evaluation, 0.0, 0.0,
                     model=model.model_id, watermark=str(args.watermark), **extra)
+    run["skipped_images"] = skipped_images([train, test, *ood])
     write_results(out / "results.json", [run])
     plot_histograms(evaluation, score, out / f"hist-{score}.png")
     plot_roc(evaluation, score, out / f"roc-{score}.png")
@@ -330,7 +358,7 @@ def _evaluate_detector(args: argparse.Namespace, out: Path, train, test) -> int:
     from .datasets import load_ood_data
     from .detector import Detector
     from .evaluation import evaluate_detector, protocol_subsample
-    from .reporting import format_terminal_table, write_report, write_results
+    from .reporting import format_terminal_table, skipped_images, write_report, write_results
 
     meta, _ = Detector.read(args.detector)
     shape = tuple(meta.get("input_shape") or test.image_shape)
@@ -339,10 +367,13 @@ def _evaluate_detector(args: argparse.Namespace, out: Path, train, test) -> int:
                                 f"{tuple(test.image_shape)}")
     model = _detector_model(args, shape)
     detector = Detector.load(args.detector, model.module, _execution(args))
-    ood = [load_ood_data(spec, test.image_shape, count=len(test), seed=args.seed) for spec in args.ood_data]
+    options = _data_options(args)
+    ood = [load_ood_data(spec, test.image_shape, count=len(test), seed=args.seed, options=options)
+           for spec in args.ood_data]
     sets = protocol_subsample(ood, len(test), args.seed) if not args.all_ood else ood
     run = evaluate_detector(detector, train.split(0.1, args.seed)[0], test, sets)
     run["detector"] = str(args.detector)
+    run["skipped_images"] = skipped_images([train, test, *ood])
     write_results(out / "results.json", [run])
     write_report(out / "report.md", [run], f"watermark-ood evaluation of {Path(args.detector).name}",
                  notes="`watermarked` is the detector as shipped; `baseline` the same score without its watermark "
@@ -358,7 +389,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         model=args.model, checkpoint=args.checkpoint, id_data=args.id_data, ood_data=args.ood_data,
         out=str(_check_out(args.out)), objectives=args.objective, preset=args.preset, overrides=_overrides(args),
         protocol=not args.all_ood, mean=args.mean, std=args.std, checkpoint_every=args.checkpoint_every,
-        execution=_execution(args), image_size=args.image_size, scores=_score_names(args.scores),
+        execution=_execution(args), image_size=args.image_size, data=_data_options(args), scores=_score_names(args.scores),
     )
     run_benchmark(cfg, progress=not args.no_progress)
     print(f"wrote {cfg.out}/results.json and {cfg.out}/report.md")
@@ -395,7 +426,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     if args.score not in (None, "auto"):
         check_name(args.score)
-    train, test = load_id_data(args.id_data, args.image_size)
+    train, test = load_id_data(args.id_data, args.image_size, options=_data_options(args))
     watermark = Watermark.load(args.watermark, expected_shape=test.image_shape) if args.watermark else None
     score = args.score or (score_for(watermark.metadata.get("objective", "")) if watermark else "energy")
     model = _detector_model(args, test.image_shape)
@@ -433,55 +464,70 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_inputs(path: str, shape) -> tuple[object, list[str]]:
-    from .data import load_npz
-    from .datasets import image_files, load_image_files
+def _read_inputs(args: argparse.Namespace, shape) -> tuple[object, list[str]]:
+    """A folder is streamed (decoded batch by batch, any size); an .npz is read whole."""
+    import torch
 
-    p = Path(path)
+    from .data import load_npz
+    from .datasets import image_files
+    from .streaming import FileImageSet, ImageTransform
+
+    p = Path(args.input)
     if p.is_dir():
         files = image_files(p)
         if not files:
             raise WatermarkOODError(f"{p}: no images found")
-        return load_image_files(files, shape[1], shape[0], p.name), [str(f.relative_to(p)) for f in files]
+        images = FileImageSet(files, torch.full((len(files),), -1), p.name, ImageTransform(shape[1], None, shape[0]),
+                              _data_options(args).workers, args.skip_bad_images)
+        return images, [str(f.relative_to(p)) for f in files]
     data = load_npz(p)
     return data, [str(i) for i in range(len(data))]
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     import csv
-    import io
     import json as json_module
 
     import torch
 
     from .detector import Detector
     from .fileio import atomic_write_text
+    from .progress import bar
 
     meta, _ = Detector.read(args.detector)
     shape = meta.get("input_shape") or [3, 32, 32]
     model = _detector_model(args, shape)
     detector = Detector.load(args.detector, model.module, _execution(args))
-    images, names = _read_inputs(args.input, shape)
+    images, names = _read_inputs(args, shape)
     if images.image_shape != tuple(shape):
         raise WatermarkOODError(f"{args.input}: images are {images.image_shape}, the detector expects {tuple(shape)}")
-    from .progress import bar
-
-    rows = []
-    step = 1000
-    for start in bar(range(0, len(images), step), not args.no_progress, desc="predict", unit="batch"):
-        part = images.subset(torch.arange(start, min(start + step, len(images))))
-        rows += detector.predict(part).to_rows(names[start:start + step])
     out = Path(args.out)
-    if out.suffix == ".json":
-        atomic_write_text(out, json_module.dumps({"threshold": detector.threshold, "score": detector.score,
-                                                  "rows": rows}, indent=1))
-    else:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=["input", "score", "is_ood"])
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(out, buffer.getvalue())
-    print(f"wrote {out}: {sum(r['is_ood'] for r in rows)} of {len(rows)} inputs flagged as OOD")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    as_json = out.suffix == ".json"
+    rows, flagged, unreadable, step = [], 0, 0, 1000
+    try:
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["input", "score", "is_ood"])
+            if not as_json:
+                writer.writeheader()
+            for start in bar(range(0, len(images), step), not args.no_progress, desc="predict", unit="batch"):
+                part = images.subset(torch.arange(start, min(start + step, len(images))))
+                chunk = detector.predict(part).to_rows(names[start:start + step])
+                flagged += sum(r["is_ood"] is True for r in chunk)
+                unreadable += sum(r["is_ood"] == "unreadable" for r in chunk)
+                if as_json:
+                    rows += chunk
+                else:
+                    writer.writerows(chunk)
+        if as_json:
+            atomic_write_text(tmp, json_module.dumps({"threshold": detector.threshold, "score": detector.score,
+                                                      "rows": rows}, indent=1))
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    skipped = f"; {unreadable} unreadable files skipped" if unreadable else ""
+    print(f"wrote {out}: {flagged} of {len(names) - unreadable} inputs flagged as OOD{skipped}")
     return 0
 
 

@@ -4,7 +4,10 @@ ID data (a folder):
   * ``train.npz`` + ``test.npz`` (``x`` uint8 N x H x W x C, ``y`` int64);
   * torchvision's CIFAR layout: ``cifar-10-batches-py/`` or ``cifar-100-python/``
     (the folder itself or its parent);
-  * an ImageFolder layout: ``train/<class>/*.png`` and ``test/<class>/*.png``.
+  * an ImageFolder layout: ``train/<class>/*.png`` and ``test/<class>/*.png``, or ImageNet's
+    ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG`` (torchvision's ImageNet layout).
+Image folders (ID or OOD) are loaded into memory when their decoded size is below
+``DataOptions.stream_above_bytes`` and streamed from disk batch by batch above it (or as ``stream`` says).
 OOD data (a file or a folder): an image folder (flat, or with class
 subfolders, as Textures / Places365 / LSUN / iSUN ship), SVHN's
 ``test_32x32.mat``, an ``.npz``, or ``synthetic:gaussian`` / ``synthetic:uniform``.
@@ -19,15 +22,41 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dataclasses import dataclass
+
 from .data import ImageSet, gaussian_set, images_from_array, load_npz, uniform_set
 from .errors import WatermarkOODError, describe
+from .streaming import STREAM_ABOVE_BYTES, FileImageSet, ImageTransform
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 ID_LAYOUTS = (
     "a folder with train.npz and test.npz (x uint8 NxHxWxC, y int64), "
     "torchvision's CIFAR layout (cifar-10-batches-py/ or cifar-100-python/), "
-    "or an ImageFolder layout (train/<class>/*.png and test/<class>/*.png)"
+    "or an ImageFolder layout (train/<class>/*.png and test/<class>/*.png, or ImageNet's train/<wnid>/*.JPEG "
+    "and val/<wnid>/*.JPEG)"
 )
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How image folders are read. ``stream`` None: stream when the decoded set exceeds ``stream_above_bytes``."""
+
+    stream: bool | None = None
+    stream_above_bytes: int = STREAM_ABOVE_BYTES
+    workers: int = 2  # DataLoader processes decoding images
+    skip_bad_images: bool = False
+    resize: int | None = None  # shorter side before the center crop (e.g. 256 for 224 crops); default: the size
+    random_resized_crop: bool = False  # training images only
+
+    def folder_set(self, files: list[Path], labels: list[int], name: str, size: int | None, channels: int,
+                   training: bool = False) -> "ImageSet | FileImageSet":
+        """A folder's files, streamed or decoded into memory as these options say."""
+        transform = ImageTransform(size, self.resize, channels, self.random_resized_crop and training)
+        streamed = FileImageSet(files, torch.tensor(labels, dtype=torch.int64), name, transform, self.workers,
+                                self.skip_bad_images)
+        if self.stream is True or (self.stream is None and streamed.decoded_bytes() > self.stream_above_bytes):
+            return streamed
+        return streamed.materialize()
 
 
 # ------------------------------------------------------------------ CIFAR pickles
@@ -140,8 +169,12 @@ def load_image_files(files: list[Path], size: int | None, channels: int, name: s
 
 
 def load_image_folder(folder: str | Path, size: int | None, channels: int = 3, name: str | None = None,
-                      with_labels: bool = False, classes: list[str] | None = None) -> ImageSet:
-    """Every image below ``folder``; with ``with_labels`` the first-level subfolders are the classes."""
+                      with_labels: bool = False, classes: list[str] | None = None,
+                      options: DataOptions | None = None, training: bool = False) -> "ImageSet | FileImageSet":
+    """Every image below ``folder``; with ``with_labels`` the first-level subfolders are the classes.
+
+    Without ``options`` the images are decoded into memory in this process (the original reader).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise WatermarkOODError(f"{folder}: image folder not found")
@@ -160,19 +193,32 @@ def load_image_folder(folder: str | Path, size: int | None, channels: int = 3, n
             if top not in index:
                 raise WatermarkOODError(f"{f}: images must lie in class subfolders {folder}/<class>/")
             labels.append(index[top])
+    if options is not None:
+        return options.folder_set(files, labels if labels is not None else [-1] * len(files), name or folder.name,
+                                  size, channels, training)
     return load_image_files(files, size, channels, name or folder.name, labels)
 
 
-def load_imagefolder_splits(root: str | Path, size: int | None = None, channels: int = 3) -> tuple[ImageSet, ImageSet]:
+def _test_folder(root: Path) -> Path | None:
+    """``test/`` or, in ImageNet's layout, ``val/``."""
+    for name in ("test", "val"):
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def load_imagefolder_splits(root: str | Path, size: int | None = None, channels: int = 3,
+                            options: DataOptions | None = None) -> tuple[ImageSet, ImageSet]:
     root = Path(root)
+    test_dir = _test_folder(root)
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
     if not classes:
         raise WatermarkOODError(f"{root}/train: no class subfolders (expected train/<class>/*.png)")
-    test_classes = sorted(p.name for p in (root / "test").iterdir() if p.is_dir())
+    test_classes = sorted(p.name for p in test_dir.iterdir() if p.is_dir())
     if set(test_classes) - set(classes):
-        raise WatermarkOODError(f"{root}/test has classes not in train: {sorted(set(test_classes) - set(classes))}")
-    train = load_image_folder(root / "train", size, channels, f"{root.name}-train", True, classes)
-    test = load_image_folder(root / "test", size, channels, f"{root.name}-test", True, classes)
+        raise WatermarkOODError(f"{test_dir} has classes not in train: {sorted(set(test_classes) - set(classes))}")
+    train = load_image_folder(root / "train", size, channels, f"{root.name}-train", True, classes, options, True)
+    test = load_image_folder(test_dir, size, channels, f"{root.name}-{test_dir.name}", True, classes, options)
     return train, test
 
 
@@ -198,8 +244,13 @@ def load_svhn_mat(path: str | Path, name: str | None = None) -> ImageSet:
 
 
 # -------------------------------------------------------------------- dispatch
-def load_id_data(path: str | Path, image_size: int | None = None, channels: int = 3) -> tuple[ImageSet, ImageSet]:
-    """(train, test) from any supported ID layout; a clear error lists the layouts otherwise."""
+def load_id_data(path: str | Path, image_size: int | None = None, channels: int = 3,
+                 options: DataOptions | None = None) -> tuple[ImageSet, ImageSet]:
+    """(train, test) from any supported ID layout; a clear error lists the layouts otherwise.
+
+    Image folders follow ``options`` (in memory or streamed); array layouts (npz, CIFAR) are always in memory.
+    """
+    options = options or DataOptions()
     path = Path(path)
     if not path.exists():
         raise WatermarkOODError(f"{path}: ID data not found; expected {ID_LAYOUTS}")
@@ -210,8 +261,8 @@ def load_id_data(path: str | Path, image_size: int | None = None, channels: int 
             return _check_id_pair(train, test)
         if _cifar_folder(path) is not None:
             return _check_id_pair(*load_cifar(path))
-        if (path / "train").is_dir() and (path / "test").is_dir():
-            return _check_id_pair(*load_imagefolder_splits(path, image_size, channels))
+        if (path / "train").is_dir() and _test_folder(path) is not None:
+            return _check_id_pair(*load_imagefolder_splits(path, image_size, channels, options))
     raise WatermarkOODError(f"{path}: not a recognised ID data layout; expected {ID_LAYOUTS}")
 
 
@@ -233,9 +284,14 @@ def _resize_set(images: ImageSet, size: int) -> ImageSet:
     return ImageSet(x, images.labels, images.name)
 
 
-def load_ood_data(spec: str | Path, image_shape: tuple[int, int, int], count: int = 10000, seed: int = 0) -> ImageSet:
-    """One OOD set, made to match ``image_shape`` (C, H, W); its name is the file or folder stem."""
+def load_ood_data(spec: str | Path, image_shape: tuple[int, int, int], count: int = 10000, seed: int = 0,
+                  options: DataOptions | None = None) -> ImageSet:
+    """One OOD set, made to match ``image_shape`` (C, H, W); its name is the file or folder stem.
+
+    A folder is read as ``options`` say (in memory, or streamed: subsampling then picks files, not images).
+    """
     channels, height, width = image_shape
+    options = options or DataOptions()
     text = str(spec)
     if text.startswith("synthetic:"):
         kind = text.split(":", 1)[1]
@@ -251,7 +307,12 @@ def load_ood_data(spec: str | Path, image_shape: tuple[int, int, int], count: in
             "or synthetic:gaussian / synthetic:uniform"
         )
     if path.is_dir():
-        ood = load_image_folder(path, height, channels, path.name)
+        if height != width:
+            raise WatermarkOODError(f"{path}: image folders are resized to square images; the model needs "
+                                    f"{(height, width)}")
+        ood = load_image_folder(path, height, channels, path.name, options=options)
+        if isinstance(ood, FileImageSet):
+            return ood
     elif path.suffix == ".mat":
         ood = load_svhn_mat(path)
     elif path.suffix == ".npz":

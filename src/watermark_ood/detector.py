@@ -46,7 +46,9 @@ class Prediction:
 
     def to_rows(self, names: list[str] | None = None) -> list[dict[str, Any]]:
         names = names or [str(i) for i in range(len(self.scores))]
-        return [{"input": n, "score": float(s), "is_ood": bool(o)} for n, s, o in zip(names, self.scores, self.is_ood)]
+        # A file skipped as unreadable (--skip-bad-images) has no score: its row says so instead of deciding.
+        return [{"input": n, "score": float(s), "is_ood": bool(o)} if not np.isnan(s) else
+                {"input": n, "score": None, "is_ood": "unreadable"} for n, s, o in zip(names, self.scores, self.is_ood)]
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:

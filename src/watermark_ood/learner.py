@@ -518,9 +518,9 @@ def bad_image_stop(error: BadImage, epoch: int, step: int, checkpoint: Path | No
     """The one-line stop for an unreadable training image: which file, and how to go on."""
     where = f"epoch {epoch + 1}, step {step + 1}"
     if checkpoint is None:
-        return WatermarkOODError(f"{error} (at {where}); replace or remove the file, or add --skip-bad-images")
+        return WatermarkOODError(f"{error} (at {where})")
     return WatermarkOODError(f"{error} (at {where}); the fit saved {checkpoint}: replace the file and run the same "
-                             "command to resume there, or add --skip-bad-images")
+                             "command to resume there")
 
 
 class _FeaturesAndLogits(torch.nn.Module):

@@ -54,6 +54,14 @@ def validate_run(run: dict[str, Any]) -> None:
             raise WatermarkOODError(f"accuracy must be a fraction in [0, 1], got {value}")
 
 
+def skipped_images(sets: Sequence[Any], listed: int = 100) -> dict[str, Any]:
+    """results.json's ``skipped_images``: unreadable files left out (--skip-bad-images), counted once each."""
+    files: list[str] = []
+    for images in sets:
+        files += [f for f in getattr(images, "skipped", ()) if f not in files]
+    return {"count": len(files), "files": files[:listed]}
+
+
 def write_results(path: str | Path, runs: Sequence[dict[str, Any]], **extra: Any) -> Path:
     for run in runs:
         validate_run(run)

@@ -2,8 +2,8 @@
 
 :class:`FileImageSet` is the on-disk twin of :class:`data.ImageSet`: the same interface (``len``,
 ``labels``, ``name``, ``image_shape``, ``subset`` / ``sample`` / ``split``, ``batches``), but an image is
-decoded (torchvision's decoders, in DataLoader workers) only when a batch needs it, so memory does not grow
-with the set. Everything random about a batch derives from (seed, epoch, step, position), never from the
+decoded only when a batch needs it (in DataLoader workers, with PIL and torchvision's transforms, as
+torchvision's ImageFolder does), so memory does not grow with the set. Everything random about a batch derives from (seed, epoch, step, position), never from the
 worker that decoded it: the same batches come out with 0 or 8 workers, after a resume, and under torchrun,
 where each rank decodes only its own slice of every global batch.
 
@@ -25,7 +25,6 @@ from .data import ImageSet
 from .errors import WatermarkOODError, describe
 
 STREAM_ABOVE_BYTES = 2 * 1024 ** 3  # decoded uint8 size above which a folder is streamed instead of loaded
-TORCHVISION_DECODES = {".jpg", ".jpeg", ".png", ".gif", ".webp"}  # others go through PIL
 SAMPLE_SEED_TAG = 0x5A3D
 
 
@@ -53,31 +52,34 @@ class ImageTransform:
     def evaluation(self) -> "ImageTransform":
         return replace(self, random_resized_crop=False)
 
-    def __call__(self, image: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+    def __call__(self, image, seed: int | None = None) -> torch.Tensor:
+        """A PIL image -> (C, H, W) uint8, with torchvision's transforms on PIL images (as ImageFolder does)."""
         from torchvision.transforms import v2
 
-        if self.size is None:
-            return image
-        if self.random_resized_crop:
-            with torch.random.fork_rng(devices=[]):  # the crop depends on the sample's seed only
-                torch.manual_seed(0 if seed is None else seed)
-                return v2.RandomResizedCrop(self.size, antialias=True)(image)
-        image = v2.functional.resize(image, [self.resize or self.size], antialias=True)
-        return v2.functional.center_crop(image, [self.size, self.size])
+        if self.size is not None:
+            if self.random_resized_crop:
+                with torch.random.fork_rng(devices=[]):  # the crop depends on the sample's seed only
+                    torch.manual_seed(0 if seed is None else seed)
+                    image = v2.RandomResizedCrop(self.size, antialias=True)(image)
+            else:
+                image = v2.functional.center_crop(v2.functional.resize(image, [self.resize or self.size]),
+                                                  [self.size, self.size])
+        return v2.functional.pil_to_tensor(image)
+
+
+def open_image(path: Path, channels: int):
+    """One file as an RGB (or grey) PIL image, read fully so that the file is closed."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB" if channels == 3 else "L")
 
 
 def decode_image(path: Path, channels: int) -> torch.Tensor:
-    """One file as a (C, H, W) uint8 tensor: torchvision's decoders, PIL for the formats they lack."""
-    if path.suffix.lower() in TORCHVISION_DECODES:
-        from torchvision.io import ImageReadMode, decode_image as tv_decode, read_file
-
-        mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
-        return tv_decode(read_file(str(path)), mode=mode)
-    from PIL import Image
+    """One file as a (C, H, W) uint8 tensor."""
     from torchvision.transforms.v2.functional import pil_to_tensor
 
-    with Image.open(path) as image:
-        return pil_to_tensor(image.convert("RGB" if channels == 3 else "L"))
+    return pil_to_tensor(open_image(path, channels))
 
 
 class _Decoder(torch.utils.data.Dataset):
@@ -96,7 +98,7 @@ class _Decoder(torch.utils.data.Dataset):
         index, seed = item
         path = self.files[index]
         try:
-            image = self.transform(decode_image(path, self.transform.channels), seed)
+            image = self.transform(open_image(path, self.transform.channels), seed)
         except Exception as error:  # noqa: BLE001 - decoders raise many types on damaged files
             return index, None, f"{path}: not a readable image ({describe(error)})"
         if self.shape is not None and tuple(image.shape) != self.shape:
@@ -220,7 +222,7 @@ class FileImageSet:
     def _bad(self, error: str) -> None:
         path = error.split(": ", 1)[0]
         if not self.skip_bad:
-            raise BadImage(error, path)
+            raise BadImage(f"{error}; add --skip-bad-images to leave such files out", path)
         if path not in self.skipped:
             self.skipped.append(path)
             warnings.warn(f"skipped {error}", RuntimeWarning, stacklevel=3)
