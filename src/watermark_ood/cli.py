@@ -322,9 +322,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     score = args.score or score_for(objective)
     evaluation = evaluate(model.module, model.normalization, test, ood, watermark, _execution(args),
                           protocol=not args.all_ood, seed=args.seed, progress=not args.no_progress)
-    extra = {}
+    sets = protocol_subsample(ood, len(test), args.seed) if not args.all_ood else ood
+    extra = {"num_id_test": len(test), "num_ood": {s.name: len(s) for s in sets}}
     if scores:
-        sets = protocol_subsample(ood, len(test), args.seed) if not args.all_ood else ood
         extra["scores"] = evaluate_scores(model.module, model.normalization, train.sample(5000, args.seed), test,
                                           sets, watermark, scores, _execution(args))
     run = build_run(objective, score, watermark.metadata.get("hyperparameters", {}), evaluation, 0.0, 0.0,

@@ -110,8 +110,10 @@ class ConditionLogits:
         return float((self.id_logits[rows].argmax(1) == self.id_labels[rows]).float().mean())
 
     def scores(self, score: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Scores of every readable image (files skipped as unreadable have none)."""
         fn = get_score(score)
-        return fn(self.id_logits).numpy(), {k: fn(v).numpy() for k, v in self.ood_logits.items()}
+        return without_skipped(fn(self.id_logits).numpy()), {k: without_skipped(fn(v).numpy())
+                                                              for k, v in self.ood_logits.items()}
 
     def metrics(self, score: str) -> dict[str, dict[str, float]]:
         """``{ood set: {fpr95, auroc, aupr_in, aupr_out}, ..., "mean": {...}}``."""
