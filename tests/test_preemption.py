@@ -42,23 +42,29 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> bool:
     return path.exists()
 
 
+def run_with_sigkills(command: list[str], out: Path, kills_wanted: int = 3, seed: int = 0) -> int:
+    """Run ``command`` again and again, SIGKILLing it at random points after it checkpointed, until it finishes."""
+    rng, kills = random.Random(seed), 0
+    for _ in range(12):
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if kills < kills_wanted and wait_for(out / "checkpoint.safetensors", proc):
+            time.sleep(rng.uniform(0.0, 0.8))
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                kills += 1
+        if proc.wait() == 0:
+            break
+    return kills
+
+
 def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path):
     data = dataset(tmp_path / "data")
     reference = tmp_path / "reference"
     subprocess.run(fit_command(data, reference), check=True, capture_output=True)
     expected = Watermark.load(reference / "watermark.safetensors").tensor
 
-    out, rng, kills = tmp_path / "killed", random.Random(0), 0
-    for attempt in range(12):
-        proc = subprocess.Popen(fit_command(data, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if kills < 3 and wait_for(out / "checkpoint.safetensors", proc):
-            time.sleep(rng.uniform(0.0, 0.8))
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-                kills += 1
-        code = proc.wait()
-        if code == 0:
-            break
+    out = tmp_path / "killed"
+    kills = run_with_sigkills(fit_command(data, out), out)
     assert kills >= 2, "the fit finished before it could be killed; make it longer"
     resumed = Watermark.load(out / "watermark.safetensors").tensor
     assert torch.equal(resumed, expected)

@@ -4,9 +4,6 @@ SIGKILL, torchrun shards, and unreadable files that stop with their path or are 
 from __future__ import annotations
 
 import json
-import os
-import random
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +14,7 @@ import torch
 from PIL import Image
 
 from conftest import make_images
-from test_preemption import wait_for
+from test_preemption import run_with_sigkills
 from watermark_ood.cli import main
 from watermark_ood.config import FitConfig
 from watermark_ood.datasets import DataOptions, load_id_data, load_ood_data
@@ -92,16 +89,8 @@ def test_sigkill_while_streaming_then_resume_is_bit_identical(tmp_path):
     reference = tmp_path / "reference"
     subprocess.run(fit_command(data, reference), check=True, capture_output=True)
     expected = Watermark.load(reference / "watermark.safetensors").tensor
-    out, rng, kills = tmp_path / "killed", random.Random(0), 0
-    for _ in range(12):
-        proc = subprocess.Popen(fit_command(data, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if kills < 3 and wait_for(out / "checkpoint.safetensors", proc):
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-                kills += 1
-        if proc.wait() == 0:
-            break
-        _ = rng.random()
+    out = tmp_path / "killed"
+    kills = run_with_sigkills(fit_command(data, out), out)
     assert kills >= 2, "the fit finished before it could be killed; make it longer"
     assert torch.equal(Watermark.load(out / "watermark.safetensors").tensor, expected)
 

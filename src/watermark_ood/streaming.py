@@ -3,8 +3,8 @@
 :class:`FileImageSet` is the on-disk twin of :class:`data.ImageSet`: the same interface (``len``,
 ``labels``, ``name``, ``image_shape``, ``subset`` / ``sample`` / ``split``, ``batches``), but an image is
 decoded only when a batch needs it (in DataLoader workers, with PIL and torchvision's transforms, as
-torchvision's ImageFolder does), so memory does not grow with the set. Everything random about a batch derives from (seed, epoch, step, position), never from the
-worker that decoded it: the same batches come out with 0 or 8 workers, after a resume, and under torchrun,
+torchvision's ImageFolder does), so memory does not grow with the set. Everything random about a batch
+derives from (seed, epoch, step, position), never from the worker that decoded it: the same batches come out with 0 or 8 workers, after a resume, and under torchrun,
 where each rank decodes only its own slice of every global batch.
 
 A file that cannot be decoded stops the run with its path; with ``skip_bad=True`` it is left out of its
