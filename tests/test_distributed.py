@@ -34,7 +34,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
                                                                              tmp_path / "one")],
                             capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr
-    double = torchrun(2, bench_args(data, tmp_path / "noise.npz", tmp_path / "two"))
+    double = torchrun(2, bench_args(data, tmp_path / "noise.npz", tmp_path / "two", ["--scores", "knn"]))
     assert double.returncode == 0, double.stderr[-3000:]
     for objective in ("msp", "energy"):
         a = Watermark.load(tmp_path / "one" / f"watermark-{objective}.safetensors").tensor
@@ -48,6 +48,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         for condition in ("baseline", "watermarked"):
             for name, metrics in r1[condition].items():
                 assert metrics == pytest.approx(r2[condition][name], abs=0.02)
+    assert two[0]["scores"]["knn"]["cost"]["baseline"]["file_bytes"] > 0  # every detector scored under torchrun too
     # Only rank 0 wrote: no stray temporary files, one results file.
     assert not list((tmp_path / "two").rglob("*.tmp"))
 

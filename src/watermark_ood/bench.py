@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 from .config import FitConfig, get_preset
 from .data import ImageSet
+from . import distributed
 from .datasets import DataOptions, load_id_data, load_ood_data
 from .errors import WatermarkOODError
 from .evaluation import condition_logits, evaluate, evaluate_scores, protocol_subsample
@@ -132,7 +133,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, log: Callable[[str], 
     for run in runs:
         run["skipped_images"] = skipped_images([train, test, *ood])
     write_results(out / "results.json", runs, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    if cfg.scores:
+    if cfg.scores and distributed.is_main_process():  # reports come from the main process (torchrun)
         write_bench_leaderboard(out, runs, model.model_id)
     images = [(f"{r['objective']} {kind}", f"{kind}-{r['objective']}.png") for r in runs
               for kind in ("watermark", "hist", "roc")]
