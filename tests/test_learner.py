@@ -3,6 +3,8 @@ import copy
 import pytest
 import torch
 
+from conftest import make_images
+
 from watermark_ood.config import FitConfig
 from watermark_ood.errors import WatermarkOODError
 from watermark_ood.learner import WatermarkLearner
@@ -244,3 +246,9 @@ def test_features_objective_learns_on_penultimate_features_with_margins_from_id(
     assert hp["m_in"] == pytest.approx(float(distance.quantile(0.5)), abs=1e-5)
     assert hp["m_out"] == pytest.approx(float(distance.quantile(0.95)), abs=1e-5)
     assert result.history[0].ood_term is not None and torch.count_nonzero(result.watermark.tensor) > 0
+
+
+def test_labels_beyond_the_models_outputs_are_one_line_errors(toy_model, norm3):
+    four_classes = make_images(40, classes=4, seed=3)
+    with pytest.raises(WatermarkOODError, match="labels go up to 3 but the model has 3 outputs"):
+        WatermarkLearner(toy_model, norm3, small_config(), CPU).fit(four_classes, progress=False)

@@ -232,6 +232,7 @@ class WatermarkLearner:
         self.normalization.check_channels(train.image_shape[0])
         cfg = self.config = self.resolve_margins(train, cfg, device)
         image_shape = self.input_shape = train.image_shape
+        self.check_classes(train, device)
         streaming = is_streaming(train)
         images = None if streaming else train.images.to(device)
         labels = train.labels.to(device)
@@ -449,6 +450,19 @@ class WatermarkLearner:
             watermark.metadata["skipped_images"] = watermark_skipped
         return FitResult(watermark, history, seconds, images_seen, start_epoch * steps + start_step,
                          selected, validation, watermark_skipped)
+
+    @torch.no_grad()
+    def check_classes(self, train: ImageSource, device: torch.device) -> None:
+        """Labels must index the model's outputs (one forward pass of a blank image tells how many there are)."""
+        was_training = self.model.training
+        try:
+            outputs = self.model.eval().to(device)(torch.zeros((1, *train.image_shape), device=device)).shape[-1]
+        finally:
+            self.model.train(was_training)
+        largest = int(train.labels.max())
+        if largest >= outputs:
+            raise WatermarkOODError(f"{train.name}: labels go up to {largest} but the model has {outputs} outputs; "
+                                    "use a model trained on these classes (or give it their number)")
 
     @torch.no_grad()
     def resolve_margins(self, train: ImageSet, cfg: FitConfig, device: torch.device,
