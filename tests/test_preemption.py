@@ -57,17 +57,21 @@ def run_with_sigkills(command: list[str], out: Path, kills_wanted: int = 3, seed
     return kills
 
 
+def check_sigkills_then_resume_is_bit_identical(command, tmp_path: Path) -> Path:
+    """``command(out)`` run once undisturbed and once killed repeatedly: the same watermark both times."""
+    reference = tmp_path / "reference"
+    subprocess.run(command(reference), check=True, capture_output=True)
+    expected = Watermark.load(reference / "watermark.safetensors").tensor
+    out = tmp_path / "killed"
+    kills = run_with_sigkills(command(out), out)
+    assert kills >= 2, "the fit finished before it could be killed; make it longer"
+    assert torch.equal(Watermark.load(out / "watermark.safetensors").tensor, expected)
+    return out
+
+
 def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path):
     data = dataset(tmp_path / "data")
-    reference = tmp_path / "reference"
-    subprocess.run(fit_command(data, reference), check=True, capture_output=True)
-    expected = Watermark.load(reference / "watermark.safetensors").tensor
-
-    out = tmp_path / "killed"
-    kills = run_with_sigkills(fit_command(data, out), out)
-    assert kills >= 2, "the fit finished before it could be killed; make it longer"
-    resumed = Watermark.load(out / "watermark.safetensors").tensor
-    assert torch.equal(resumed, expected)
+    out = check_sigkills_then_resume_is_bit_identical(lambda out: fit_command(data, out), tmp_path)
     assert not list(out.glob(".*.tmp")), "a temporary file was left behind"
 
 

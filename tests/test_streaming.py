@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from conftest import make_images
-from test_preemption import run_with_sigkills
+from test_preemption import check_sigkills_then_resume_is_bit_identical
 from watermark_ood.cli import main
 from watermark_ood.config import FitConfig
 from watermark_ood.datasets import DataOptions, load_id_data, load_ood_data
@@ -86,13 +86,7 @@ def fit_command(data: Path, out: Path, *extra: str) -> list[str]:
 
 def test_sigkill_while_streaming_then_resume_is_bit_identical(tmp_path):
     data = image_folder(tmp_path / "data", n_train=240)
-    reference = tmp_path / "reference"
-    subprocess.run(fit_command(data, reference), check=True, capture_output=True)
-    expected = Watermark.load(reference / "watermark.safetensors").tensor
-    out = tmp_path / "killed"
-    kills = run_with_sigkills(fit_command(data, out), out)
-    assert kills >= 2, "the fit finished before it could be killed; make it longer"
-    assert torch.equal(Watermark.load(out / "watermark.safetensors").tensor, expected)
+    check_sigkills_then_resume_is_bit_identical(lambda out: fit_command(data, out), tmp_path)
 
 
 def test_two_torchrun_processes_streaming_equal_one(tmp_path):
