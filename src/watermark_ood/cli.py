@@ -389,7 +389,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         model=args.model, checkpoint=args.checkpoint, id_data=args.id_data, ood_data=args.ood_data,
         out=str(_check_out(args.out)), objectives=args.objective, preset=args.preset, overrides=_overrides(args),
         protocol=not args.all_ood, mean=args.mean, std=args.std, checkpoint_every=args.checkpoint_every,
-        execution=_execution(args), image_size=args.image_size, data=_data_options(args), scores=_score_names(args.scores),
+        execution=_execution(args), image_size=args.image_size, data=_data_options(args),
+        scores=_score_names(args.scores),
     )
     run_benchmark(cfg, progress=not args.no_progress)
     print(f"wrote {cfg.out}/results.json and {cfg.out}/report.md")

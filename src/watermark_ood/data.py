@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -58,16 +58,13 @@ class ImageSet:
 
     def sample(self, count: int, seed: int) -> "ImageSet":
         """A seeded random subset of ``count`` images (all of them if there are fewer)."""
-        if count >= len(self):
-            return self
-        generator = torch.Generator().manual_seed(seed)
-        return self.subset(torch.randperm(len(self), generator=generator)[:count].sort().values)
+        return self if count >= len(self) else self.subset(sample_indices(len(self), count, seed))
 
     is_streaming = False
     skipped = ()  # in-memory sets hold only readable images
 
-    def batches(self, batch_size: int, indices: torch.Tensor | None = None,
-                seeds: Callable[[int, int], int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, batch_size: int, indices: torch.Tensor | None = None
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(kept positions, uint8 pixels) of consecutive batches, as streamed sets give them (all kept here)."""
         images = self.images if indices is None else self.images[torch.as_tensor(indices, dtype=torch.int64)]
         for start in range(0, len(images), batch_size):
@@ -76,10 +73,20 @@ class ImageSet:
 
     def split(self, fraction: float, seed: int) -> tuple["ImageSet", "ImageSet"]:
         """A seeded (1 - fraction, fraction) split, e.g. train / validation."""
-        generator = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(self), generator=generator)
-        cut = len(self) - max(1, int(round(fraction * len(self))))
-        return self.subset(order[:cut].sort().values), self.subset(order[cut:].sort().values)
+        first, second = split_indices(len(self), fraction, seed)
+        return self.subset(first), self.subset(second)
+
+
+def sample_indices(n: int, count: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a seeded random subset of ``count`` of ``n`` items (every set samples the same way)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count].sort().values
+
+
+def split_indices(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted indices of a seeded (1 - fraction, fraction) split of ``n`` items."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    cut = n - max(1, int(round(fraction * n)))
+    return order[:cut].sort().values, order[cut:].sort().values
 
 
 def images_from_array(array: np.ndarray, source: str) -> torch.Tensor:

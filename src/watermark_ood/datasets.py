@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import io
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-
-from dataclasses import dataclass
 
 from .data import ImageSet, gaussian_set, images_from_array, load_npz, uniform_set
 from .errors import WatermarkOODError, describe
@@ -134,38 +133,8 @@ def load_cifar(root: str | Path) -> tuple[ImageSet, ImageSet]:
 
 
 # --------------------------------------------------------------------- images
-def _image_transform(size: int | None, channels: int):
-    from torchvision import transforms
-
-    steps = [transforms.Lambda(lambda img: img.convert("L" if channels == 1 else "RGB"))]
-    if size is not None:
-        steps += [transforms.Resize(size), transforms.CenterCrop(size)]
-    steps.append(transforms.PILToTensor())
-    return transforms.Compose(steps)
-
-
 def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
-def load_image_files(files: list[Path], size: int | None, channels: int, name: str,
-                     labels: list[int] | None = None) -> ImageSet:
-    """Decode images with PIL: shorter side to ``size``, then center crop, as in the paper's OOD sets."""
-    from PIL import Image
-
-    transform = _image_transform(size, channels)
-    tensors = []
-    for path in files:
-        try:
-            with Image.open(path) as img:
-                tensors.append(transform(img))
-        except Exception as error:  # noqa: BLE001 - PIL raises many types on damaged files
-            raise WatermarkOODError(f"{path}: not a readable image ({describe(error)})") from None
-    shapes = {tuple(t.shape) for t in tensors}
-    if len(shapes) > 1:
-        raise WatermarkOODError(f"{name}: images have different sizes {sorted(shapes)[:3]}; give an image size")
-    label_tensor = torch.tensor(labels if labels is not None else [-1] * len(tensors), dtype=torch.int64)
-    return ImageSet(torch.stack(tensors), label_tensor, name)
 
 
 def load_image_folder(folder: str | Path, size: int | None, channels: int = 3, name: str | None = None,
@@ -173,7 +142,7 @@ def load_image_folder(folder: str | Path, size: int | None, channels: int = 3, n
                       options: DataOptions | None = None, training: bool = False) -> "ImageSet | FileImageSet":
     """Every image below ``folder``; with ``with_labels`` the first-level subfolders are the classes.
 
-    Without ``options`` the images are decoded into memory in this process (the original reader).
+    Read as ``options`` say: decoded into memory (by default, below 2 GiB decoded) or streamed.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -193,10 +162,8 @@ def load_image_folder(folder: str | Path, size: int | None, channels: int = 3, n
             if top not in index:
                 raise WatermarkOODError(f"{f}: images must lie in class subfolders {folder}/<class>/")
             labels.append(index[top])
-    if options is not None:
-        return options.folder_set(files, labels if labels is not None else [-1] * len(files), name or folder.name,
-                                  size, channels, training)
-    return load_image_files(files, size, channels, name or folder.name, labels)
+    return (options or DataOptions()).folder_set(files, labels if labels is not None else [-1] * len(files),
+                                                 name or folder.name, size, channels, training)
 
 
 def _test_folder(root: Path) -> Path | None:

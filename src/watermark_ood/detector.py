@@ -144,10 +144,8 @@ class Detector:
         Rows of files skipped as unreadable (all NaN) are left out.
         """
         rows = readable_rows(logits)
-        if not bool(rows.all()):
-            logits, labels = logits[rows], labels[rows]
-            features = None if features is None else features[rows]
-        if held is not None and not bool(readable_rows(held[0]).all()):
+        logits, features, labels = logits[rows], None if features is None else features[rows], labels[rows]
+        if held is not None:
             kept = readable_rows(held[0])
             held = (held[0][kept], None if held[1] is None else held[1][kept])
         if isinstance(self.scorer, Combination):

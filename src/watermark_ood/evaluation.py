@@ -16,7 +16,7 @@ from .metrics import mean_metrics, ood_metrics
 from .preprocessing import Normalization
 from .runtime import ExecutionConfig, prepare_model
 from .scores import get_score
-from .streaming import readable_rows, without_skipped
+from .streaming import place_rows, readable_rows, without_skipped
 from .watermark import Watermark
 
 
@@ -57,37 +57,29 @@ def _predict_rows(model, images, rows, normalization, watermark, execution, devi
         raise WatermarkOODError(
             f"{images.name}: images of shape {shape} do not match the watermark's {tuple(w.shape[1:])}"
         )
-    size = execution.eval_batch_size
-    batches = images.batches(size, rows) if len(rows) else iter([(torch.zeros(0, dtype=torch.int64),
-                                                                   torch.zeros((1, *shape), dtype=torch.uint8))])
-    out, classes = [], None
-    count = max(1, (len(rows) + size - 1) // size)
-    for kept, batch in progress_bar(batches, progress, desc=f"scoring {images.name}", leave=False, unit="batch",
-                                    total=count):
-        if len(batch) == 0:  # every image of the batch was skipped as unreadable
-            out.append((kept, None))
-            continue
-        x = normalization(batch.to(device))
+
+    def forward(pixels: torch.Tensor) -> torch.Tensor:
+        x = normalization(pixels.to(device))
         if w is not None:
             x = x + w
         if execution.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with execution.autocast(device):
-            logits = model(x).float().cpu()
-        classes = logits.shape[1]
-        out.append((kept, logits))
+            return model(x).float().cpu()
+
     if len(rows) == 0:  # an empty shard still learns the number of classes
-        return torch.zeros((0, classes or 1))
-    return _place_rows(out, len(rows), size, classes)
+        return forward(torch.zeros((1, *shape), dtype=torch.uint8))[:0]
+    size = execution.eval_batch_size
+    out = [(kept, forward(batch) if len(batch) else None)  # an empty batch: all its files were unreadable
+           for kept, batch in progress_bar(images.batches(size, rows), progress, desc=f"scoring {images.name}",
+                                           leave=False, unit="batch", total=-(-len(rows) // size))]
+    return place_rows(out, len(rows), size)
 
 
-def _place_rows(batches, count: int, size: int, width: int | None) -> torch.Tensor:
-    """Stack per-batch outputs at their rows; rows of skipped (unreadable) images stay NaN."""
-    result = torch.full((count, width or 1), float("nan"))
-    for b, (kept, values) in enumerate(batches):
-        if values is not None:
-            result[b * size + kept] = values
-    return result
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy over the readable rows (files skipped as unreadable have all-NaN logits)."""
+    rows = readable_rows(logits)
+    return float((logits[rows].argmax(1) == labels[rows]).float().mean())
 
 
 def protocol_subsample(ood_sets: Sequence[ImageSet], id_count: int, seed: int) -> list[ImageSet]:
@@ -106,8 +98,7 @@ class ConditionLogits:
 
     @property
     def accuracy(self) -> float:
-        rows = readable_rows(self.id_logits)
-        return float((self.id_logits[rows].argmax(1) == self.id_labels[rows]).float().mean())
+        return accuracy(self.id_logits, self.id_labels)
 
     def scores(self, score: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Scores of every readable image (files skipped as unreadable have none)."""
@@ -118,7 +109,7 @@ class ConditionLogits:
     def metrics(self, score: str) -> dict[str, dict[str, float]]:
         """``{ood set: {fpr95, auroc, aupr_in, aupr_out}, ..., "mean": {...}}``."""
         id_scores, ood_scores = self.scores(score)
-        per_set = {name: ood_metrics(without_skipped(id_scores), without_skipped(s)) for name, s in ood_scores.items()}
+        per_set = {name: ood_metrics(id_scores, s) for name, s in ood_scores.items()}
         return {**per_set, "mean": mean_metrics(per_set)}
 
 
@@ -297,9 +288,8 @@ def evaluate_detector(detector: Any, id_fit: ImageSet, id_test: ImageSet, ood_se
         plain = {s.name: ood_metrics(without_skipped(r_id), without_skipped(reference.scores(s))) for s in ood_sets}
     base_logits = predict_logits(detector.model, id_test, detector.normalization, None, execution)
     marked_logits = predict_logits(detector.model, id_test, detector.normalization, detector.watermark, execution)
-    rows = readable_rows(base_logits)
-    accuracy = {c: float((lg[rows].argmax(1) == id_test.labels[rows]).float().mean())
-                for c, lg in (("baseline", base_logits), ("watermarked", marked_logits))}
+    accuracies = {c: accuracy(lg, id_test.labels) for c, lg in (("baseline", base_logits),
+                                                                   ("watermarked", marked_logits))}
     decisions = None
     if detector.threshold is not None:
         decisions = {"threshold": detector.threshold, "tpr_requested": detector.tpr,
@@ -311,7 +301,7 @@ def evaluate_detector(detector: Any, id_fit: ImageSet, id_test: ImageSet, ood_se
         "objective": None if mark is None else mark.metadata.get("objective"),
         "score": detector.score,
         "hyperparameters": {} if mark is None else mark.metadata.get("hyperparameters", {}),
-        "accuracy": accuracy,
+        "accuracy": accuracies,
         "baseline": {**plain, "mean": mean_metrics(plain)},
         "watermarked": {**shipped, "mean": mean_metrics(shipped)},
         "timing": {"fit_seconds": 0.0, "images_per_second": (len(id_test) + sum(map(len, ood_sets))) / seconds},

@@ -19,6 +19,7 @@ from .data import ImageSet
 from .errors import WatermarkOODError
 from .preprocessing import Normalization
 from .runtime import ExecutionConfig
+from .streaming import place_rows
 from .watermark import Watermark
 
 
@@ -83,37 +84,26 @@ def logits_and_features(model: nn.Module, images: ImageSet, normalization: Norma
 
     A streamed set is decoded batch by batch; rows of files skipped as unreadable are NaN in both.
     """
-    from .evaluation import _place_rows
-
     device = execution.torch_device()
     model = model.eval().to(device)
     hook = PenultimateHook(model)
     size = execution.eval_batch_size
-    logits, kept_rows = [], []
+    logits, features = [], []
     try:
         for kept, pixels in images.batches(size):
-            kept_rows.append(kept)
-            if len(pixels) == 0:
+            if len(pixels) == 0:  # every file of this batch was unreadable
+                logits.append((kept, None))
+                features.append((kept, None))
                 continue
             x = normalization(pixels.to(device))
             if watermark is not None:
                 x = watermark.apply(x)
             with execution.autocast(device):
-                logits.append(model(x).float().cpu())
+                logits.append((kept, model(x).float().cpu()))
+            features.append((kept, hook.features.pop()))
     finally:
-        features = hook.close()
-    if sum(map(len, kept_rows)) == len(images):
-        return torch.cat(logits), features
-    # Some files were skipped as unreadable: put each batch's rows back at their positions, NaN elsewhere.
-    logit_parts, feature_parts, batch, used = [], [], 0, 0
-    for kept in kept_rows:
-        present = len(kept) > 0
-        logit_parts.append((kept, logits[batch] if present else None))
-        feature_parts.append((kept, features[used:used + len(kept)] if present else None))
-        batch, used = batch + present, used + len(kept)
-    width = features.shape[1] if len(features) else None
-    return (_place_rows(logit_parts, len(images), size, logits[0].shape[1] if logits else None),
-            _place_rows(feature_parts, len(images), size, width))
+        hook.close()
+    return place_rows(logits, len(images), size), place_rows(features, len(images), size)
 
 
 def odin_scores(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
@@ -124,10 +114,8 @@ def odin_scores(model: nn.Module, images: ImageSet, normalization: Normalization
     device = execution.torch_device()
     module = WatermarkedModel(model, watermark).eval().to(device)
     detector = ODIN(module, eps=eps, temperature=temperature, norm_std=list(normalization.std))
-    from .evaluation import _place_rows
-
     out = []
     for kept, pixels in images.batches(execution.eval_batch_size):
         scores = -detector.predict(normalization(pixels.to(device))).detach().float().cpu() if len(pixels) else None
         out.append((kept, None if scores is None else scores[:, None]))
-    return _place_rows(out, len(images), execution.eval_batch_size, 1)[:, 0].numpy()
+    return place_rows(out, len(images), execution.eval_batch_size)[:, 0].numpy()

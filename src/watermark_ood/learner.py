@@ -22,16 +22,16 @@ from .checkpoint import FitCheckpoint
 from .config import FitConfig
 from . import distributed
 from .data import ImageSet
-from .streaming import BadImage, FileImageSet, is_streaming, step_batches
-
-ImageSource = ImageSet | FileImageSet  # in memory, or streamed from disk: the learner reads both the same way
 from .errors import WatermarkOODError
 from .features import PenultimateHook, split_at_head
 from .objectives import class_mean_distance, objective_terms
 from .progress import bar as progress_bar, interactive, say
 from .preprocessing import Normalization
 from .runtime import ExecutionConfig, generator, prepare_model
+from .streaming import BadImage, FileImageSet, is_streaming, step_batches
 from .watermark import Watermark
+
+ImageSource = ImageSet | FileImageSet  # in memory, or streamed from disk: the learner reads both the same way
 
 PERMUTATION_TAG = 0x5EED
 SUBSET_TAG = 0x5B5E7
@@ -435,10 +435,7 @@ class WatermarkLearner:
             self.model.train(was_training)
 
         seconds = time.perf_counter() - t0
-        if streaming and train.skipped:
-            watermark_skipped = list(train.skipped)
-        else:
-            watermark_skipped = []
+        skipped = list(train.skipped)  # always empty for in-memory sets
         selected = None
         if best is not None:
             w, selected = best["watermark"], best["step"]
@@ -446,10 +443,10 @@ class WatermarkLearner:
         watermark.metadata["history"] = [r.to_dict() for r in history]
         if selected is not None:
             watermark.metadata["selected_step"] = selected
-        if watermark_skipped:
-            watermark.metadata["skipped_images"] = watermark_skipped
+        if skipped:
+            watermark.metadata["skipped_images"] = skipped
         return FitResult(watermark, history, seconds, images_seen, start_epoch * steps + start_step,
-                         selected, validation, watermark_skipped)
+                         selected, validation, skipped)
 
     @torch.no_grad()
     def check_classes(self, train: ImageSource, device: torch.device) -> None:

@@ -27,10 +27,11 @@ from .data import ImageSet
 from .detector import FIT_IMAGES, Detector
 from .detectors import SCORE_NAMES
 from .errors import WatermarkOODError
+from .evaluation import accuracy
 from .metrics import auroc, fpr_at_tpr
 from .preprocessing import Normalization
 from .runtime import ExecutionConfig
-from .streaming import readable_rows, without_skipped
+from .streaming import without_skipped
 from .validation import OUTLIER_KINDS, outlier_kind_parts, synthesize_outliers
 from .watermark import Watermark
 
@@ -118,12 +119,11 @@ def select_detector(model: torch.nn.Module, normalization: Normalization, train:
                 if log is not None:
                     log(_describe(ranking[-1]))
     if watermark is not None:
-        accuracy = {c: float((cached[c]["id"][0].argmax(1) == rank_id.labels)[readable_rows(cached[c]["id"][0])]
-                             .float().mean()) for c, _ in conditions}
+        accuracies = {c: accuracy(cached[c]["id"][0], rank_id.labels) for c, _ in conditions}
         plain = sorted((r for r in ranking if r["ok"] and r["watermark"] == "none"), key=_key)
         for row in ranking:
             if row["ok"] and row["watermark"] == "given":
-                reason = watermark_refusal(row, plain[0] if plain else None, accuracy["none"] - accuracy["given"],
+                reason = watermark_refusal(row, plain[0] if plain else None, accuracies["none"] - accuracies["given"],
                                            settings)
                 row["admitted"] = reason is None
                 if reason is not None:

@@ -4,8 +4,9 @@
 ``labels``, ``name``, ``image_shape``, ``subset`` / ``sample`` / ``split``, ``batches``), but an image is
 decoded only when a batch needs it (in DataLoader workers, with PIL and torchvision's transforms, as
 torchvision's ImageFolder does), so memory does not grow with the set. Everything random about a batch
-derives from (seed, epoch, step, position), never from the worker that decoded it: the same batches come out with 0 or 8 workers, after a resume, and under torchrun,
-where each rank decodes only its own slice of every global batch.
+derives from (seed, epoch, step, position), never from the worker that decoded it: the same batches come
+out with 0 or 8 workers, after a resume, and under torchrun, where each rank decodes only its own slice of
+every global batch.
 
 A file that cannot be decoded stops the run with its path; with ``skip_bad=True`` it is left out of its
 batch, logged once and recorded in ``skipped``.
@@ -21,7 +22,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .data import ImageSet
+from .data import ImageSet, sample_indices, split_indices
 from .errors import WatermarkOODError, describe
 
 STREAM_ABOVE_BYTES = 2 * 1024 ** 3  # decoded uint8 size above which a folder is streamed instead of loaded
@@ -88,8 +89,8 @@ class _Decoder(torch.utils.data.Dataset):
     Returning errors instead of raising keeps DataLoader's worker traceback out of the user's message.
     """
 
-    def __init__(self, files: Sequence[Path], transform: ImageTransform, shape: tuple[int, int, int] | None) -> None:
-        self.files, self.transform, self.shape = files, transform, shape
+    def __init__(self, files: Sequence[Path], transform: ImageTransform) -> None:
+        self.files, self.transform = files, transform
 
     def __len__(self) -> int:
         return len(self.files)
@@ -101,9 +102,6 @@ class _Decoder(torch.utils.data.Dataset):
             image = self.transform(open_image(path, self.transform.channels), seed)
         except Exception as error:  # noqa: BLE001 - decoders raise many types on damaged files
             return index, None, f"{path}: not a readable image ({describe(error)})"
-        if self.shape is not None and tuple(image.shape) != self.shape:
-            return index, None, (f"{path}: image is {tuple(image.shape)}, the set's images are {self.shape}; "
-                                 "give an image size (--image-size)")
         return index, image.contiguous(), None
 
 
@@ -113,10 +111,6 @@ def _keep_list(items: list) -> list:
 
 class BadImage(WatermarkOODError):
     """A file in a streamed set could not be decoded (and bad images are not being skipped)."""
-
-    def __init__(self, message: str, path: str) -> None:
-        super().__init__(message)
-        self.path = path
 
 
 @dataclass
@@ -175,54 +169,47 @@ class FileImageSet:
 
     def sample(self, count: int, seed: int) -> "FileImageSet":
         """A seeded random subset of ``count`` files (the same indices ImageSet.sample picks)."""
-        if count >= len(self):
-            return self
-        generator = torch.Generator().manual_seed(seed)
-        return self.subset(torch.randperm(len(self), generator=generator)[:count].sort().values)
+        return self if count >= len(self) else self.subset(sample_indices(len(self), count, seed))
 
     def split(self, fraction: float, seed: int) -> tuple["FileImageSet", "FileImageSet"]:
-        generator = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(self), generator=generator)
-        cut = len(self) - max(1, int(round(fraction * len(self))))
-        return self.subset(order[:cut].sort().values), self.subset(order[cut:].sort().values)
-
-    def with_transform(self, transform: ImageTransform) -> "FileImageSet":
-        return replace(self, transform=transform, _shape=None)
+        first, second = split_indices(len(self), fraction, seed)
+        return self.subset(first), self.subset(second)
 
     # ------------------------------------------------------------------ reading
-    def batches(self, batch_size: int, indices: torch.Tensor | None = None,
-                seeds: Callable[[int, int], int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, batch_size: int, indices: torch.Tensor | None = None
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(kept positions, uint8 pixels) for consecutive batches of ``indices`` (default: all), in order."""
         indices = torch.arange(len(self)) if indices is None else torch.as_tensor(indices, dtype=torch.int64)
-        plan = [indices[start:start + batch_size].tolist() for start in range(0, len(indices), batch_size)]
-        seeds = seeds or (lambda batch, position: 0)
-        items = [[(index, seeds(b, p)) for p, index in enumerate(batch)] for b, batch in enumerate(plan)]
-        yield from self.read(items)
+        yield from self.read([[(int(i), 0) for i in indices[start:start + batch_size]]
+                              for start in range(0, len(indices), batch_size)])
 
     def read(self, items: Sequence[list[tuple[int, int]]], pin_memory: bool = False
              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Decode batches of (file index, sample seed) in order; yields (kept positions, pixels)."""
         if not items:
             return
-        decoder = _Decoder(self.files, self.transform, self.image_shape)
+        shape = self.image_shape
+        decoder = _Decoder(self.files, self.transform)
         workers = min(self.workers, len(items))
         loader = torch.utils.data.DataLoader(decoder, batch_sampler=items, num_workers=workers,
                                              collate_fn=_keep_list, prefetch_factor=2 if workers else None)
         for batch in loader:
-            kept = [p for p, (_, image, error) in enumerate(batch) if error is None]
-            for _, _, error in batch:
+            for index, image, error in batch:
                 if error is not None:
                     self._bad(error)
-            pixels = torch.stack([batch[p][1] for p in kept]) if kept else \
-                torch.zeros((0, *self.image_shape), dtype=torch.uint8)
+                elif tuple(image.shape) != shape:  # readable but of another size: not skippable
+                    raise WatermarkOODError(f"{self.files[index]}: image is {tuple(image.shape)}, the set's images "
+                                            f"are {shape}; give an image size (--image-size)")
+            kept = [p for p, (_, _, error) in enumerate(batch) if error is None]
+            pixels = torch.stack([batch[p][1] for p in kept]) if kept else torch.zeros((0, *shape), dtype=torch.uint8)
             if pin_memory:
                 pixels = pixels.pin_memory()
             yield torch.tensor(kept, dtype=torch.int64), pixels
 
     def _bad(self, error: str) -> None:
-        path = error.split(": ", 1)[0]
         if not self.skip_bad:
-            raise BadImage(f"{error}; add --skip-bad-images to leave such files out", path)
+            raise BadImage(f"{error}; add --skip-bad-images to leave such files out")
+        path = error.split(": ", 1)[0]
         if path not in self.skipped:
             self.skipped.append(path)
             warnings.warn(f"skipped {error}", RuntimeWarning, stacklevel=3)
@@ -291,3 +278,13 @@ def without_skipped(values: np.ndarray) -> np.ndarray:
 def readable_rows(outputs: torch.Tensor) -> torch.Tensor:
     """Mask of the rows of logits/features that came from readable files (skipped files give all-NaN rows)."""
     return ~torch.isnan(outputs).all(dim=1)
+
+
+def place_rows(batches: Sequence[tuple[torch.Tensor, torch.Tensor | None]], count: int, size: int) -> torch.Tensor:
+    """Per-batch outputs (kept positions, values) of ``batches(size)`` at their rows; skipped rows stay NaN."""
+    width = next((values.shape[1] for _, values in batches if values is not None), 1)
+    result = torch.full((count, width), float("nan"))
+    for b, (kept, values) in enumerate(batches):
+        if values is not None:
+            result[b * size + kept] = values
+    return result

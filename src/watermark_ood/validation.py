@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from .data import ImageSet
-from .streaming import is_streaming
 from .metrics import auroc, fpr_at_tpr
 from .preprocessing import Normalization
 from .runtime import ExecutionConfig, generator
 from .scores import get_score
+from .streaming import is_streaming
 from .watermark import Watermark
 
 OUTLIER_KINDS = ("patch-shuffle", "rotate90", "low-frequency-noise")
@@ -54,10 +54,9 @@ def outlier_kind_parts(count: int) -> dict[str, np.ndarray]:
 def synthesize_outliers(source: ImageSet, seed: int) -> ImageSet:
     """Equal shares of the three outlier kinds, built from ``source`` (ID validation images)."""
     rng = generator(torch.device("cpu"), seed, 0x0D7)
-    parts = list(outlier_kind_parts(len(source)).values())
     if is_streaming(source):  # a ranking sample (thousands of images): decoded once, kept in memory
         source = source.materialize()
-        parts = list(outlier_kind_parts(len(source)).values())
+    parts = list(outlier_kind_parts(len(source)).values())
     images = source.images
     out = [
         patch_shuffle(images[parts[0]], 4, rng),
