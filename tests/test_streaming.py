@@ -185,3 +185,15 @@ def test_imagenet_val_layout_and_streamed_ood_subsampling_on_file_lists(tmp_path
     ood = load_ood_data(root / "train", (3, 12, 12), options=DataOptions(stream=True))
     picked = ood.sample(10, 0)
     assert picked.is_streaming and len(picked) == 10 and len(set(picked.files)) == 10
+
+
+def test_calibrate_on_a_streamed_folder_leaves_unreadable_training_images_out(tmp_path, capsys):
+    data = image_folder(tmp_path / "data")
+    corrupt(data)
+    out = tmp_path / "knn.safetensors"
+    with pytest.warns(RuntimeWarning, match="skipped"):
+        assert main(["calibrate", "--model", "small_cnn", "--device", "cpu", "--no-progress", "--score", "knn",
+                     "--id-data", str(data), "--image-size", "12", "--stream", "--skip-bad-images",
+                     "--out", str(out)]) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert np.isfinite(meta["threshold"])
