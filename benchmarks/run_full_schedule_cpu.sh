@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Issue 14: the paper's full 50-epoch schedule on ResNet-20 on CPU, one objective after another, with test
+# Issue 14: the paper's full 50-epoch schedule on ResNet-20 on CPU, one variant after another, with test
 # curves every 5 epochs. Resumable: run it again and each fit continues from its checkpoint in $RUNS.
+# A variant is an objective (hinge, energy, msp), optionally with "-mixed" (surrogates: half Gaussian, a quarter
+# flat colours, a quarter greyscale ID images).
 # fp32: on CPUs without native bf16 (no avx512_bf16, e.g. this AVX2 machine) bf16 is ~40x slower.
 # Usage: nice -n 19 bash benchmarks/run_full_schedule_cpu.sh  [> ~/wood-runs/queue.log 2>&1 &]
 set -u
@@ -9,9 +11,12 @@ PY="${PYTHON:-$HOME/.cache/watermark-ood/venv/bin/python}"
 SHARED="${SHARED:-../shared}"
 RUNS="${RUNS:-$HOME/wood-runs}"
 OUT=benchmarks/results/full-schedule-cpu
-for objective in ${OBJECTIVES:-hinge energy msp}; do
+for variant in ${VARIANTS:-${OBJECTIVES:-hinge energy msp hinge-mixed}}; do
+  objective="${variant%-mixed}"
+  extra=()
+  [ "$variant" != "$objective" ] && extra=(--set surrogate=mixed)
   "$PY" benchmarks/full_schedule_curves.py --model resnet20 \
     --checkpoint "$SHARED/models/cifar10_resnet/resnet20-12fca82f.th" --id-data "$SHARED/data/cifar10" \
-    --ood-data "$SHARED"/data/ood/*.npz --objective "$objective" --precision fp32 \
-    --run-dir "$RUNS/resnet20-$objective" --curve "$OUT/resnet20-$objective.jsonl" || exit $?
+    --ood-data "$SHARED"/data/ood/*.npz --objective "$objective" --precision fp32 "${extra[@]}" \
+    --run-dir "$RUNS/resnet20-$variant" --curve "$OUT/resnet20-$variant.jsonl" || exit $?
 done

@@ -196,6 +196,35 @@ def test_fit_with_mosaic_surrogates_uses_no_gaussian_noise(toy_model, toy_train,
         small_config(surrogate="uniform")
 
 
+def test_mixed_surrogates_are_noise_flat_colours_and_grey_copies_sliced_like_the_noise(norm3):
+    from watermark_ood.learner import flat_and_grey
+
+    x = norm3(torch.randint(0, 256, (400, 3, 4, 4), dtype=torch.uint8))
+    noise = torch.randn(400, 3, 4, 4)
+    out = flat_and_grey(x, noise, norm3, 400, torch.arange(400), generator(torch.device("cpu"), 0, 1))
+    mean, std = torch.tensor(norm3.mean).view(1, 3, 1, 1), torch.tensor(norm3.std).view(1, 3, 1, 1)
+    pixels = out * std + mean
+    kept = (out == noise).flatten(1).all(1)
+    flat = (pixels == pixels[:, :, :1, :1]).flatten(1).all(1) & ~kept
+    grey = ((pixels[:, 0] - pixels[:, 1]).abs() < 1e-5).flatten(1).all(1) & ~flat & ~kept
+    assert (kept | flat | grey).all()
+    assert 150 < kept.sum() < 250 and 70 < flat.sum() < 130 and 70 < grey.sum() < 130
+    luma = ((x * std + mean) * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1)
+    assert torch.allclose(pixels[grey][:, 0], luma[grey], atol=1e-5)
+    # a torchrun rank's rows get exactly the surrogates a single process gives them
+    rows = torch.arange(200, 400)
+    part = flat_and_grey(x[rows], noise[rows], norm3, 400, rows, generator(torch.device("cpu"), 0, 1))
+    assert torch.equal(part, out[rows])
+
+
+def test_fit_with_mixed_surrogates_records_them(toy_model, toy_train, norm3):
+    result = WatermarkLearner(toy_model, norm3, small_config(epochs=1, surrogate="mixed"), CPU).fit(toy_train,
+                                                                                                 progress=False)
+    plain = WatermarkLearner(toy_model, norm3, small_config(epochs=1), CPU).fit(toy_train, progress=False)
+    assert result.watermark.metadata["hyperparameters"]["surrogate"] == "mixed"
+    assert not torch.equal(result.watermark.tensor, plain.watermark.tensor)
+
+
 def test_graph_capture_failure_falls_back_to_eager_steps(toy_model, toy_train, norm3, monkeypatch):
     from watermark_ood import learner
 

@@ -9,7 +9,7 @@ from watermark_ood.cli import main
 from watermark_ood.config import get_preset
 from watermark_ood.runtime import ExecutionConfig
 from watermark_ood.tuning import AutoSettings, auto_fit, candidate_configs
-from watermark_ood.validation import Validator, patch_shuffle, synthesize_outliers
+from watermark_ood.validation import OUTLIER_KINDS, Validator, outlier_kind_parts, patch_shuffle, synthesize_outliers
 
 
 def test_patch_shuffle_keeps_pixels_and_moves_patches():
@@ -23,6 +23,18 @@ def test_synthetic_outliers_are_seeded_and_unlabelled():
     source = make_images(30, size=8)
     a, b = synthesize_outliers(source, 1), synthesize_outliers(source, 1)
     assert torch.equal(a.images, b.images) and len(a) == 30 and (a.labels == -1).all()
+
+
+def test_every_outlier_kind_has_its_share_and_its_character():
+    source = make_images(50, size=8)
+    out = synthesize_outliers(source, 0).images
+    parts = outlier_kind_parts(len(out))
+    assert list(parts) == list(OUTLIER_KINDS) and all(len(rows) == 10 for rows in parts.values())
+    grey, flat = out[parts["greyscale"]], out[parts["flat-colour"]]
+    assert (grey[:, 0] == grey[:, 1]).all() and (grey[:, 1] == grey[:, 2]).all()
+    luma = (source.images[parts["greyscale"]].float() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1)
+    assert (grey[:, 0].float() - luma).abs().max() <= 0.5 + 1e-4
+    assert (flat == flat[:, :, :1, :1]).all() and len({tuple(c) for c in flat[:, :, 0, 0].tolist()}) > 1
 
 
 def test_candidates_include_the_preset_and_stabilized_variants():

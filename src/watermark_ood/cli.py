@@ -92,8 +92,9 @@ def _add_fit(p: argparse.ArgumentParser, multi_objective: bool) -> None:
     g.add_argument("--l2-budget", type=float, help="project the watermark onto an L2 ball (not in the paper)")
     g.add_argument("--schedule", choices=["step", "cosine"],
                    help="step size schedule: step (the paper: /10 half-way) or cosine (per step, for short runs)")
-    g.add_argument("--surrogate", choices=["gaussian", "mosaic"],
-                   help="surrogate outliers: Gaussian noise (the paper) or mosaics of ID patches [gaussian]")
+    g.add_argument("--surrogate", choices=["gaussian", "mosaic", "mixed"],
+                   help="surrogate outliers: Gaussian noise (the paper), mosaics of ID patches, or mixed (half "
+                        "Gaussian, a quarter flat colours, a quarter greyscale ID images) [gaussian]")
     g.add_argument("--noise-scale", choices=["absolute", "data"],
                    help="sigma in normalized units (the paper) or relative to the data's per-channel std")
     g.add_argument("--seed", type=int, default=0, help="seed for data order, flips and noise [0]")

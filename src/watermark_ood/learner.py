@@ -131,6 +131,27 @@ def mosaic(x: torch.Tensor, rng: torch.Generator, patch: int = 8) -> torch.Tenso
     return out
 
 
+def flat_and_grey(x: torch.Tensor, noise: torch.Tensor, normalization: Normalization, n: int, rows: torch.Tensor,
+                  rng: torch.Generator) -> torch.Tensor:
+    """'mixed' surrogates: of ``noise`` (rows of a global batch of ``n``) a quarter becomes flat colours and a
+    quarter greyscale (BT.601 luma) copies of the normalized ID images ``x``, all in normalized space.
+
+    Which row gets which kind, and the colours, are drawn for the whole global batch and then sliced, like the
+    noise, so torchrun ranks and skipped images do not change any row's surrogate.
+    """
+    n_rows, c = x.shape[:2]
+    kind = torch.randint(0, 4, (n,), generator=rng, device=x.device)[rows].view(-1, 1, 1, 1)
+    colour = torch.rand((n, c, 1, 1), generator=rng, device=x.device)[rows]
+    mean = torch.tensor(normalization.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(normalization.std, device=x.device).view(1, -1, 1, 1)
+    pixels = x.float() * std + mean
+    if c == 3:
+        pixels = (pixels * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    grey = ((pixels.expand(n_rows, c, *x.shape[2:]) - mean) / std).to(noise.dtype)
+    flat = ((colour - mean) / std).expand_as(noise).to(noise.dtype)
+    return torch.where(kind == 0, flat, torch.where(kind == 1, grey, noise))
+
+
 class WatermarkLearner:
     """Learns a watermark for a fixed classifier ``model`` that maps normalized images to logits.
 
@@ -195,6 +216,8 @@ class WatermarkLearner:
         if self.config.surrogate == "mosaic":
             return x, y, mosaic(x, rng)
         noise = torch.randn((n, *x.shape[1:]), generator=rng, device=device)[rows] * self.noise_std
+        if self.config.surrogate == "mixed":
+            noise = flat_and_grey(x, noise, self.normalization, n, rows, rng)
         return x, y, noise
 
     # --------------------------------------------------------------------- fit

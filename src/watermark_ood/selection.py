@@ -40,9 +40,9 @@ from .watermark import Watermark
 class SelectionSettings:
     candidates: Sequence[str] = SCORE_NAMES
     fit_images: int = FIT_IMAGES
-    rank_images: int = 2000  # ID images ranked against as many synthetic outliers
+    rank_images: int = 3000  # ID images ranked against as many synthetic outliers (600 per kind)
     calibration_images: int = 2000
-    holdout_fraction: float = 0.1
+    holdout_fraction: float = 0.12  # half ranks, half calibrates: 3,000 each of CIFAR's 50,000
     combine: Sequence[int] = (2, 3)  # combinations of the best k scores of each condition
     max_accuracy_drop: float = 0.01  # a watermark costing more ranking-ID accuracy is not admitted
     watermark_must_win_every_kind: bool = True  # ... nor one that loses to no watermark on any outlier kind

@@ -4,7 +4,13 @@ The synthetic outliers are deliberately of a different kind than the Gaussian
 training surrogates, so that selecting on them rewards watermarks that
 generalise beyond the training noise: patch-shuffled images (local statistics
 kept, global structure destroyed), images rotated by 90 degrees (natural
-statistics, unfamiliar semantics) and low-frequency colour noise.
+statistics, unfamiliar semantics), low-frequency colour noise, greyscale
+images (colour removed) and flat colours (no structure at all).
+
+The last two cover inputs that Gaussian noise never shows an objective: issue
+14 measured that watermarks raise the scores of grey and flat images most
+(``benchmarks/why_grey_hurts.py``), and without such kinds neither ``--preset
+auto`` nor ``--score auto`` could see it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from .scores import get_score
 from .streaming import is_streaming
 from .watermark import Watermark
 
-OUTLIER_KINDS = ("patch-shuffle", "rotate90", "low-frequency-noise")
+OUTLIER_KINDS = ("patch-shuffle", "rotate90", "low-frequency-noise", "greyscale", "flat-colour")
 
 
 def patch_shuffle(images: torch.Tensor, grid: int, rng: torch.Generator) -> torch.Tensor:
@@ -46,13 +52,29 @@ def low_frequency_noise(n: int, shape: tuple[int, int, int], rng: torch.Generato
         torch.uint8)
 
 
+def greyscale(images: torch.Tensor) -> torch.Tensor:
+    """ITU-R BT.601 luma in every channel (uint8 NCHW in and out; a single channel is returned as is)."""
+    if images.shape[1] != 3:
+        return images.clone()
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    luma = (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    return luma.expand_as(images).contiguous()
+
+
+def flat_colour(n: int, shape: tuple[int, int, int], rng: torch.Generator) -> torch.Tensor:
+    """One uniformly drawn colour per image, everywhere."""
+    c, h, w = shape
+    colour = torch.randint(0, 256, (n, c, 1, 1), generator=rng, dtype=torch.uint8)
+    return colour.expand(n, c, h, w).contiguous()
+
+
 def outlier_kind_parts(count: int) -> dict[str, np.ndarray]:
     """Which rows of ``synthesize_outliers`` (of ``count`` images) are of which kind."""
     return dict(zip(OUTLIER_KINDS, np.array_split(np.arange(count), len(OUTLIER_KINDS))))
 
 
 def synthesize_outliers(source: ImageSet, seed: int) -> ImageSet:
-    """Equal shares of the three outlier kinds, built from ``source`` (ID validation images)."""
+    """Equal shares of the outlier kinds (``OUTLIER_KINDS``, in that order), built from ``source``."""
     rng = generator(torch.device("cpu"), seed, 0x0D7)
     if is_streaming(source):  # a ranking sample (thousands of images): decoded once, kept in memory
         source = source.materialize()
@@ -63,6 +85,8 @@ def synthesize_outliers(source: ImageSet, seed: int) -> ImageSet:
         torch.rot90(images[parts[1]], 1, dims=(2, 3)) if images.shape[2] == images.shape[3]
         else images[parts[1]].flip(2),
         low_frequency_noise(len(parts[2]), source.image_shape, rng),
+        greyscale(images[parts[3]]),
+        flat_colour(len(parts[4]), source.image_shape, rng),
     ]
     return ImageSet(torch.cat(out), torch.full((len(source),), -1), "synthetic-validation-outliers")
 
