@@ -107,7 +107,7 @@ def main() -> None:
         },
         # the same two targets with each real set left out of the mean: the synthetic greyscale kind was added
         # knowing the suite has a grey set (Fashion-MNIST), so the choice is also judged without it
-        "targets_leaving_out": {left: leave_out(left, shipped, best_rows=rows, energy=energy) for left in shipped},
+        "targets_leaving_out": {left: leave_out(left, shipped, best_rows=rows, energy=energy["real"]) for left in shipped},
         "spearman_synthetic_vs_real": {"rho": float(rho.statistic), "p": float(rho.pvalue), "n": len(rows)},
         "choose_seconds": choose_seconds, "candidates": rows,
     }

@@ -167,7 +167,13 @@ def test_cli_score_auto_ranks_without_reading_ood_data(tmp_path, monkeypatch, ca
     ok = [r for r in ranking if r["ok"]]
     assert ok == sorted(ok, key=lambda r: (not r.get("admitted", True), r["fpr95"], -r["auroc"]))
     assert all(set(r["per_kind"]) == set(OUTLIER_KINDS) for r in ok)
-    assert "chose" in capsys.readouterr().out and det.with_suffix(".md").is_file()
+    admitted = [r for r in ok if r.get("admitted", True)]
+    assert "chance_better_than_chosen" not in admitted[0] and all(0 <= r["chance_better_than_chosen"] <= 1
+                                                                  for r in admitted[1:])
+    assert not any("_scores" in r for r in ranking)  # scores are used, never written
+    assert meta["selection"]["close"] == [f"{r['score']} ({r['watermark']})" for r in admitted[1:]
+                                          if r["chance_better_than_chosen"] >= meta["selection"]["close_share"]]
+    assert "chose" in capsys.readouterr().out and "resamples" in det.with_suffix(".md").read_text()
     loaded = Detector.load(det, __import__("watermark_ood.models", fromlist=["load_model"]).load_model(
         "small_cnn", None, None, 3).module, CPU)
     assert loaded.threshold == meta["threshold"]

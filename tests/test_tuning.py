@@ -52,6 +52,16 @@ def test_validator_accuracy_constraint(toy_model, toy_test, norm3):
     assert big.accuracy_drop >= 0 and big.key >= (0.0,)
 
 
+def test_validator_refuses_a_watermark_that_loses_on_any_outlier_kind(toy_model, toy_test, norm3):
+    validator = Validator(toy_model, norm3, toy_test, "msp", ExecutionConfig(device="cpu"), max_accuracy_drop=1.0)
+    assert list(validator.baseline.per_kind) == list(OUTLIER_KINDS)
+    outcomes = [validator(torch.randn((1, 3, 8, 8), generator=torch.Generator().manual_seed(s)) * 3) for s in range(6)]
+    for outcome in outcomes:
+        lost = any(outcome.per_kind[k] > validator.baseline.per_kind[k] for k in OUTLIER_KINDS)
+        assert outcome.admissible == (not lost)
+    assert any(not o.admissible for o in outcomes)  # random large watermarks lose somewhere
+
+
 def test_auto_fit_is_budgeted_and_reads_only_training_data(toy_model, toy_train, norm3):
     settings = AutoSettings(epochs=2, batch_size=16, seed=0, validation_fraction=0.25)
     result = auto_fit(toy_model, norm3, toy_train, "msp", settings, ExecutionConfig(device="cpu"))

@@ -1,6 +1,6 @@
 """Model registry: a name gives an architecture plus the input normalization it was trained with.
 
-Names: ``wrn40_2``, ``resnet20/32/44/56/110`` (CIFAR), ``small_cnn``,
+Names: ``wrn40_2``, ``wrn16_2``, ``resnet20/32/44/56/110`` (CIFAR), ``small_cnn``,
 ``torchvision:NAME`` (any torchvision classifier), ``package.module:callable``.
 Checkpoints load with ``weights_only=True`` and never unpickle code.
 """
@@ -37,6 +37,8 @@ CIFAR_RESNET_NORMALIZATION = IMAGENET  # the shared resnet20/56 checkpoints were
 REGISTRY: dict[str, ModelSpec] = {
     "wrn40_2": ModelSpec("wrn40_2", lambda k, c: WideResNet(40, k, 2, 0.3, c), CIFAR,
                          "WRN-40-2 of the paper (Outlier Exposure / energy-OOD checkpoints), CIFAR normalization"),
+    "wrn16_2": ModelSpec("wrn16_2", lambda k, c: WideResNet(16, k, 2, 0.3, c), CIFAR,
+                         "WRN-16-2, CIFAR normalization (small enough to train on a CPU: benchmarks/train_classifier.py)"),
     "small_cnn": ModelSpec("small_cnn", lambda k, c: SmallCNN(k, c), Normalization((0.5,), (0.5,)),
                            "3-layer CNN of the offline demo"),
 }

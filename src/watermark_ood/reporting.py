@@ -330,12 +330,17 @@ def write_selection_report(path: str | Path, selection: dict[str, Any]) -> Path:
     chosen = selection["chosen"]
     lines = [f"# Detector chosen: {chosen['score']} ({'with' if chosen['watermark'] == 'given' else 'without'} "
              "the watermark)", "", f"Criterion: {selection['criterion']}. Took {selection['seconds']:.0f} s.", "",
-             "| rank | detector | watermark | validation FPR95 | validation AUROC |", "|---|---|---|---|---|"]
+             "| rank | detector | watermark | validation FPR95 | validation AUROC | better than the chosen in |",
+             "|---|---|---|---|---|---|"]
+    if selection.get("close"):
+        lines[4:4] = [f"Too close to call (better than the chosen one in at least "
+                      f"{100 * selection.get('close_share', 0.2):.0f}% of bootstrap resamples of the ranking images): {', '.join(selection['close'])}.", ""]
     for i, row in enumerate(selection["ranking"], 1):
         if row["ok"]:
             refused = f" (not admitted: {row['refused']})" if row.get("refused") else ""
+            chance = row.get("chance_better_than_chosen")
             lines.append(f"| {i} | {row['score']} | {row['watermark']}{refused} | {_pct(row['fpr95'])} | "
-                         f"{_pct(row['auroc'])} |")
+                         f"{_pct(row['auroc'])} | {'' if chance is None else f'{100 * chance:.0f}% of resamples'} |")
         else:
-            lines.append(f"| {i} | {row['score']} | {row['watermark']} | skipped: {row['error']} | |")
+            lines.append(f"| {i} | {row['score']} | {row['watermark']} | skipped: {row['error']} | | |")
     return atomic_write_text(path, "\n".join(lines) + "\n")

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from .data import ImageSet
@@ -32,8 +33,12 @@ from .metrics import auroc, fpr_at_tpr
 from .preprocessing import Normalization
 from .runtime import ExecutionConfig
 from .streaming import without_skipped
-from .validation import OUTLIER_KINDS, outlier_kind_parts, synthesize_outliers
+from .validation import OUTLIER_KINDS, lost_kind, outlier_kind_parts, synthesize_outliers
 from .watermark import Watermark
+
+
+SCORES = "_scores"
+CLOSE = 0.2  # a candidate better than the chosen one in at least this share of resamples is reported as close  # a ranking row's (ID, outlier) scores, kept until the bootstrap, never written
 
 
 @dataclass
@@ -46,6 +51,7 @@ class SelectionSettings:
     combine: Sequence[int] = (2, 3)  # combinations of the best k scores of each condition
     max_accuracy_drop: float = 0.01  # a watermark costing more ranking-ID accuracy is not admitted
     watermark_must_win_every_kind: bool = True  # ... nor one that loses to no watermark on any outlier kind
+    resamples: int = 200  # paired bootstrap of the ranking images: how sure is the winner?
     seed: int = 0
 
 
@@ -61,6 +67,8 @@ class Selection:
                 "criterion": "FPR95 then AUROC, held-out ID training images vs synthetic outliers "
                              f"({', '.join(OUTLIER_KINDS)}); a watermark only where it keeps accuracy and wins "
                              "on every outlier kind; no OOD data",
+                "close": [f"{r['score']} ({r['watermark']})" for r in self.ranking
+                          if r.get("chance_better_than_chosen", 0.0) >= CLOSE], "close_share": CLOSE,
                 "seconds": self.seconds, "ranking": self.ranking}
 
 
@@ -132,6 +140,12 @@ def select_detector(model: torch.nn.Module, normalization: Normalization, train:
     best = ranking[0]
     if not best["ok"]:
         raise WatermarkOODError("no detector could be fitted on this model and data")
+    admitted = [r for r in ranking if r["ok"] and r.get("admitted", True)]
+    chances = chance_better(best[SCORES], [r[SCORES] for r in admitted[1:]], settings.resamples, settings.seed)
+    for row, chance in zip(admitted[1:], chances):
+        row["chance_better_than_chosen"] = chance
+    for row in ranking:
+        row.pop(SCORES, None)
     mark = watermark if best["watermark"] == "given" else None
     detector = Detector(model, normalization, mark, best["score"], execution=execution, model_id=model_id)
     outputs = cached[best["watermark"]]
@@ -160,11 +174,35 @@ def watermark_refusal(row: dict[str, Any], best_plain: dict[str, Any] | None, ac
         return (f"costs {100 * accuracy_drop:.1f} points of accuracy "
                 f"(at most {100 * settings.max_accuracy_drop:.1f} allowed)")
     if settings.watermark_must_win_every_kind and best_plain is not None:
-        for kind, fpr in row["per_kind"].items():
-            if fpr > best_plain["per_kind"][kind]:
-                return (f"loses to no watermark on {kind} (FPR95 {100 * fpr:.1f}% vs "
-                        f"{100 * best_plain['per_kind'][kind]:.1f}%)")
+        kind = lost_kind(row["per_kind"], best_plain["per_kind"])
+        if kind is not None:
+            return (f"loses to no watermark on {kind} (FPR95 {100 * row['per_kind'][kind]:.1f}% vs "
+                    f"{100 * best_plain['per_kind'][kind]:.1f}%)")
     return None
+
+
+def chance_better(chosen: tuple[np.ndarray, np.ndarray], others: Sequence[tuple[np.ndarray, np.ndarray]],
+                  resamples: int = 200, seed: int = 0) -> list[float]:
+    """Share of paired bootstrap resamples in which each of ``others`` has a lower FPR95 than ``chosen``.
+
+    Every candidate is scored on the same ranking images and outliers, so one draw (with replacement) of ID
+    rows and outlier rows serves all; a tie counts half. Near 0.5 means the ranking cannot tell the two apart.
+    It informs the report; the choice itself stays the lowest FPR95.
+
+    >>> ids, outs = np.linspace(0, 1, 50), np.linspace(-1, 0.5, 50)
+    >>> chance_better((ids, outs), [(ids, outs - 1), (ids, outs + 1)], resamples=20)
+    [1.0, 0.0]
+    """
+    rng = np.random.default_rng(seed)
+    n_id, n_out = len(chosen[0]), len(chosen[1])
+    wins = np.zeros(len(others))
+    for _ in range(resamples):
+        i, o = rng.integers(0, n_id, n_id), rng.integers(0, n_out, n_out)
+        reference = fpr_at_tpr(chosen[0][i], chosen[1][o])
+        for k, (s_id, s_out) in enumerate(others):
+            fpr = fpr_at_tpr(s_id[i], s_out[o])
+            wins[k] += 1.0 if fpr < reference else 0.5 if fpr == reference else 0.0
+    return [float(w / resamples) for w in wins]
 
 
 def _key(row: dict[str, Any]) -> tuple[float, float, float, float]:
@@ -188,7 +226,7 @@ def _rank_one(model, normalization, mark, name, condition, outputs, fit_set, ran
     s_id = without_skipped(s_id)  # rows of unreadable ID files (streamed with skip_bad); outliers are in memory
     per_kind = {kind: fpr_at_tpr(s_id, s_out[rows]) for kind, rows in outlier_kind_parts(len(s_out)).items()}
     return {**row, "ok": True, "fpr95": fpr_at_tpr(s_id, s_out), "auroc": auroc(s_id, s_out),
-            "per_kind": per_kind, "seconds": time.perf_counter() - t0}
+            "per_kind": per_kind, "seconds": time.perf_counter() - t0, SCORES: (s_id, s_out)}
 
 
 def _describe(row: dict[str, Any]) -> str:

@@ -1,0 +1,41 @@
+"""Smoke tests of benchmark scripts whose output other runs depend on (trained weights)."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from conftest import write_npz_dataset
+from watermark_ood.models import load_model
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+
+def test_augment_crops_padded_images_and_flips():
+    from train_classifier import augment
+
+    pixels = torch.arange(1, 2 * 3 * 8 * 8 + 1).reshape(2, 3, 8, 8).to(torch.uint8)
+    out = augment(pixels.repeat(50, 1, 1, 1), torch.Generator().manual_seed(0))
+    assert out.shape == (100, 3, 8, 8) and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(pixels, (4, 4, 4, 4))
+    windows = {tuple(padded[i % 2, :, y:y + 8, x:x + 8].flatten().tolist())
+               for i in range(2) for y in range(9) for x in range(9)}
+    flipped = {tuple(torch.tensor(w).view(3, 8, 8).flip(2).flatten().tolist()) for w in windows}
+    assert all(tuple(o.flatten().tolist()) in windows | flipped for o in out)
+    assert len({tuple(o.flatten().tolist()) for o in out}) > 20  # offsets and flips vary per image
+
+
+def test_train_classifier_writes_loadable_weights_and_their_sha256(tmp_path):
+    data = write_npz_dataset(tmp_path / "toy", n_train=64, n_test=16, size=32)
+    out = tmp_path / "run" / "w.safetensors"
+    subprocess.run([sys.executable, str(BENCHMARKS / "train_classifier.py"), "--model", "small_cnn", "--id-data",
+                    str(data), "--epochs", "1", "--batch-size", "32", "--out", str(out)], check=True,
+                   capture_output=True)
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert 0.0 <= record["test_accuracy"] <= 1.0 and record["epochs"] == 1
+    assert load_model("small_cnn", out).module is not None
