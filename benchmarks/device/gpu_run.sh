@@ -5,6 +5,8 @@
 # Stages, each under its own time limit so one failure still returns the others:
 #   1. CUDA unit tests (tests/test_cuda.py, learner tests on CUDA);
 #   2. benchmarks/speed.py --device cuda (reference loop vs fast learner, ResNet-20/56, WRN-40-2);
+#   wrn (only when named in STAGES): WRN-40-2 trained by the Outlier-Exposure baseline recipe
+#      (benchmarks/train_classifier.py, 100 epochs, bf16; issue 14 item 5), weights and their sha256 into $OUT;
 #   3. the paper's full 50-epoch CIFAR-10 schedule with `watermark-ood bench` on ResNet-56 (no WRN-40-2 checkpoint
 #      is available offline), energy then MSP preset, with the fastest mode speed.py found equal to the reference.
 set -u
@@ -36,6 +38,10 @@ stage "speed.py on CUDA"
 [[ " $STAGES " == *" speed "* ]] && timeout 220 "$PY" benchmarks/speed.py --device "$DEVICE" --steps "$STEPS" --no-compile --workers 4 \
   --id-data "$SHARED/data/cifar10" --ood-data "$SHARED/data/ood/tinyimagenet_resize.npz" \
   --checkpoint-dir "$SHARED/models/cifar10_resnet" --out "$OUT/$SPEED_OUT" $SPEED_EXTRA
+
+stage "WRN-40-2 by the Outlier-Exposure baseline recipe"
+[[ " $STAGES " == *" wrn "* ]] && timeout "${WRN_LIMIT:-420}" "$PY" benchmarks/train_classifier.py --model wrn40_2 \
+  --id-data "$SHARED/data/cifar10" --device "$DEVICE" --precision bf16 ${WRN_EXTRA:-} --out "$OUT/wrn40_2-oe.safetensors"
 
 [[ " $STAGES " == *" bench "* ]] || { stage "done"; exit 0; }
 FLAGS=$("$PY" - "$OUT/$SPEED_OUT" <<'PY'
