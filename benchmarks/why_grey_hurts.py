@@ -5,7 +5,10 @@ For each watermark given and each set (ID test, every OOD set; 1,000 images each
   the watermark was trained against (share of pixels beyond 2 sigma; mean normalized value),
 - the mean logsumexp (negative energy) without and with the watermark, and its change,
 - within each OOD set, the correlation between an image's mean brightness and its logsumexp change,
-so the question "does w raise the score of dark, flat images more than of ID images?" gets a number.
+so the question "does w raise the score of dark, flat images more than of ID images?" gets a number;
+- pooled over every image of every set, the slope and correlation of the logsumexp change against the logsumexp
+  without the watermark (a negative slope: w pulls every score toward one value, the contraction hypothesis),
+  and the logsumexp of the watermark alone on the mean image (normalized zeros + w).
 
     python benchmarks/why_grey_hurts.py --model resnet20 --checkpoint ../shared/models/cifar10_resnet/resnet20-*.th \
         --id-data ../shared/data/cifar10 --ood-data ../shared/data/ood/*.npz \
@@ -62,6 +65,7 @@ def main() -> None:
         sigma = float(mark.metadata.get("hyperparameters", {}).get("sigma", 1.0))
         rows = {}
         lse_id = None
+        pooled: list[tuple[np.ndarray, np.ndarray]] = []
         for s in sets:
             x = norm(s.images)
             lse0 = torch.logsumexp(predict_logits(model.module, s, norm, None, exe), 1).numpy()
@@ -69,6 +73,7 @@ def main() -> None:
             brightness = s.images.float().mean(dim=(1, 2, 3)).numpy() / 255
             if lse_id is None:
                 lse_id = (lse0, lse1)
+            pooled.append((lse0, lse1 - lse0))
             row = {"mean_brightness": float(brightness.mean()),
                    "mean_normalized_value": float(x.mean()),
                    "share_pixels_beyond_2_sigma": float((x.abs() > 2 * sigma).float().mean()),
@@ -84,7 +89,15 @@ def main() -> None:
                   f"{row['lse_with']:6.2f} (change {row['lse_change']:+.2f})"
                   + (f"  FPR95 {100 * row['fpr95_without']:.1f} -> {100 * row['fpr95_with']:.1f}, corr(brightness, "
                      f"change) {row['corr_brightness_vs_lse_change']:+.2f}" if "fpr95_with" in row else ""), flush=True)
-        report["watermarks"][path] = {"sigma": sigma, "sets": rows,
+        before, change = (np.concatenate(parts) for parts in zip(*pooled))
+        with torch.no_grad():
+            alone = float(torch.logsumexp(model.module(mark.tensor.float()), 1).item())
+        contraction = {"slope_change_vs_lse": float(np.polyfit(before, change, 1)[0]),
+                       "corr_change_vs_lse": float(np.corrcoef(before, change)[0, 1]),
+                       "lse_of_watermark_on_mean_image": alone}
+        print(f"{Path(path).parent.name}/{Path(path).name} pooled: change = {contraction['slope_change_vs_lse']:+.3f} x LSE "
+              f"+ c (r {contraction['corr_change_vs_lse']:+.2f}); LSE of w on the mean image {alone:.2f}", flush=True)
+        report["watermarks"][path] = {"sigma": sigma, "sets": rows, "contraction": contraction,
                                       "max_abs_w": float(mark.tensor.abs().max()),
                                       "hyperparameters": mark.metadata.get("hyperparameters", {})}
     Path(args.out).write_text(json.dumps(report, indent=1))
