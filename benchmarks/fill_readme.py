@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import subprocess
 import sys
 from contextlib import redirect_stdout
 from pathlib import Path

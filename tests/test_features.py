@@ -1,10 +1,9 @@
 import json
 
-import numpy as np
 import pytest
 import torch
 
-from conftest import make_images, write_npz_dataset
+from conftest import write_npz_dataset
 from watermark_ood.cli import main
 from watermark_ood.data import uniform_set
 from watermark_ood.evaluation import evaluate_scores
