@@ -91,3 +91,11 @@ def test_auto_choice_does_not_depend_on_the_ood_sets(tmp_path):
 
         assert Watermark.load(out / "watermark-energy.safetensors").metadata["hyperparameters"] == run["hyperparameters"]
     assert chosen[0] == chosen[1]
+
+
+def test_validation_doctests():
+    import doctest
+
+    from watermark_ood import validation
+
+    assert doctest.testmod(validation).failed == 0

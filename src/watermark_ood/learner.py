@@ -26,7 +26,7 @@ from .errors import WatermarkOODError
 from .features import PenultimateHook, split_at_head
 from .objectives import class_mean_distance, objective_terms
 from .progress import bar as progress_bar, interactive, say
-from .preprocessing import Normalization
+from .preprocessing import Normalization, luma
 from .runtime import ExecutionConfig, generator, prepare_model
 from .streaming import BadImage, FileImageSet, is_streaming, step_batches
 from .watermark import Watermark
@@ -144,10 +144,7 @@ def flat_and_grey(x: torch.Tensor, noise: torch.Tensor, normalization: Normaliza
     colour = torch.rand((n, c, 1, 1), generator=rng, device=x.device)[rows]
     mean = torch.tensor(normalization.mean, device=x.device).view(1, -1, 1, 1)
     std = torch.tensor(normalization.std, device=x.device).view(1, -1, 1, 1)
-    pixels = x.float() * std + mean
-    if c == 3:
-        pixels = (pixels * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    grey = ((pixels.expand(n_rows, c, *x.shape[2:]) - mean) / std).to(noise.dtype)
+    grey = ((luma(x.float() * std + mean).expand(n_rows, c, *x.shape[2:]) - mean) / std).to(noise.dtype)
     flat = ((colour - mean) / std).expand_as(noise).to(noise.dtype)
     return torch.where(kind == 0, flat, torch.where(kind == 1, grey, noise))
 

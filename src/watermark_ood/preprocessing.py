@@ -61,5 +61,16 @@ class Normalization:
         return cls(tuple(data["mean"]), tuple(data["std"]))
 
 
+def luma(pixels: torch.Tensor) -> torch.Tensor:
+    """ITU-R BT.601 luma of RGB images (float NCHW, any range) as one channel; other channel counts unchanged.
+
+    The single definition of "greyscale" for the synthetic validation outliers and the mixed surrogates.
+    """
+    if pixels.shape[1] != 3:
+        return pixels
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+    return (pixels * weights).sum(1, keepdim=True)
+
+
 CIFAR = Normalization(CIFAR_MEAN, CIFAR_STD)
 IMAGENET = Normalization(IMAGENET_MEAN, IMAGENET_STD)

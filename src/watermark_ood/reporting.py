@@ -333,8 +333,8 @@ def write_selection_report(path: str | Path, selection: dict[str, Any]) -> Path:
              "| rank | detector | watermark | validation FPR95 | validation AUROC | better than the chosen in |",
              "|---|---|---|---|---|---|"]
     if selection.get("close"):
-        lines[4:4] = [f"Too close to call (better than the chosen one in at least "
-                      f"{100 * selection.get('close_share', 0.2):.0f}% of bootstrap resamples of the ranking images): {', '.join(selection['close'])}.", ""]
+        lines[4:4] = [f"Too close to call (better than the chosen one in at least {100 * selection['close_share']:.0f}% "
+                      f"of bootstrap resamples of the ranking images): {', '.join(selection['close'])}.", ""]
     for i, row in enumerate(selection["ranking"], 1):
         if row["ok"]:
             refused = f" (not admitted: {row['refused']})" if row.get("refused") else ""

@@ -33,12 +33,12 @@ from .metrics import auroc, fpr_at_tpr
 from .preprocessing import Normalization
 from .runtime import ExecutionConfig
 from .streaming import without_skipped
-from .validation import OUTLIER_KINDS, lost_kind, outlier_kind_parts, synthesize_outliers
+from .validation import OUTLIER_KINDS, lost_kind, per_kind_fpr, synthesize_outliers
 from .watermark import Watermark
 
 
-SCORES = "_scores"
-CLOSE = 0.2  # a candidate better than the chosen one in at least this share of resamples is reported as close  # a ranking row's (ID, outlier) scores, kept until the bootstrap, never written
+SCORES = "_scores"  # a ranking row's (ID, outlier) scores, kept until the bootstrap, never written
+CLOSE = 0.2  # a candidate better than the chosen one in at least this share of resamples is reported as close
 
 
 @dataclass
@@ -224,9 +224,8 @@ def _rank_one(model, normalization, mark, name, condition, outputs, fit_set, ran
     except WatermarkOODError as error:
         return {**row, "ok": False, "error": str(error)}
     s_id = without_skipped(s_id)  # rows of unreadable ID files (streamed with skip_bad); outliers are in memory
-    per_kind = {kind: fpr_at_tpr(s_id, s_out[rows]) for kind, rows in outlier_kind_parts(len(s_out)).items()}
     return {**row, "ok": True, "fpr95": fpr_at_tpr(s_id, s_out), "auroc": auroc(s_id, s_out),
-            "per_kind": per_kind, "seconds": time.perf_counter() - t0, SCORES: (s_id, s_out)}
+            "per_kind": per_kind_fpr(s_id, s_out), "seconds": time.perf_counter() - t0, SCORES: (s_id, s_out)}
 
 
 def _describe(row: dict[str, Any]) -> str:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .data import ImageSet
 from .metrics import auroc, fpr_at_tpr
-from .preprocessing import Normalization
+from .preprocessing import Normalization, luma
 from .runtime import ExecutionConfig, generator
 from .scores import get_score
 from .streaming import is_streaming
@@ -54,11 +54,7 @@ def low_frequency_noise(n: int, shape: tuple[int, int, int], rng: torch.Generato
 
 def greyscale(images: torch.Tensor) -> torch.Tensor:
     """ITU-R BT.601 luma in every channel (uint8 NCHW in and out; a single channel is returned as is)."""
-    if images.shape[1] != 3:
-        return images.clone()
-    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    luma = (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-    return luma.expand_as(images).contiguous()
+    return luma(images.float()).round().clamp(0, 255).to(torch.uint8).expand_as(images).contiguous()
 
 
 def flat_colour(n: int, shape: tuple[int, int, int], rng: torch.Generator) -> torch.Tensor:
@@ -89,6 +85,11 @@ def synthesize_outliers(source: ImageSet, seed: int) -> ImageSet:
         flat_colour(len(parts[4]), source.image_shape, rng),
     ]
     return ImageSet(torch.cat(out), torch.full((len(source),), -1), "synthetic-validation-outliers")
+
+
+def per_kind_fpr(s_id: np.ndarray, s_out: np.ndarray) -> dict[str, float]:
+    """FPR95 of ID scores ``s_id`` against each kind's rows of the outlier scores ``s_out``."""
+    return {kind: fpr_at_tpr(s_id, s_out[rows]) for kind, rows in outlier_kind_parts(len(s_out)).items()}
 
 
 def lost_kind(per_kind: dict[str, float], reference: dict[str, float]) -> str | None:
@@ -154,7 +155,7 @@ class Validator:
         s_id, s_out = self.score(id_logits).numpy(), self.score(out_logits).numpy()
         accuracy = float((id_logits.argmax(1) == self.val_id.labels).float().mean())
         drop = 0.0 if self.baseline_accuracy is None else self.baseline_accuracy - accuracy
-        per_kind = {kind: fpr_at_tpr(s_id, s_out[rows]) for kind, rows in outlier_kind_parts(len(s_out)).items()}
+        per_kind = per_kind_fpr(s_id, s_out)
         admissible = drop <= self.max_accuracy_drop + 1e-12
         if self.baseline_accuracy is not None:
             admissible = admissible and lost_kind(per_kind, self.baseline.per_kind) is None
