@@ -46,6 +46,38 @@ def augment(pixels: torch.Tensor, rng: torch.Generator, pad: int = 4) -> torch.T
     return torch.where(flip.view(-1, 1, 1, 1), out.flip(3), out)
 
 
+def save_resume(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rng: torch.Generator,
+                epochs_done: int, seconds: float) -> None:
+    """Weights, momentum buffers, the augmentation RNG and the epoch count after each epoch: a killed run resumes
+    where it stopped (safetensors, written beside the weights and replaced atomically; nothing is unpickled)."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for i, p in enumerate(optimizer.param_groups[0]["params"]):
+        tensors[f"momentum.{i}"] = optimizer.state[p]["momentum_buffer"].detach().cpu().contiguous()
+    tensors["rng"] = rng.get_state()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    save_file(tensors, str(partial), metadata={"epochs_done": str(epochs_done), "seconds": f"{seconds:.3f}"})
+    partial.replace(path)
+
+
+def load_resume(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                rng: torch.Generator) -> tuple[int, float]:
+    """Restore what :func:`save_resume` wrote; returns (epochs done, seconds spent)."""
+    from safetensors import safe_open
+
+    device = next(model.parameters()).device
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        model.load_state_dict({k[len("model."):]: f.get_tensor(k).to(device) for k in f.keys()
+                               if k.startswith("model.")})
+        for i, p in enumerate(optimizer.param_groups[0]["params"]):
+            optimizer.state[p]["momentum_buffer"] = f.get_tensor(f"momentum.{i}").to(device)
+        rng.set_state(f.get_tensor("rng"))
+    return int(meta["epochs_done"]), float(meta["seconds"])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="wrn40_2")
@@ -58,6 +90,7 @@ def main() -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast (GPUs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU runs)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop-after", type=int, help="leave after this many epochs (resume later with the same command)")
     p.add_argument("--out", required=True, help="weights file (.safetensors), outside the checkout")
     p.add_argument("--record", help="JSON record [beside --out]")
     args = p.parse_args()
@@ -79,8 +112,15 @@ def main() -> None:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
     rng = torch.Generator(device).manual_seed(args.seed)
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=args.precision == "bf16")
-    t0 = time.perf_counter()
-    for epoch in range(args.epochs):
+    out = Path(args.out).expanduser()
+    resume = out.with_suffix(".resume.safetensors")
+    start, spent = load_resume(resume, model, optimizer, rng) if resume.exists() else (0, 0.0)
+    if start:
+        schedule.last_epoch = start * steps_per_epoch - 1
+        schedule.step()
+        print(f"resuming after epoch {start} ({resume})", flush=True)
+    t0 = time.perf_counter() - spent
+    for epoch in range(start, args.epochs):
         model.train()
         order = torch.randperm(len(train), generator=rng, device=device)
         running = torch.zeros((), device=device)
@@ -96,12 +136,14 @@ def main() -> None:
             running += loss.detach()
         print(f"epoch {epoch + 1}/{args.epochs}: loss {float(running) / steps_per_epoch:.4f}, "
               f"{time.perf_counter() - t0:.0f}s", flush=True)
+        save_resume(resume, model, optimizer, rng, epoch + 1, time.perf_counter() - t0)
+        if args.stop_after is not None and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
+            print(f"stopping after epoch {epoch + 1}; run the same command to resume", flush=True)
+            return
     seconds = time.perf_counter() - t0
     model.eval()
     test_accuracy = accuracy(predict_logits(model, test, normalization, None, ExecutionConfig(device=args.device)),
                              test.labels)
-    out = Path(args.out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out))
     record = {"model": args.model, "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "weights": out.name, "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),

@@ -39,3 +39,20 @@ def test_train_classifier_writes_loadable_weights_and_their_sha256(tmp_path):
     assert record["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert 0.0 <= record["test_accuracy"] <= 1.0 and record["epochs"] == 1
     assert load_model("small_cnn", out).module is not None
+
+
+def test_train_classifier_resumes_to_the_same_weights_as_an_unbroken_run(tmp_path):
+    data = write_npz_dataset(tmp_path / "toy", n_train=64, n_test=16, size=32)
+
+    def train(out, *extra):
+        subprocess.run([sys.executable, str(BENCHMARKS / "train_classifier.py"), "--model", "small_cnn", "--id-data",
+                        str(data), "--epochs", "3", "--batch-size", "32", "--out", str(out), *extra], check=True,
+                       capture_output=True)
+
+    whole, split = tmp_path / "whole" / "w.safetensors", tmp_path / "split" / "w.safetensors"
+    train(whole)
+    train(split, "--stop-after", "1")
+    assert not split.exists() and split.with_suffix(".resume.safetensors").exists()
+    train(split)
+    assert json.loads(split.with_suffix(".json").read_text())["sha256"] == \
+        json.loads(whole.with_suffix(".json").read_text())["sha256"]

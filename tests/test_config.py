@@ -11,7 +11,8 @@ def test_presets_are_the_papers():
         "cifar10-energy": (1.5, 0.05, 0.1, 0.2, 0.7),
         "cifar100-energy": (0.4, 0.1, 0.1, 0.9, 0.1),
     }
-    ours = {"cifar10-hinge", "cifar100-hinge", "cifar10-features", "cifar100-features"}  # not the paper's
+    ours = {"cifar10-hinge", "cifar100-hinge", "cifar10-anchored", "cifar100-anchored", "cifar10-features",
+            "cifar100-features"}  # not the paper's
     assert set(PRESETS) - ours == set(expected)
     for name, (sigma, rho, beta, t_in, t_out) in expected.items():
         cfg = PRESETS[name].config()

@@ -27,13 +27,14 @@ def full_objective(model, norm, data, w, cfg):
     noise = torch.randn(x.shape, generator=g) * cfg.sigma
     with torch.no_grad():
         logits = model(torch.cat([x, noise]) + w)
-    return float(objective_loss(cfg, logits[: len(x)], data.labels, logits[len(x):]))
+        at_zero = torch.logsumexp(model(noise), dim=1)
+    return float(objective_loss(cfg, logits[: len(x)], data.labels, logits[len(x):], lse_out_at_zero=at_zero))
 
 
-@pytest.mark.parametrize("objective", ["msp", "energy", "hinge"])
+@pytest.mark.parametrize("objective", ["msp", "energy", "hinge", "anchored"])
 def test_fit_reduces_objective_and_leaves_weights_unchanged(toy_model, toy_train, norm3, objective):
     cfg = small_config(objective=objective, epochs=4, t_in=0.5, t_out=0.5, beta=0.5)
-    if objective == "hinge":
+    if objective in ("hinge", "anchored"):
         cfg = WatermarkLearner(toy_model, norm3, cfg, CPU).resolve_margins(toy_train, cfg, torch.device("cpu"))
     before = copy.deepcopy(toy_model.state_dict())
     flags = [p.requires_grad for p in toy_model.parameters()]

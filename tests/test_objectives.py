@@ -74,3 +74,39 @@ def test_features_term_is_a_squared_hinge_on_distance_to_the_nearest_class_mean(
     assert features_term(near, far, anchors, m_in=0.1, m_out=0.5) == 0  # both margins hold
     # swapped: ID far from its class (1 - 0.1)^2, outlier at a class mean (0.5 - 0)^2
     assert torch.allclose(features_term(far, near, anchors, 0.1, 0.5), torch.tensor(0.81 + 0.25))
+
+
+def test_anchored_term_forbids_any_rise_and_equals_the_hinge_above_the_outlier_margin():
+    from watermark_ood.objectives import anchored_term, hinge_term
+
+    z_in = torch.tensor([[4.0, 0.0], [5.0, 1.0]])
+    quiet = torch.tensor([[0.0, 0.0], [0.5, 0.0]])  # logsumexp ~0.69 and ~0.97, below m_out = 2
+    at_zero = torch.logsumexp(quiet, dim=1)
+    # Unchanged outliers cost nothing; the hinge lets them rise to m_out for free, the anchored term does not.
+    assert float(anchored_term(z_in, quiet, at_zero, m_in=3.0, m_out=2.0)) == 0.0
+    risen = quiet + 1.0
+    assert float(hinge_term(z_in, risen, 3.0, 2.0)) == 0.0
+    rise = torch.logsumexp(risen, dim=1) - at_zero
+    assert torch.isclose(anchored_term(z_in, risen, at_zero, 3.0, 2.0), rise.square().mean())
+    # Outliers that start above m_out: exactly Liu et al.'s hinge.
+    loud = torch.tensor([[6.0, 0.0], [7.0, 2.0]])
+    assert torch.isclose(anchored_term(z_in, loud, torch.logsumexp(loud, 1) - 0.5, 3.0, 2.0),
+                         hinge_term(z_in, loud, 3.0, 2.0))
+
+
+def test_anchored_objective_without_scores_at_zero_is_a_user_error():
+    import pytest
+
+    from watermark_ood.errors import WatermarkOODError
+
+    cfg = FitConfig(objective="anchored", m_in=3.0, m_out=1.0)
+    with pytest.raises(WatermarkOODError, match="w = 0"):
+        objective_loss(cfg, torch.zeros(2, 3), torch.tensor([0, 1]), torch.zeros(2, 3))
+
+
+def test_objectives_doctests():
+    import doctest
+
+    from watermark_ood import objectives
+
+    assert doctest.testmod(objectives).attempted > 0 and doctest.testmod(objectives).failed == 0

@@ -73,7 +73,8 @@ def _add_fit(p: argparse.ArgumentParser, multi_objective: bool) -> None:
                        help="objectives to fit, one run each [msp energy]")
     else:
         g.add_argument("--objective", default="msp", choices=list(OBJECTIVES),
-                       help="training objective: msp, energy (the paper) or hinge (bounded, Liu et al. 2020) [msp]")
+                       help="training objective: msp, energy (the paper), hinge (bounded, Liu et al. 2020), "
+                            "anchored (hinge that no outlier may rise in) or features [msp]")
     g.add_argument("--preset", default="cifar10",
                    help=f"hyperparameter preset: cifar10, cifar100, a full name ({', '.join(PRESETS)}), or auto "
                         "(search on a held-out split of the ID training data; no OOD data is read) [cifar10]")
@@ -86,8 +87,8 @@ def _add_fit(p: argparse.ArgumentParser, multi_objective: bool) -> None:
     g.add_argument("--beta", type=float, help="weight of the outlier term")
     g.add_argument("--t-in", type=float, help="energy objective: ID temperature")
     g.add_argument("--t-out", type=float, help="energy objective: outlier temperature")
-    g.add_argument("--m-in", type=float, help="hinge objective: ID logsumexp margin [ID training median]")
-    g.add_argument("--m-out", type=float, help="hinge objective: outlier logsumexp margin [ID training 5%% quantile]")
+    g.add_argument("--m-in", type=float, help="hinge/anchored: ID logsumexp margin [ID training median]")
+    g.add_argument("--m-out", type=float, help="hinge/anchored: outlier logsumexp margin [ID training 5%% quantile]")
     g.add_argument("--linf-budget", type=float, help="clip the watermark to [-B, B] after each step (not in the paper)")
     g.add_argument("--l2-budget", type=float, help="project the watermark onto an L2 ball (not in the paper)")
     g.add_argument("--schedule", choices=["step", "cosine"],

@@ -9,7 +9,9 @@ from typing import Any
 
 from .errors import WatermarkOODError
 
-OBJECTIVES = ("msp", "energy", "hinge", "features")
+OBJECTIVES = ("msp", "energy", "hinge", "anchored", "features")
+# Objectives whose margins are logsumexp quantiles of the model's own ID training scores (m_out < m_in).
+LSE_MARGIN_OBJECTIVES = ("hinge", "anchored")
 # Surrogate outliers: the paper's Gaussian noise, or mosaics of 8x8 patches taken from random images of the ID
 # batch (natural local statistics, no object structure; not in the paper), or "mixed": half Gaussian noise, a
 # quarter flat colours and a quarter greyscale copies of the ID batch (the inputs Gaussian noise never shows the
@@ -78,8 +80,9 @@ class FitConfig:
         for name in ("m_in_quantile", "m_out_quantile"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise WatermarkOODError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.objective == "hinge" and self.m_in is not None and self.m_out is not None and not self.m_out < self.m_in:
-            raise WatermarkOODError(f"hinge margins need m_out < m_in, got m_in={self.m_in}, m_out={self.m_out}")
+        if self.objective in LSE_MARGIN_OBJECTIVES and self.m_in is not None and self.m_out is not None \
+                and not self.m_out < self.m_in:
+            raise WatermarkOODError(f"{self.objective} margins need m_out < m_in, got m_in={self.m_in}, m_out={self.m_out}")
         if self.objective == "features" and self.m_in is not None and self.m_out is not None \
                 and not self.m_in < self.m_out:
             raise WatermarkOODError(f"feature-distance margins need m_in < m_out, got m_in={self.m_in}, "
@@ -121,7 +124,7 @@ class FitConfig:
         if self.objective != "energy":
             data.pop("t_in")
             data.pop("t_out")
-        if self.objective not in ("hinge", "features"):
+        if self.objective not in (*LSE_MARGIN_OBJECTIVES, "features"):
             for name in ("m_in", "m_out", "m_in_quantile", "m_out_quantile"):
                 data.pop(name)
         for name in ("linf_budget", "l2_budget"):
@@ -193,6 +196,12 @@ PRESETS: dict[str, Preset] = {
                description="energy preset's noise, squared-hinge objective (Liu et al. 2020), margins from ID"),
         Preset("cifar100-hinge", "hinge", sigma=0.4, rho=0.1, beta=0.1,
                description="energy preset's noise, squared-hinge objective (Liu et al. 2020), margins from ID"),
+        # Not in the paper: the hinge presets with each outlier's margin lowered to its own score at w = 0, so that
+        # no surrogate may gain ID-ness (objectives.anchored_term; issue 14's contraction finding).
+        Preset("cifar10-anchored", "anchored", sigma=1.5, rho=0.05, beta=0.1,
+               description="hinge preset; no outlier's logsumexp may rise (ours), margins from ID"),
+        Preset("cifar100-anchored", "anchored", sigma=0.4, rho=0.1, beta=0.1,
+               description="hinge preset; no outlier's logsumexp may rise (ours), margins from ID"),
         # Not in the paper: a squared hinge on what feature detectors (KNN, Mahalanobis, ViM) read, the cosine
         # distance of penultimate features to the nearest ID class mean; distances are < 2, hence the larger beta.
         Preset("cifar10-features", "features", sigma=1.5, rho=0.05, beta=10.0,

@@ -19,7 +19,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 from .checkpoint import FitCheckpoint
-from .config import FitConfig
+from .config import LSE_MARGIN_OBJECTIVES, FitConfig
 from . import distributed
 from .data import ImageSet
 from .errors import WatermarkOODError
@@ -309,6 +309,12 @@ class WatermarkLearner:
                 feats, logits = out
                 n = len(x)
                 ce, ood = objective_terms(cfg, logits[:n], y, logits[n:], (feats[:n], feats[n:], self.anchors))
+            elif cfg.objective == "anchored":
+                with torch.no_grad(), exe.autocast(device, cache_enabled=not use_graphs):
+                    at_zero = forward(noise.contiguous(memory_format=torch.channels_last) if exe.channels_last
+                                      else noise)
+                ce, ood = objective_terms(cfg, out[: len(x)], y, out[len(x):],
+                                          lse_out_at_zero=torch.logsumexp(at_zero.float(), dim=1))
             else:
                 ce, ood = objective_terms(cfg, out[: len(x)], y, out[len(x):])
             return torch.stack([ce + ood, ce, ood])
@@ -491,9 +497,10 @@ class WatermarkLearner:
         quantiles. Deterministic (a fixed seeded subset, fp32) and rounded to 1e-3 (1e-5 for distances), so a
         resumed fit finds the same config.
         """
-        if cfg.objective not in ("hinge", "features"):
+        lse_margins = cfg.objective in LSE_MARGIN_OBJECTIVES
+        if not lse_margins and cfg.objective != "features":
             return cfg
-        if cfg.objective == "hinge" and cfg.m_in is not None and cfg.m_out is not None:
+        if lse_margins and cfg.m_in is not None and cfg.m_out is not None:
             return cfg
         subset = train
         if len(train) > limit:
@@ -511,7 +518,7 @@ class WatermarkLearner:
         finally:
             features = hook.close() if hook is not None else None
             self.model.train(was_training)
-        if cfg.objective == "hinge":
+        if lse_margins:
             values, q_in, q_out, digits = torch.cat(lse).double(), cfg.m_in_quantile, cfg.m_out_quantile, 3
         else:
             unit = features / features.norm(dim=1, keepdim=True).clamp(min=1e-12)
@@ -522,7 +529,7 @@ class WatermarkLearner:
             q_in, q_out, digits = 1.0 - cfg.m_in_quantile, 1.0 - cfg.m_out_quantile, 5
         m_in = cfg.m_in if cfg.m_in is not None else round(float(values.quantile(q_in)), digits)
         m_out = cfg.m_out if cfg.m_out is not None else round(float(values.quantile(q_out)), digits)
-        if (m_out < m_in) != (cfg.objective == "hinge") or m_in == m_out:
+        if (m_out < m_in) != lse_margins or m_in == m_out:
             raise WatermarkOODError(f"{cfg.objective} margins from ID data are not ordered (m_in={m_in}, "
                                     f"m_out={m_out}); set --m-in/--m-out or other quantiles")
         return cfg.replace(m_in=m_in, m_out=m_out)

@@ -37,6 +37,25 @@ def hinge_term(z_in: torch.Tensor, z_out: torch.Tensor, m_in: float, m_out: floa
     return torch.relu(m_in - lse_in).square().mean() + torch.relu(lse_out - m_out).square().mean()
 
 
+def anchored_term(z_in: torch.Tensor, z_out: torch.Tensor, lse_out_at_zero: torch.Tensor, m_in: float,
+                  m_out: float) -> torch.Tensor:
+    """The squared hinge with each outlier's margin lowered to its own score without the watermark (ours).
+
+    ``relu(m_in - LSE(z_in))^2 + relu(LSE(z_out) - min(m_out, LSE_0(x_out)))^2``, where ``LSE_0`` is the
+    outlier's logsumexp at w = 0. Liu et al.'s hinge lets an outlier already below ``m_out`` rise up to it; this
+    one forbids any rise, so a watermark cannot buy ID confidence by making grey or flat inputs look more ID
+    (what every watermark measured in issue 14 did). Equal to :func:`hinge_term` when every outlier starts at
+    or above ``m_out``.
+
+    >>> z = torch.tensor([[2.0, 0.0]])
+    >>> float(anchored_term(z, z, torch.logsumexp(z, 1), m_in=0.0, m_out=5.0))
+    0.0
+    """
+    lse_in, lse_out = torch.logsumexp(z_in, dim=1), torch.logsumexp(z_out, dim=1)
+    margin_out = lse_out_at_zero.to(lse_out.dtype).clamp(max=m_out)
+    return torch.relu(m_in - lse_in).square().mean() + torch.relu(lse_out - margin_out).square().mean()
+
+
 def class_mean_distance(features: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     """Cosine distance of each feature vector to the nearest of ``anchors`` (unit-norm ID class means).
 
@@ -73,13 +92,13 @@ def hinge_objective(z_in: torch.Tensor, y: torch.Tensor, z_out: torch.Tensor, be
 
 
 def objective_terms(config: FitConfig, z_in: torch.Tensor, y: torch.Tensor, z_out: torch.Tensor,
-                    features: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    features: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                    lse_out_at_zero: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(cross-entropy, beta x OOD term), whose sum is the loss; float32 whatever the logits' dtype.
 
     Kept apart for logs and plots: the energy preset's OOD term can be ~1e21 while the cross-entropy is ~1,
     and one summed number hides which part moves. ``features`` = (ID features, outlier features, anchors) for
-    the features objective.
+    the features objective; ``lse_out_at_zero`` the outliers' logsumexp without the watermark for anchored.
     """
     z_in, z_out = z_in.float(), z_out.float()
     if config.objective == "msp":
@@ -88,6 +107,11 @@ def objective_terms(config: FitConfig, z_in: torch.Tensor, y: torch.Tensor, z_ou
         if config.m_in is None or config.m_out is None:
             raise WatermarkOODError("the hinge objective needs margins; WatermarkLearner.fit resolves them from ID data")
         term = hinge_term(z_in, z_out, config.m_in, config.m_out)
+    elif config.objective == "anchored":
+        if config.m_in is None or config.m_out is None or lse_out_at_zero is None:
+            raise WatermarkOODError("the anchored objective needs margins and the outliers' scores at w = 0; "
+                                    "WatermarkLearner.fit provides them")
+        term = anchored_term(z_in, z_out, lse_out_at_zero, config.m_in, config.m_out)
     elif config.objective == "features":
         if features is None or config.m_in is None or config.m_out is None:
             raise WatermarkOODError("the features objective needs penultimate features, class means and margins; "
@@ -100,7 +124,8 @@ def objective_terms(config: FitConfig, z_in: torch.Tensor, y: torch.Tensor, z_ou
 
 
 def objective_loss(config: FitConfig, z_in: torch.Tensor, y: torch.Tensor, z_out: torch.Tensor,
-                   features: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                   features: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                   lse_out_at_zero: torch.Tensor | None = None) -> torch.Tensor:
     """The loss the watermark descends: cross-entropy plus the weighted OOD term."""
-    ce, ood = objective_terms(config, z_in, y, z_out, features)
+    ce, ood = objective_terms(config, z_in, y, z_out, features, lse_out_at_zero)
     return ce + ood

@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 
+from .config import OBJECTIVES
 from .errors import WatermarkOODError
 
 
@@ -40,4 +41,6 @@ def get_score(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 def score_for_objective(objective: str) -> str:
     """The logit score each objective is trained for (features: energy, for the logit table; the feature
     detectors it is meant for are compared with ``--scores``)."""
-    return {"msp": "msp", "energy": "energy", "hinge": "energy", "features": "energy"}[objective]
+    if objective not in OBJECTIVES:
+        raise WatermarkOODError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    return "msp" if objective == "msp" else "energy"
