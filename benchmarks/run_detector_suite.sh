@@ -3,11 +3,12 @@
 # (bench --scores all; the paper's energy preset, 2 epochs x 10k images), the ID-only choice measured on real OOD
 # data, and every exported detector checked in onnxruntime. CPU, fp32. About 15 min (ResNet-20) / 45 min (ResNet-56).
 # Usage: bash benchmarks/run_detector_suite.sh MODEL [SHARED_DIR]
+# CKPT=FILE picks a checkpoint outside ../shared (a model trained by train_classifier.py, e.g. resnet8).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MODEL="$1"; SHARED="${2:-$ROOT/../shared}"
 VENV="$(bash "$ROOT/scripts/env.sh")"
-ckpt=$(ls "$SHARED"/models/cifar10_resnet/${MODEL}-*.th)
+ckpt="${CKPT:-$(ls "$SHARED"/models/cifar10_resnet/${MODEL}-*.th)}"
 OUT="$ROOT/benchmarks/results/detectors"
 mkdir -p "$OUT"
 set -x
