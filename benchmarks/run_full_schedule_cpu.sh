@@ -5,18 +5,20 @@
 # flat colours, a quarter greyscale ID images).
 # fp32: on CPUs without native bf16 (no avx512_bf16, e.g. this AVX2 machine) bf16 is ~40x slower.
 # Usage: nice -n 19 bash benchmarks/run_full_schedule_cpu.sh  [> ~/wood-runs/queue.log 2>&1 &]
+# MODEL=resnet8 CKPT=FILE picks another model (default: the shared ResNet-20); run dirs and curves carry its name.
 set -u
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-$HOME/.cache/watermark-ood/venv/bin/python}"
 SHARED="${SHARED:-../shared}"
 RUNS="${RUNS:-$HOME/wood-runs}"
 OUT=benchmarks/results/full-schedule-cpu
+MODEL="${MODEL:-resnet20}"
+CKPT="${CKPT:-$SHARED/models/cifar10_resnet/resnet20-12fca82f.th}"
 for variant in ${VARIANTS:-${OBJECTIVES:-hinge energy msp hinge-mixed}}; do
   objective="${variant%-mixed}"
   extra=()
   [ "$variant" != "$objective" ] && extra=(--set surrogate=mixed)
-  "$PY" benchmarks/full_schedule_curves.py --model resnet20 \
-    --checkpoint "$SHARED/models/cifar10_resnet/resnet20-12fca82f.th" --id-data "$SHARED/data/cifar10" \
+  "$PY" benchmarks/full_schedule_curves.py --model "$MODEL" --checkpoint "$CKPT" --id-data "$SHARED/data/cifar10" \
     --ood-data "$SHARED"/data/ood/*.npz --objective "$objective" --precision fp32 "${extra[@]}" \
-    --run-dir "$RUNS/resnet20-$variant" --curve "$OUT/resnet20-$variant.jsonl" || exit $?
+    --run-dir "$RUNS/$MODEL-$variant" --curve "$OUT/$MODEL-$variant.jsonl" || exit $?
 done
