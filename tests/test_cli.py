@@ -179,12 +179,14 @@ def test_resumed_fit_says_so_and_logs_plain_epoch_lines(data, tmp_path, capsys):
     assert "resuming from epoch 2, step 0" in capsys.readouterr().err
 
 
-def test_hinge_objective_from_the_command_line(data, tmp_path):
+@pytest.mark.parametrize("objective", ["hinge", "anchored"])
+def test_margin_objectives_from_the_command_line(data, tmp_path, objective):
     id_data, _ = data
     out = tmp_path / "h"
-    assert main(["fit", *FAST, "--id-data", str(id_data), "--objective", "hinge", "--out", str(out)]) == 0
+    assert main(["fit", *FAST, "--id-data", str(id_data), "--objective", objective, "--surrogate", "mixed",
+                 "--out", str(out)]) == 0
     hp = json.loads((out / "watermark.json").read_text())["hyperparameters"]
-    assert hp["objective"] == "hinge" and hp["m_out"] < hp["m_in"]
+    assert hp["objective"] == objective and hp["m_out"] < hp["m_in"] and hp["surrogate"] == "mixed"
     history = json.loads((out / "history.json").read_text())
     assert all(abs(h["loss"] - h["ce"] - h["ood_term"]) < 1e-3 * max(1.0, h["loss"]) for h in history)
 
