@@ -1,6 +1,6 @@
 """Model registry: a name gives an architecture plus the input normalization it was trained with.
 
-Names: ``wrn40_2``, ``wrn16_2``, ``resnet8/20/32/44/56/110`` (CIFAR; resnet8 is small enough to train on a CPU), ``small_cnn``,
+Names: ``wrn40_2``, ``wrn16_2``, ``resnet8/14/20/32/44/56/110`` (CIFAR; resnet8/14 are small enough to train on a CPU), ``small_cnn``,
 ``torchvision:NAME`` (any torchvision classifier), ``package.module:callable``.
 Checkpoints load with ``weights_only=True`` and never unpickle code.
 """
@@ -42,7 +42,7 @@ REGISTRY: dict[str, ModelSpec] = {
     "small_cnn": ModelSpec("small_cnn", lambda k, c: SmallCNN(k, c), Normalization((0.5,), (0.5,)),
                            "3-layer CNN of the offline demo"),
 }
-for _depth in (8, 20, 32, 44, 56, 110):
+for _depth in (8, 14, 20, 32, 44, 56, 110):
     REGISTRY[f"resnet{_depth}"] = ModelSpec(
         f"resnet{_depth}", (lambda d: lambda k, c: cifar_resnet(d, k, c))(_depth), CIFAR_RESNET_NORMALIZATION,
         f"CIFAR ResNet-{_depth} (option-A shortcuts), ImageNet mean/std as in the shared checkpoints",
