@@ -129,7 +129,8 @@ def close_call_rule(rows: list[dict], share: float, shipped_mean: dict, best: di
     """A rule written down *before* it was tested on any model it was not thought of on (issue 13 notes):
     among the chosen candidate and those too close to call (bootstrap share >= ``share``), take the combination
     with the most member detectors, then the lowest validation FPR95. Reported beside the shipped choice only;
-    the library still ships the lowest validation FPR95.
+    the library still ships the lowest validation FPR95. Dropped as a candidate rule (benchmarks/README: on
+    ResNet-14 it picked a worse detector); kept in the JSON so earlier and later runs stay comparable.
     """
     pool = [rows[0]] + [r for r in rows[1:] if r.get("chance_better_than_chosen", 0.0) >= share]
     pick = min(pool, key=lambda r: (-len(r["score"].split("+")), r["fpr95"]))

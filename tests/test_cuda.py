@@ -68,7 +68,6 @@ def test_cuda_logits_match_cpu(toy_model, toy_test, norm3):
     assert torch.allclose(cpu, gpu, atol=1e-3, rtol=1e-3)
 
 
-
 def test_cuda_graphs_capture_the_anchored_objectives_extra_forward(toy_model, toy_train, norm3):
     # anchored runs one more forward pass (the outliers at w = 0, without gradient) inside the captured step
     cfg = FitConfig(objective="anchored", epochs=2, batch_size=16, sigma=0.5, rho=0.5, beta=0.5, alpha=0.01,

@@ -109,4 +109,5 @@ def test_objectives_doctests():
 
     from watermark_ood import objectives
 
-    assert doctest.testmod(objectives).attempted > 0 and doctest.testmod(objectives).failed == 0
+    result = doctest.testmod(objectives)
+    assert result.attempted > 0 and result.failed == 0

@@ -299,41 +299,46 @@ class WatermarkLearner:
 
         use_graphs = graphs_apply(exe, device)
 
-        def loss_at(point: torch.Tensor, x, y, noise) -> torch.Tensor:
-            inputs = torch.cat([x, noise]) + point
+        def run(inputs: torch.Tensor):
             if exe.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             with exe.autocast(device, cache_enabled=not use_graphs):
-                out = forward(inputs)
+                return forward(inputs)
+
+        def scores_at_zero(noise: torch.Tensor) -> torch.Tensor | None:
+            """anchored: the outliers' logsumexp without the watermark; it does not depend on the watermark, so it
+            is computed once per step, not at both points of the sharpness-aware step."""
+            if cfg.objective != "anchored":
+                return None
+            with torch.no_grad():
+                return torch.logsumexp(run(noise).float(), dim=1)
+
+        def loss_at(point: torch.Tensor, x, y, noise, at_zero) -> torch.Tensor:
+            out = run(torch.cat([x, noise]) + point)
+            n = len(x)
             if cfg.objective == "features":
                 feats, logits = out
-                n = len(x)
                 ce, ood = objective_terms(cfg, logits[:n], y, logits[n:], (feats[:n], feats[n:], self.anchors))
-            elif cfg.objective == "anchored":
-                with torch.no_grad(), exe.autocast(device, cache_enabled=not use_graphs):
-                    at_zero = forward(noise.contiguous(memory_format=torch.channels_last) if exe.channels_last
-                                      else noise)
-                ce, ood = objective_terms(cfg, out[: len(x)], y, out[len(x):],
-                                          lse_out_at_zero=torch.logsumexp(at_zero.float(), dim=1))
             else:
-                ce, ood = objective_terms(cfg, out[: len(x)], y, out[len(x):])
+                ce, ood = objective_terms(cfg, out[:n], y, out[n:], lse_out_at_zero=at_zero)
             return torch.stack([ce + ood, ce, ood])
 
-        def grad_at(point: torch.Tensor, x, y, noise) -> tuple[torch.Tensor, torch.Tensor]:
+        def grad_at(point: torch.Tensor, x, y, noise, at_zero) -> tuple[torch.Tensor, torch.Tensor]:
             """(loss, cross-entropy, OOD term) at ``point`` and the gradient of the loss."""
             point = point.detach().requires_grad_(True)
-            losses = loss_at(point, x, y, noise)
+            losses = loss_at(point, x, y, noise, at_zero)
             (grad,) = torch.autograd.grad(losses[0], point)
             return losses.detach(), grad
 
         def sam_step(point: torch.Tensor, x, y, noise, alpha, share: float = 1.0):
             """One sharpness-aware sign step; returns the loss at ``point`` and the next watermark."""
-            loss, g1 = grad_at(point, x, y, noise)
+            at_zero = scores_at_zero(noise)
+            loss, g1 = grad_at(point, x, y, noise, at_zero)
             if distributed.is_distributed():
                 loss = distributed.all_reduce_sum(loss * share)
                 g1 = distributed.all_reduce_sum(g1 * share)
             e = g1 / g1.norm().clamp_min(1e-12)
-            _, g2 = grad_at(point + cfg.rho * e, x, y, noise)
+            _, g2 = grad_at(point + cfg.rho * e, x, y, noise, at_zero)
             if distributed.is_distributed():
                 g2 = distributed.all_reduce_sum(g2 * share)
             return loss, cfg.project(point - alpha * torch.sign(g2))

@@ -1,7 +1,7 @@
 """Model registry: a name gives an architecture plus the input normalization it was trained with.
 
-Names: ``wrn40_2``, ``wrn16_2``, ``resnet8/14/20/32/44/56/110`` (CIFAR; resnet8/14 are small enough to train on a CPU), ``small_cnn``,
-``torchvision:NAME`` (any torchvision classifier), ``package.module:callable``.
+Names: ``wrn40_2``, ``wrn16_2``, ``resnet8/14/20/32/44/56/110`` (CIFAR; 8 and 14 train on a CPU in minutes),
+``small_cnn``, ``torchvision:NAME`` (any torchvision classifier), ``package.module:callable``.
 Checkpoints load with ``weights_only=True`` and never unpickle code.
 """
 
