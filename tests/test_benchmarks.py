@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from conftest import write_npz_dataset
@@ -56,3 +57,32 @@ def test_train_classifier_resumes_to_the_same_weights_as_an_unbroken_run(tmp_pat
     train(split)
     assert json.loads(split.with_suffix(".json").read_text())["sha256"] == \
         json.loads(whole.with_suffix(".json").read_text())["sha256"]
+
+
+def test_detector_choice_measures_both_ranking_rules(tmp_path):
+    """Issue 13's benchmark: the shipped rule's pick and the other rule's, each measured on the real (here toy) sets."""
+    data = write_npz_dataset(tmp_path / "toy", n_train=300, n_test=40, size=32)
+    ood = tmp_path / "ood.npz"  # ID-like images from a second draw: no detector separates them perfectly
+    np.savez_compressed(ood, x=np.load(write_npz_dataset(tmp_path / "other", n_test=40, size=32, seed=7)
+                                       / "test.npz")["x"])
+    weights = tmp_path / "w.safetensors"
+    subprocess.run([sys.executable, str(BENCHMARKS / "train_classifier.py"), "--model", "small_cnn", "--id-data",
+                    str(data), "--epochs", "1", "--batch-size", "32", "--out", str(weights)], check=True,
+                   capture_output=True)
+    out = tmp_path / "choice.json"
+    subprocess.run([sys.executable, str(BENCHMARKS / "detector_choice.py"), "--model", "small_cnn", "--checkpoint",
+                    str(weights), "--id-data", str(data), "--ood-data", str(ood), "--out", str(out)], check=True,
+                   capture_output=True)
+    result = json.loads(out.read_text())
+    from detector_choice import RULES
+    from watermark_ood.selection import SelectionSettings
+
+    assert set(result["rules"]) == set(RULES) and result["ranking_kinds"] == list(SelectionSettings().ranking_kinds)
+    shipped = next(r for r in result["rules"].values() if r["ranking_kinds"] == result["ranking_kinds"])
+    assert shipped["real_mean_fpr95"] == result["chosen"]["real"]["mean"]["fpr95"]
+    measured = {f"{r['score']} ({r['watermark']})": r["real"]["mean"]["fpr95"]
+                for r in result["candidates"] + result["candidates_of_other_rules"]}
+    best = min(measured.values())
+    for rule in result["rules"].values():
+        assert rule["pick"] in measured and rule["gap_to_best_points"] >= -1e-9
+        assert abs(rule["gap_to_best_points"] - 100 * (rule["real_mean_fpr95"] - best)) < 1e-9

@@ -165,7 +165,7 @@ def test_cli_score_auto_ranks_without_reading_ood_data(tmp_path, monkeypatch, ca
     assert any("+" in r["score"] for r in ranking)  # combinations compete too
     assert meta["score"] == meta["selection"]["chosen"]["score"]
     ok = [r for r in ranking if r["ok"]]
-    assert ok == sorted(ok, key=lambda r: (not r.get("admitted", True), r["fpr95"], -r["auroc"]))
+    assert ok == sorted(ok, key=lambda r: (not r.get("admitted", True), r["ranking_fpr95"], -r["ranking_auroc"]))
     assert all(set(r["per_kind"]) == set(OUTLIER_KINDS) for r in ok)
     admitted = [r for r in ok if r.get("admitted", True)]
     assert "chance_better_than_chosen" not in admitted[0] and all(0 <= r["chance_better_than_chosen"] <= 1
@@ -197,3 +197,21 @@ def test_selection_refuses_a_watermark_that_costs_accuracy(trained_toy):
     assert selection.ranking[0]["watermark"] == "none" and selection.detector.watermark is None
     assert selection.ranking.index(given[0]) > max(selection.ranking.index(r) for r in selection.ranking
                                                    if r["watermark"] == "none" and r["ok"])
+
+
+def test_selection_ranks_on_the_chosen_outlier_kinds_only(trained_toy):
+    """The ranking's criterion is FPR95 over ``ranking_kinds``; every kind is still reported and guards watermarks."""
+    from watermark_ood.selection import SelectionSettings, select_detector
+
+    model, norm, train = trained_toy
+    settings = SelectionSettings(candidates=("energy", "msp", "knn", "maxlogit"), combine=(2,), fit_images=200,
+                                 rank_images=50, calibration_images=20, ranking_kinds=("flat-colour",))
+    selection = select_detector(model, norm, train, settings=settings, execution=CPU)
+    ok = [r for r in selection.ranking if r["ok"]]
+    assert all(r["ranking_fpr95"] == r["per_kind"]["flat-colour"] and set(r["per_kind"]) == set(OUTLIER_KINDS)
+               for r in ok)
+    assert [r["ranking_fpr95"] for r in ok] == sorted(r["ranking_fpr95"] for r in ok)
+    summary = selection.detector.selection
+    assert summary["ranking_kinds"] == ["flat-colour"] and "flat-colour)" in summary["criterion"]
+    with pytest.raises(WatermarkOODError, match="outlier kinds must be some of patch-shuffle"):
+        select_detector(model, norm, train, settings=SelectionSettings(ranking_kinds=("sepia",)), execution=CPU)

@@ -330,8 +330,8 @@ def write_selection_report(path: str | Path, selection: dict[str, Any]) -> Path:
     chosen = selection["chosen"]
     lines = [f"# Detector chosen: {chosen['score']} ({'with' if chosen['watermark'] == 'given' else 'without'} "
              "the watermark)", "", f"Criterion: {selection['criterion']}. Took {selection['seconds']:.0f} s.", "",
-             "| rank | detector | watermark | validation FPR95 | validation AUROC | better than the chosen in |",
-             "|---|---|---|---|---|---|"]
+             "| rank | detector | watermark | validation FPR95 (ranking kinds) | (all kinds) | validation AUROC "
+             "(ranking kinds) | better than the chosen in |", "|---|---|---|---|---|---|---|"]
     if selection.get("close"):
         lines[4:4] = [f"Too close to call (better than the chosen one in at least {100 * selection['close_share']:.0f}% "
                       f"of bootstrap resamples of the ranking images): {', '.join(selection['close'])}.", ""]
@@ -339,8 +339,10 @@ def write_selection_report(path: str | Path, selection: dict[str, Any]) -> Path:
         if row["ok"]:
             refused = f" (not admitted: {row['refused']})" if row.get("refused") else ""
             chance = row.get("chance_better_than_chosen")
-            lines.append(f"| {i} | {row['score']} | {row['watermark']}{refused} | {_pct(row['fpr95'])} | "
-                         f"{_pct(row['auroc'])} | {'' if chance is None else f'{100 * chance:.0f}% of resamples'} |")
+            ranked = row.get("ranking_fpr95", row["fpr95"]), row.get("ranking_auroc", row["auroc"])  # older files: all
+            lines.append(f"| {i} | {row['score']} | {row['watermark']}{refused} | {_pct(ranked[0])} | "
+                         f"{_pct(row['fpr95'])} | {_pct(ranked[1])} | "
+                         f"{'' if chance is None else f'{100 * chance:.0f}% of resamples'} |")
         else:
-            lines.append(f"| {i} | {row['score']} | {row['watermark']} | skipped: {row['error']} | | |")
+            lines.append(f"| {i} | {row['score']} | {row['watermark']} | skipped: {row['error']} | | | |")
     return atomic_write_text(path, "\n".join(lines) + "\n")
