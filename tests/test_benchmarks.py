@@ -86,3 +86,10 @@ def test_detector_choice_measures_both_ranking_rules(tmp_path):
     for rule in result["rules"].values():
         assert rule["pick"] in measured and rule["gap_to_best_points"] >= -1e-9
         assert abs(rule["gap_to_best_points"] - 100 * (rule["real_mean_fpr95"] - best)) < 1e-9
+    cost = tmp_path / "cost.json"
+    subprocess.run([sys.executable, str(BENCHMARKS / "detector_choice.py"), "--model", "small_cnn", "--checkpoint",
+                    str(weights), "--id-data", str(data), "--cost-only", "--out", str(cost)], check=True,
+                   capture_output=True)
+    timed = json.loads(cost.read_text())
+    assert timed["choose_seconds"] > 0 and timed["reference_fit_seconds"] > 0
+    assert timed["choose_over_fit"] == timed["choose_seconds"] / timed["reference_fit_seconds"]
