@@ -170,14 +170,12 @@ def choice_cost(model, train, watermark, execution) -> dict:
 def rule_outcome(selection, rows: list[dict], best: dict, energy: dict, shipped_mean: dict | None) -> dict:
     """One ranking rule's pick measured on the real sets (the shipped detector's own figures where it is that one;
     otherwise the candidate's, fitted on the same split: identical up to calibration, which FPR95 does not use)."""
+    real = {(r["score"], r["watermark"]): r["real"]["mean"]["fpr95"] for r in rows}
     top = selection.ranking[0]
-    row = next(r for r in rows if (r["score"], r["watermark"]) == (top["score"], top["watermark"]))
-    mean = shipped_mean["fpr95"] if shipped_mean is not None else row["real"]["mean"]["fpr95"]
-    kinds = list(selection.ranking_kinds)
-    rho = spearmanr([r["ranking_fpr95"] for r in selection.ranking if r["ok"]],
-                    [next(x for x in rows if (x["score"], x["watermark"]) == (r["score"], r["watermark"]))["real"]["mean"]
-                     ["fpr95"] for r in selection.ranking if r["ok"]])
-    return {"ranking_kinds": kinds, "pick": f"{top['score']} ({top['watermark']})", "real_mean_fpr95": mean,
+    mean = shipped_mean["fpr95"] if shipped_mean is not None else real[top["score"], top["watermark"]]
+    ranked = [r for r in selection.ranking if r["ok"]]
+    rho = spearmanr([r["ranking_fpr95"] for r in ranked], [real[r["score"], r["watermark"]] for r in ranked])
+    return {"ranking_kinds": list(selection.ranking_kinds), "pick": f"{top['score']} ({top['watermark']})", "real_mean_fpr95": mean,
             "gap_to_best_points": 100 * (mean - best["real"]["mean"]["fpr95"]),
             "ratio_to_energy": mean / energy["mean"]["fpr95"], "spearman": float(rho.statistic),
             "choose_seconds": selection.seconds}

@@ -65,7 +65,7 @@ class Selection:
     detector: Detector
     ranking: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
-    ranking_kinds: Sequence[str] = OUTLIER_KINDS
+    ranking_kinds: Sequence[str] = OBJECT_DESTROYING_KINDS
 
     def summary(self) -> dict[str, Any]:
         best = self.ranking[0]
