@@ -90,6 +90,17 @@ def test_bad_fit_settings_exit_2_with_one_line(data, tmp_path, capsys, extra, me
     assert not (out / "watermark.safetensors").exists()
 
 
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_a_bad_auto_tolerance_exits_2_before_any_work(data, tmp_path, capsys, value):
+    id_data, noise = data
+    out = tmp_path / "never"
+    code = main(["bench", *FAST, "--id-data", str(id_data), "--ood-data", str(noise), "--preset", "auto",
+                 "--auto-tolerance", value, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--auto-tolerance" in err and len(err.splitlines()) == 1
+    assert not (out / "results.json").exists()
+
+
 def test_missing_inputs_leave_nothing_behind(data, tmp_path, capsys):
     id_data, noise = data
     out = tmp_path / "out"

@@ -8,7 +8,8 @@ from watermark_ood.cli import main
 from watermark_ood.config import get_preset
 from watermark_ood.runtime import ExecutionConfig
 from watermark_ood.tuning import AutoSettings, auto_fit, candidate_configs
-from watermark_ood.validation import OUTLIER_KINDS, Validator, outlier_kind_parts, patch_shuffle, synthesize_outliers
+from watermark_ood.validation import (OUTLIER_KINDS, Validator, beats, binomial_se, outlier_kind_parts, patch_shuffle,
+                                      synthesize_outliers)
 
 
 def test_patch_shuffle_keeps_pixels_and_moves_patches():
@@ -61,6 +62,22 @@ def test_validator_refuses_a_watermark_that_loses_on_any_outlier_kind(toy_model,
     assert any(not o.admissible for o in outcomes)  # random large watermarks lose somewhere
 
 
+def test_a_tolerance_admits_small_losses_and_asks_for_a_clear_win(toy_model, toy_test, norm3):
+    execution = ExecutionConfig(device="cpu")
+    strict = Validator(toy_model, norm3, toy_test, "msp", execution, max_accuracy_drop=1.0)
+    loose = Validator(toy_model, norm3, toy_test, "msp", execution, max_accuracy_drop=1.0, tolerance=1.0)
+    base, n = loose.baseline, loose.kind_counts
+    assert sum(n.values()) == len(loose.outliers) and not base.beats_zero
+    for seed in range(8):
+        w = torch.randn((1, 3, 8, 8), generator=torch.Generator().manual_seed(seed)) * 0.5 * (seed % 4)
+        a, b = strict(w), loose(w)
+        assert a.per_kind == b.per_kind and a.fpr95 == b.fpr95
+        lost = any(b.per_kind[k] > base.per_kind[k] + binomial_se(base.per_kind[k], n[k]) for k in OUTLIER_KINDS)
+        assert b.admissible == (not lost) and (a.admissible <= b.admissible)  # tolerance only admits more...
+        assert a.beats_zero == (a.fpr95 < base.fpr95) and (b.beats_zero <= a.beats_zero)  # ...and wins less
+        assert b.beats_zero == beats(b.fpr95, base.fpr95, len(loose.outliers), 1.0)
+
+
 def test_auto_fit_is_budgeted_and_reads_only_training_data(toy_model, toy_train, norm3):
     settings = AutoSettings(epochs=2, batch_size=16, seed=0, validation_fraction=0.25)
     result = auto_fit(toy_model, norm3, toy_train, "msp", settings, ExecutionConfig(device="cpu"))
@@ -72,6 +89,15 @@ def test_auto_fit_is_budgeted_and_reads_only_training_data(toy_model, toy_train,
         assert torch.count_nonzero(result.watermark.tensor) == 0
     else:
         assert result.chosen_validation["fpr95"] < result.baseline_validation["fpr95"]
+    assert result.summary()["tolerance_se"] == 0.0
+
+
+def test_auto_fit_with_a_tolerance_ships_only_clear_wins(toy_model, toy_train, norm3):
+    settings = AutoSettings(epochs=2, batch_size=16, seed=0, validation_fraction=0.25, tolerance=2.0)
+    result = auto_fit(toy_model, norm3, toy_train, "msp", settings, ExecutionConfig(device="cpu"))
+    assert result.summary()["tolerance_se"] == 2.0 and all("beats_zero" in t for t in result.trials)
+    if not result.zero_kept:
+        assert result.chosen_validation["beats_zero"] and result.chosen_validation["admissible"]
 
 
 def test_auto_choice_does_not_depend_on_the_ood_sets(tmp_path):

@@ -46,6 +46,7 @@ class BenchConfig:
     data: "DataOptions" = field(default_factory=lambda: DataOptions())
     scores: Sequence[str] = ()
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    auto_tolerance: float = 0.0  # --preset auto: see tuning.AutoSettings.tolerance
 
 
 def fit_config_for(preset: str, objective: str, overrides: dict[str, Any]) -> FitConfig:
@@ -165,7 +166,7 @@ def _auto(cfg: BenchConfig, model: LoadedModel, train: ImageSet, objective: str,
     from .tuning import AutoSettings, auto_fit
 
     settings = AutoSettings(epochs=config.epochs, train_limit=config.train_limit, seed=config.seed,
-                            batch_size=config.batch_size)
+                            batch_size=config.batch_size, tolerance=cfg.auto_tolerance)
     log(f"{objective}: --preset auto, searching with the ID training data only")
     auto = auto_fit(model.module, model.normalization, train, objective, settings, cfg.execution,
                     model_id=model.model_id, progress=progress, log=log)

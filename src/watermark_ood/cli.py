@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scores", nargs="+", default=None,
                        help=SCORES_HELP + "; writes leaderboard.md and leaderboard.png")
     _add_fit(bench, multi_objective=True)
+    bench.add_argument("--auto-tolerance", type=float, default=0.0, metavar="SE",
+                       help="--preset auto: binomial standard errors by which a watermark may lose to the zero "
+                            "watermark on one validation outlier kind and must beat it overall (0: exact) [0]")
     _add_runtime(bench)
     cal = sub.add_parser("calibrate", help="build a detector: watermark + score + threshold at a chosen ID acceptance",
                          description="Set the threshold so that --tpr of held-out ID images are accepted, and "
@@ -384,6 +387,12 @@ def _evaluate_detector(args: argparse.Namespace, out: Path, train, test) -> int:
     return 0
 
 
+def _tolerance(value: float) -> float:
+    if not (value >= 0 and value < float("inf")):
+        raise WatermarkOODError(f"--auto-tolerance is a number of standard errors, at least 0; got {value}")
+    return value
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import BenchConfig, run_benchmark
 
@@ -392,7 +401,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         out=str(_check_out(args.out)), objectives=args.objective, preset=args.preset, overrides=_overrides(args),
         protocol=not args.all_ood, mean=args.mean, std=args.std, checkpoint_every=args.checkpoint_every,
         execution=_execution(args), image_size=args.image_size, data=_data_options(args),
-        scores=_score_names(args.scores),
+        scores=_score_names(args.scores), auto_tolerance=_tolerance(args.auto_tolerance),
     )
     run_benchmark(cfg, progress=not args.no_progress)
     print(f"wrote {cfg.out}/results.json and {cfg.out}/report.md")

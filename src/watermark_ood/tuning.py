@@ -49,6 +49,9 @@ class AutoSettings:
     validation_fraction: float = 0.1
     max_validation: int = 2000
     max_accuracy_drop: float = 0.01
+    # binomial standard errors by which a watermark may lose on one validation outlier kind and must win overall
+    # (validation.Validator); 0 compares exactly
+    tolerance: float = 0.0
     search_budget: float = 2.0  # search steps, in units of one final fit's steps
     rounds: int = 3
 
@@ -63,6 +66,7 @@ class AutoResult:
     search_seconds: float = 0.0
     final_seconds: float = 0.0
     final_images: int = 0
+    tolerance: float = 0.0  # the validator's, in binomial standard errors
 
     @property
     def zero_kept(self) -> bool:
@@ -74,7 +78,7 @@ class AutoResult:
             "chosen": None if self.config is None else self.config.hyperparameters(),
             "search_seconds": self.search_seconds, "final_fit_seconds": self.final_seconds,
             "validation_baseline": self.baseline_validation, "validation_chosen": self.chosen_validation,
-            "trials": self.trials,
+            "tolerance_se": self.tolerance, "trials": self.trials,
         }
 
 
@@ -101,7 +105,7 @@ def auto_fit(
     n_val = min(settings.max_validation, max(50, int(settings.validation_fraction * len(pool))))
     fit_set, val_set = pool.split(n_val / len(pool), settings.seed + 1)
     validator = Validator(model, normalization, val_set, score_for_objective(objective), execution,
-                          settings.max_accuracy_drop, settings.seed)
+                          settings.max_accuracy_drop, settings.seed, settings.tolerance)
     log(f"auto: {len(fit_set)} images to fit, {len(val_set)} held out for validation; zero watermark: "
         f"val FPR95 {validator.baseline.fpr95:.3f}, AUROC {validator.baseline.auroc:.3f}, "
         f"accuracy {validator.baseline.accuracy:.3f}")
@@ -139,13 +143,13 @@ def auto_fit(
     winner = candidates[alive[0]]
     baseline = validator.baseline.to_dict()
     best_trial = min((t for t in trials if t["candidate"] == alive[0]), key=lambda t: -t["round"])
-    if not best_trial["admissible"] or best_trial["fpr95"] >= baseline["fpr95"]:
+    if not (best_trial["admissible"] and best_trial["beats_zero"]):
         # No candidate beat the zero watermark even at its longest search run: keep zero, skip the final fit.
         log("auto: no candidate beat the zero watermark on validation; keeping the zero watermark")
         zero = Watermark.zeros(train.image_shape, **WatermarkLearner(model, normalization, winner, execution,
                                                                      model_id).metadata(train.image_shape))
         zero.metadata["auto"] = "zero watermark kept: no candidate beat it on validation"
-        return AutoResult(None, zero, trials, baseline, baseline, search_seconds, 0.0, 0)
+        return AutoResult(None, zero, trials, baseline, baseline, search_seconds, 0.0, 0, settings.tolerance)
 
     t1 = time.perf_counter()
     learner = WatermarkLearner(model, normalization, winner, execution, model_id)
@@ -154,8 +158,8 @@ def auto_fit(
     final_seconds = time.perf_counter() - t1
     chosen = min(final.validation, key=lambda v: (0.0 if v["admissible"] else 1.0, v["fpr95"], -v["auroc"]))
     result = AutoResult(winner, final.watermark, trials, baseline, chosen, search_seconds, final_seconds,
-                        final.images_seen)
-    if final.selected_step == 0 or not chosen["admissible"] or chosen["fpr95"] >= baseline["fpr95"]:
+                        final.images_seen, settings.tolerance)
+    if final.selected_step == 0 or not (chosen["admissible"] and chosen["beats_zero"]):
         log("auto: nothing beat the zero watermark on validation; keeping the zero watermark")
         zero = Watermark.zeros(train.image_shape, **learner.metadata(train.image_shape))
         zero.metadata["auto"] = "zero watermark kept: no candidate beat it on validation"
