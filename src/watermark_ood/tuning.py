@@ -159,7 +159,9 @@ def auto_fit(
     chosen = min(final.validation, key=lambda v: (0.0 if v["admissible"] else 1.0, v["fpr95"], -v["auroc"]))
     result = AutoResult(winner, final.watermark, trials, baseline, chosen, search_seconds, final_seconds,
                         final.images_seen, settings.tolerance)
-    if final.selected_step == 0 or not (chosen["admissible"] and chosen["beats_zero"]):
+    # a final fit resumed from a checkpoint of an older version has validation records without "beats_zero"
+    wins = chosen.get("beats_zero", chosen["fpr95"] < baseline["fpr95"])
+    if final.selected_step == 0 or not (chosen["admissible"] and wins):
         log("auto: nothing beat the zero watermark on validation; keeping the zero watermark")
         zero = Watermark.zeros(train.image_shape, **learner.metadata(train.image_shape))
         zero.metadata["auto"] = "zero watermark kept: no candidate beat it on validation"

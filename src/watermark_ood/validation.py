@@ -148,7 +148,7 @@ def lost_kind(per_kind: Mapping[str, float], reference: Mapping[str, float],
         raise ValueError("a tolerance needs the number of images of each kind")
 
     def margin(kind: str) -> float:
-        return tolerance * binomial_se(reference[kind], counts[kind]) if tolerance and counts else 0.0
+        return tolerance * binomial_se(reference[kind], counts[kind]) if counts is not None and tolerance else 0.0
 
     return next((kind for kind, fpr in per_kind.items() if fpr > reference[kind] + margin(kind)), None)
 
@@ -222,7 +222,7 @@ class Validator:
         fpr95 = fpr_at_tpr(s_id, s_out)
         admissible, wins = drop <= self.max_accuracy_drop + 1e-12, False
         if self.baseline_accuracy is not None:
-            baseline = self.baseline
-            admissible = admissible and lost_kind(per_kind, baseline.per_kind, self.kind_counts, self.tolerance) is None
-            wins = beats(fpr95, baseline.fpr95, len(self.outliers), self.tolerance)
+            lost = lost_kind(per_kind, self.baseline.per_kind, self.kind_counts, self.tolerance)
+            admissible = admissible and lost is None
+            wins = beats(fpr95, self.baseline.fpr95, len(self.outliers), self.tolerance)
         return ValidationOutcome(fpr95, auroc(s_id, s_out), accuracy, drop, admissible, per_kind, wins)
