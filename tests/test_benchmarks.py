@@ -93,3 +93,13 @@ def test_detector_choice_measures_both_ranking_rules(tmp_path):
     timed = json.loads(cost.read_text())
     assert timed["choose_seconds"] > 0 and timed["reference_fit_seconds"] > 0
     assert timed["choose_over_fit"] == timed["choose_seconds"] / timed["reference_fit_seconds"]
+
+
+def test_auto_tolerance_summary_judges_as_pre_registered():
+    from auto_tolerance_summary import judge
+
+    ok = dict(in_bounds=True)
+    assert judge({**ok, "mean_fpr95": 73.8}, {**ok, "mean_fpr95": 72.5}) == "win"
+    assert judge({**ok, "mean_fpr95": 79.8}, {**ok, "mean_fpr95": 80.4}) == "loss"
+    assert judge({**ok, "mean_fpr95": 66.5}, {**ok, "mean_fpr95": 66.55}) == "tie"
+    assert judge({**ok, "mean_fpr95": 70.0}, {"in_bounds": False, "mean_fpr95": 60.0}) == "loss"  # out of bounds
