@@ -54,6 +54,7 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], help="FitConfig overrides, name=value")
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--precision", default="fp32")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (on CUDA each step is a CUDA graph)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--run-dir", required=True, help="checkpoint folder (outside the checkout)")
     p.add_argument("--curve", required=True, help="JSON-lines file the curve is appended to")
@@ -61,7 +62,8 @@ def main() -> None:
 
     overrides = parse_overrides(args.set)
     config = fit_config_for(args.preset, args.objective, overrides)
-    execution = ExecutionConfig(device="cpu", precision=args.precision, threads=args.threads, eval_batch_size=500)
+    execution = ExecutionConfig(device=args.device, precision=args.precision, threads=args.threads,
+                                eval_batch_size=500)
     execution.apply_threads()
     train, test = load_id_data(args.id_data)
     model = load_model(args.model, args.checkpoint)
@@ -76,7 +78,7 @@ def main() -> None:
     def record(epoch: int, w: torch.Tensor | None, extra: dict) -> None:
         if epoch in done:
             return
-        metrics = detection_metrics(model.module, model.normalization, test, ood, w, score)
+        metrics = detection_metrics(model.module, model.normalization, test, ood, w, score, execution)
         line = {"epoch": epoch, "score": score, **metrics, **extra,
                 "max_abs_w": 0.0 if w is None else float(w.abs().max()),
                 "mean_abs_w": 0.0 if w is None else float(w.abs().mean()),
@@ -88,7 +90,7 @@ def main() -> None:
               + " ".join(f"{k} {100 * v['fpr95']:.1f}" for k, v in metrics["per_set"].items()), flush=True)
 
     record(0, None, {"config": config.hyperparameters(), "model": args.model, "device_name": device_name(
-        torch.device("cpu")), "precision": args.precision, "threads": torch.get_num_threads()})
+        execution.torch_device()), "precision": args.precision, "threads": torch.get_num_threads()})
 
     learner = WatermarkLearner(model.module, model.normalization, config, execution, model.model_id)
 

@@ -32,9 +32,10 @@ def ood_halves(paths: Sequence[str], id_count: int) -> tuple[list[ImageSet], lis
 
 
 def detection_metrics(model, normalization, id_test: ImageSet, ood_sets: Sequence[ImageSet],
-                      w: torch.Tensor | None, score_name: str) -> dict:
-    """Accuracy on ``id_test`` and FPR95 / AUROC of ``score_name`` per OOD set and on average."""
-    exe = ExecutionConfig(device="cpu", eval_batch_size=1000)
+                      w: torch.Tensor | None, score_name: str, execution: ExecutionConfig | None = None) -> dict:
+    """Accuracy on ``id_test`` and FPR95 / AUROC of ``score_name`` per OOD set and on average (CPU unless
+    ``execution`` names another device)."""
+    exe = execution or ExecutionConfig(device="cpu", eval_batch_size=1000)
     score, mark = get_score(score_name), None if w is None else Watermark(w)
     id_logits = predict_logits(model, id_test, normalization, mark, exe)
     s_id = score(id_logits).numpy()

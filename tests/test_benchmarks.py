@@ -103,3 +103,42 @@ def test_auto_tolerance_summary_judges_as_pre_registered():
     assert judge({**ok, "mean_fpr95": 79.8}, {**ok, "mean_fpr95": 80.4}) == "loss"
     assert judge({**ok, "mean_fpr95": 66.5}, {**ok, "mean_fpr95": 66.55}) == "tie"
     assert judge({**ok, "mean_fpr95": 70.0}, {"in_bounds": False, "mean_fpr95": 60.0}) == "loss"  # out of bounds
+
+
+def test_issue14_gpu_script_dry_run_on_cpu_returns_curves_weights_and_record(tmp_path):
+    """The prepared one-call GPU plan (benchmarks/device/issue14_gpu.sh), on CPU with one epoch of a toy suite:
+    every stage runs and what comes back fits the device tool's limits (<= 8 files of <= 16 MiB)."""
+    import tarfile
+
+    from watermark_ood.models import build_model
+
+    shared = tmp_path / "shared"
+    write_npz_dataset(shared / "data" / "cifar10", n_train=32, n_test=20, classes=10, size=32)
+    (shared / "data" / "ood").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("flat", "noise"):
+        np.savez(shared / "data" / "ood" / f"{name}.npz", x=rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8))
+    (shared / "models" / "cifar10_resnet").mkdir(parents=True)
+    for arch in ("resnet20", "resnet56"):
+        torch.save(build_model(arch, 10, 3)[0].state_dict(), shared / "models" / "cifar10_resnet" / f"{arch}-toy.th")
+    out = tmp_path / "out"
+    env = {"PATH": "/usr/bin:/bin", "SHARED": str(shared), "OUT": str(out), "WORK": str(tmp_path / "work"),
+           "DEVICE": "cpu", "PRECISION": "fp32", "EPOCHS": "1", "WRN_EPOCHS": "1", "R20_VARIANTS": "energy hinge-mixed",
+           "PY": sys.executable, "BUDGET": "900"}
+    done = subprocess.run(["bash", str(BENCHMARKS / "device" / "issue14_gpu.sh")], env=env, capture_output=True,
+                          text=True, cwd=BENCHMARKS.parent)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["issue14.tgz", "issue14_gpu.log", "wrn40_2-oe.json", "wrn40_2-oe.safetensors"]
+    assert all(p.stat().st_size <= 16 << 20 for p in out.iterdir())
+    record = json.loads((out / "wrn40_2-oe.json").read_text())
+    assert record["sha256"] == hashlib.sha256((out / "wrn40_2-oe.safetensors").read_bytes()).hexdigest()
+    with tarfile.open(out / "issue14.tgz") as archive:
+        names = set(archive.getnames())
+        curves = {n for n in names if n.endswith(".jsonl")}
+        assert curves == {f"curves/{c}.jsonl" for c in ("resnet56-hinge", "wrn40_2-energy", "wrn40_2-msp",
+                                                         "resnet20-energy", "resnet20-hinge-mixed")}
+        for name in curves:
+            lines = [json.loads(line) for line in archive.extractfile(name).read().decode().splitlines()]
+            assert [line["epoch"] for line in lines] == [0, 1] and set(lines[1]["per_set"]) == {"flat", "noise"}
+        assert sum(n.endswith("watermark.safetensors") for n in names) == 5
