@@ -45,9 +45,18 @@ def scores() -> str:
     return "\n".join(lines) or "(pending)"
 
 
+def issue14_target() -> str:
+    sys.path.insert(0, str(ROOT))
+    import issue14_target as t
+
+    rows = t.collect()
+    return t.markdown(rows, t.verdict(rows))
+
+
 if __name__ == "__main__":
     path = ROOT / "README.md"
     text = path.read_text()
     text = block(text, "SUMMARY_TABLE", summary())
     text = block(text, "SCORES_TABLE", scores())
+    text = block(text, "ISSUE14_TARGET", issue14_target())
     path.write_text(text)

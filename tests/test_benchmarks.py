@@ -142,3 +142,25 @@ def test_issue14_gpu_script_dry_run_on_cpu_returns_curves_weights_and_record(tmp
             lines = [json.loads(line) for line in archive.extractfile(name).read().decode().splitlines()]
             assert [line["epoch"] for line in lines] == [0, 1] and set(lines[1]["per_set"]) == {"flat", "noise"}
         assert sum(n.endswith("watermark.safetensors") for n in names) == 5
+
+
+def test_issue14_target_needs_both_shared_models_and_all_three_bounds():
+    import doctest
+
+    import issue14_target as t
+
+    assert doctest.testmod(t).failed == 0
+    assert t.judge(0.60, 0.59, 0.010, 0.10)["target_met"]           # bounds are inclusive
+    assert not t.judge(0.60, 0.59, 0.011, 0.0)["target_met"]        # accuracy
+    assert not t.judge(0.60, 0.59, 0.0, 0.101)["target_met"]        # one set much worse
+    assert not t.judge(0.60, 0.60, 0.0, 0.0)["target_met"]          # not lower
+    row = {"shared_model": True, "objective": "energy"}
+    rows = [dict(row, model="resnet20", **t.judge(0.6, 0.5, 0, 0)),
+            dict(row, model="resnet56", **t.judge(0.6, 0.7, 0, 0)),
+            dict(row, model="resnet8", shared_model=False, **t.judge(0.6, 0.5, 0, 0))]
+    assert not t.verdict(rows)["target_met"]
+    rows[1].update(t.judge(0.6, 0.55, 0, 0))
+    assert t.verdict(rows)["target_met"] and t.verdict(rows)["per_objective"]["energy"] == {"resnet20": True,
+                                                                                           "resnet56": True}
+    committed = t.collect()  # every source the script names exists and parses
+    assert {r["model"] for r in committed} >= set(t.SHARED_MODELS)
