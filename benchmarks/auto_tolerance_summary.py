@@ -16,17 +16,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+from issue14_target import within_bounds, worst_rise
+
 ROOT = Path(__file__).resolve().parent / "results" / "auto-tolerance"
 
 
 def shipped(run: dict[str, Any]) -> dict[str, Any]:
     """What one run shipped, on the real sets, in points."""
-    sets = [k for k in run["baseline"] if k != "mean"]
-    worst = max(100 * (run["watermarked"][s]["fpr95"] - run["baseline"][s]["fpr95"]) for s in sets)
-    drop = 100 * (run["accuracy"]["baseline"] - run["accuracy"]["watermarked"])
+    rise = worst_rise(run["baseline"], run["watermarked"])
+    drop = run["accuracy"]["baseline"] - run["accuracy"]["watermarked"]
     return {"zero_kept": run["auto"]["zero_watermark_kept"], "mean_fpr95": 100 * run["watermarked"]["mean"]["fpr95"],
-            "no_watermark_fpr95": 100 * run["baseline"]["mean"]["fpr95"], "accuracy_drop": drop,
-            "worst_set_change": worst, "in_bounds": drop <= 1.0 + 1e-9 and worst <= 10.0 + 1e-9}
+            "no_watermark_fpr95": 100 * run["baseline"]["mean"]["fpr95"], "accuracy_drop": 100 * drop,
+            "worst_set_change": 100 * rise, "in_bounds": within_bounds(drop, rise)}
 
 
 def judge(exact: dict[str, Any], loose: dict[str, Any]) -> str:

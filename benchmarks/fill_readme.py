@@ -11,6 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
+sys.path.insert(0, str(ROOT))  # the benchmark scripts whose tables this fills
 
 
 def block(text: str, name: str, body: str) -> str:
@@ -20,7 +21,6 @@ def block(text: str, name: str, body: str) -> str:
 
 def summary() -> str:
     sys.argv = ["summarize.py", str(RESULTS / "cpu-2ep-10k"), str(RESULTS / "cpu-2ep-10k-auto")]
-    sys.path.insert(0, str(ROOT))
     import summarize
 
     buffer = io.StringIO()
@@ -46,7 +46,6 @@ def scores() -> str:
 
 
 def issue14_target() -> str:
-    sys.path.insert(0, str(ROOT))
     import issue14_target as t
 
     rows = t.collect()

@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_MODELS = ("resnet20", "resnet56")
+MAX_ACCURACY_DROP, MAX_SET_RISE = 0.01, 0.10  # the target's bounds, as fractions
 # (result folder or curve file, what the row is): the runs the issue's sections report, in the order they were made
 SOURCES = [
     ("cpu-2ep-10k/resnet20", "paper preset, 2 epochs x 10k"),
@@ -35,6 +36,16 @@ SOURCES = [
 ]
 
 
+def worst_rise(base: Mapping[str, Any], marked: Mapping[str, Any]) -> float:
+    """The largest rise of one OOD set's FPR95 (per-set ``{"fpr95": ...}`` records; a "mean" entry is skipped)."""
+    return max(marked[k]["fpr95"] - base[k]["fpr95"] for k in base if k != "mean")
+
+
+def within_bounds(accuracy_drop: float, set_rise: float) -> bool:
+    """Accuracy lost at most 1 point and no set worse by more than 10 (fractions; rounding-safe at the edge)."""
+    return accuracy_drop <= MAX_ACCURACY_DROP + 1e-9 and set_rise <= MAX_SET_RISE + 1e-9
+
+
 def judge(base_mean: float, mark_mean: float, acc_drop: float, worst_rise: float) -> dict[str, Any]:
     """The target's three conditions and the aim, for one model and objective (FPR95 and accuracy as fractions).
 
@@ -44,7 +55,7 @@ def judge(base_mean: float, mark_mean: float, acc_drop: float, worst_rise: float
     False
     """
     lower = mark_mean < base_mean
-    target = lower and acc_drop <= 0.01 and worst_rise <= 0.10
+    target = lower and within_bounds(acc_drop, worst_rise)
     return {"lower": lower, "target_met": target, "aim_met": target and mark_mean <= 0.7 * base_mean,
             "relative_change": mark_mean / base_mean - 1.0}
 
@@ -56,7 +67,6 @@ def model_of(text: str) -> str:
 def rows_from_results(path: Path, what: str) -> Iterator[dict[str, Any]]:
     for run in json.loads(path.read_text())["runs"]:
         base, mark = run["baseline"], run["watermarked"]
-        sets = [k for k in base if k != "mean"]
         acc = run["accuracy"]
         row = {"source": str(path.parent.relative_to(RESULTS)), "what": what, "model": model_of(run["model"]),
                "objective": run["objective"], "score": run["score"],
@@ -65,7 +75,7 @@ def rows_from_results(path: Path, what: str) -> Iterator[dict[str, Any]]:
                "zero_kept": (run.get("auto") or {}).get("zero_watermark_kept"),
                "fpr95": [base["mean"]["fpr95"], mark["mean"]["fpr95"]],
                "accuracy": [acc["baseline"], acc["watermarked"]],
-               "worst_set_rise": max(mark[k]["fpr95"] - base[k]["fpr95"] for k in sets)}
+               "worst_set_rise": worst_rise(base, mark)}
         row.update(judge(*row["fpr95"], acc["baseline"] - acc["watermarked"], row["worst_set_rise"]))
         if run.get("scores"):  # the moonshot: the best detector alone vs the same detector with this watermark
             best = min(run["scores"], key=lambda s: run["scores"][s]["baseline"]["mean"]["fpr95"])
@@ -78,7 +88,7 @@ def rows_from_results(path: Path, what: str) -> Iterator[dict[str, Any]]:
 def row_from_curve(path: Path, what: str) -> dict[str, Any]:
     points = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     first, last = points[0], max(points, key=lambda p: p["epoch"])
-    rise = max(last["per_set"][k]["fpr95"] - first["per_set"][k]["fpr95"] for k in first["per_set"])
+    rise = worst_rise(first["per_set"], last["per_set"])
     row = {"source": str(path.relative_to(RESULTS)), "what": what, "model": path.stem.split("-")[0],
            "objective": first["config"]["objective"], "score": first["score"],
            "surrogate": first["config"].get("surrogate") or "gaussian",
