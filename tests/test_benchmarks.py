@@ -119,8 +119,14 @@ def test_issue14_gpu_script_dry_run_on_cpu_returns_curves_weights_and_record(tmp
     for name in ("flat", "noise"):
         np.savez(shared / "data" / "ood" / f"{name}.npz", x=rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8))
     (shared / "models" / "cifar10_resnet").mkdir(parents=True)
+    torch.manual_seed(0)
     for arch in ("resnet20", "resnet56"):
-        torch.save(build_model(arch, 10, 3)[0].state_dict(), shared / "models" / "cifar10_resnet" / f"{arch}-toy.th")
+        # untrained weights with a small head: the paper's energy preset exponentiates logits (exp(0.7 z)), and an
+        # untrained head's large logits overflow it (the learner then stops with "the loss became inf", rightly)
+        state = build_model(arch, 10, 3)[0].state_dict()
+        head = [k for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+        state[head[-1]] *= 0.01
+        torch.save(state, shared / "models" / "cifar10_resnet" / f"{arch}-toy.th")
     out = tmp_path / "out"
     env = {"PATH": "/usr/bin:/bin", "SHARED": str(shared), "OUT": str(out), "WORK": str(tmp_path / "work"),
            "DEVICE": "cpu", "PRECISION": "fp32", "EPOCHS": "1", "WRN_EPOCHS": "1", "R20_VARIANTS": "energy hinge-mixed",
