@@ -144,3 +144,28 @@ def uniform_set(count: int, shape: tuple[int, int, int], seed: int, name: str = 
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.randint(0, 256, (count, *shape), generator=generator, dtype=torch.int64)
     return ImageSet(pixels.to(torch.uint8), torch.full((count,), -1), name)
+
+
+def split_classes(images: ImageSet, classes: list[int]) -> tuple[ImageSet, ImageSet]:
+    """(known, unknown): the images of ``classes``, relabelled 0..k-1 in the given order, and the rest as OOD.
+
+    The open-set (near-OOD) protocol: a classifier trained on the known classes meets the others at test time.
+
+    >>> s = ImageSet(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 1, 2, 1]), "toy")
+    >>> known, unknown = split_classes(s, [2, 1])
+    >>> known.labels.tolist(), unknown.labels.tolist()
+    ([1, 0, 1], [-1])
+    """
+    present = set(images.labels.unique().tolist())
+    missing = [c for c in classes if c not in present]
+    if missing or len(set(classes)) != len(classes) or not classes:
+        raise WatermarkOODError(f"{images.name}: class split {classes} must name distinct classes among "
+                                f"{sorted(present)}" + (f"; {missing} not found" if missing else ""))
+    lookup = torch.full((int(images.labels.max()) + 1,), -1, dtype=torch.int64)
+    lookup[torch.tensor(classes)] = torch.arange(len(classes))
+    mapped = lookup[images.labels]
+    known = mapped >= 0
+    if known.all():
+        raise WatermarkOODError(f"{images.name}: class split {classes} leaves no class unknown")
+    return (ImageSet(images.images[known], mapped[known], f"{images.name}-known"),
+            ImageSet(images.images[~known], torch.full((int((~known).sum()),), -1), f"{images.name}-unknown"))

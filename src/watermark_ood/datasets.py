@@ -5,7 +5,9 @@ ID data (a folder):
   * torchvision's CIFAR layout: ``cifar-10-batches-py/`` or ``cifar-100-python/``
     (the folder itself or its parent);
   * an ImageFolder layout: ``train/<class>/*.png`` and ``test/<class>/*.png``, or ImageNet's
-    ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG`` (torchvision's ImageNet layout).
+    ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG`` (torchvision's ImageNet layout);
+  * the MNIST family's idx files (``train-images-idx3-ubyte[.gz]`` ..., also under ``raw/`` or
+    ``<Name>/raw/`` as torchvision lays them out): grey images, repeated to 3 channels when the model wants 3.
 Image folders (ID or OOD) are loaded into memory when their decoded size is below
 ``DataOptions.stream_above_bytes`` and streamed from disk batch by batch above it (or as ``stream`` says).
 OOD data (a file or a folder): an image folder (flat, or with class
@@ -25,14 +27,15 @@ import torch
 
 from .data import ImageSet, gaussian_set, images_from_array, load_npz, uniform_set
 from .errors import WatermarkOODError, describe
+from .idx import idx_folder, load_idx_splits
 from .streaming import STREAM_ABOVE_BYTES, FileImageSet, ImageTransform
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 ID_LAYOUTS = (
     "a folder with train.npz and test.npz (x uint8 NxHxWxC, y int64), "
     "torchvision's CIFAR layout (cifar-10-batches-py/ or cifar-100-python/), "
-    "or an ImageFolder layout (train/<class>/*.png and test/<class>/*.png, or ImageNet's train/<wnid>/*.JPEG "
-    "and val/<wnid>/*.JPEG)"
+    "an ImageFolder layout (train/<class>/*.png and test/<class>/*.png, or ImageNet's train/<wnid>/*.JPEG "
+    "and val/<wnid>/*.JPEG), or MNIST-family idx files (train-images-idx3-ubyte[.gz], ...)"
 )
 
 
@@ -230,6 +233,8 @@ def load_id_data(path: str | Path, image_size: int | None = None, channels: int 
             return _check_id_pair(*load_cifar(path))
         if (path / "train").is_dir() and _test_folder(path) is not None:
             return _check_id_pair(*load_imagefolder_splits(path, image_size, channels, options))
+        if idx_folder(path) is not None:
+            return _check_id_pair(*load_idx_splits(path, channels))
     raise WatermarkOODError(f"{path}: not a recognised ID data layout; expected {ID_LAYOUTS}")
 
 
