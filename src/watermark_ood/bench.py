@@ -144,17 +144,18 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, log: Callable[[str], 
 
 def write_bench_leaderboard(out: Path, runs: list[dict[str, Any]], model_id: str) -> None:
     """leaderboard.md/.png: every detector without a watermark and with each objective's watermark."""
-    from .reporting import leaderboard_rows, plot_leaderboard, write_leaderboard
+    from .reporting import leaderboard_rows, plot_leaderboard, sort_rows, write_leaderboard
 
     rows, seen = [], set()
+    num_id, num_ood = (runs[0].get("num_id_test"), runs[0].get("num_ood")) if runs else (None, None)
     for run in runs:
-        for row in leaderboard_rows(run.get("scores", {}), f"{run['objective']} ({run.get('preset', 'preset')})"):
+        for row in leaderboard_rows(run.get("scores", {}), f"{run['objective']} ({run.get('preset', 'preset')})",
+                                    num_ood):
             key = (row["detector"], row["watermark"])
             if key not in seen:  # the no-watermark rows repeat in every run
                 seen.add(key)
                 rows.append(row)
-    rows.sort(key=lambda r: (r["mean"]["fpr95"], -r["mean"]["auroc"]))
-    write_leaderboard(out / "leaderboard.md", rows, f"Detectors on {model_id}")
+    write_leaderboard(out / "leaderboard.md", sort_rows(rows), f"Detectors on {model_id}", num_id, num_ood)
     plot_leaderboard(rows, out / "leaderboard.png")
 
 

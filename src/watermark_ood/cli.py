@@ -153,15 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit(fit, multi_objective=False)
     _add_runtime(fit)
 
-    ev = sub.add_parser("evaluate", help="score ID vs OOD sets with and without a watermark",
-                        description="Write results.json, report.md, histograms and ROC curves to --out.")
+    ev = sub.add_parser("evaluate", help="score ID vs OOD sets: a watermark, a detector file, or every detector",
+                        description="Write results.json, report.md, histograms and ROC curves to --out. With "
+                                    "--watermark: with and without it; with --detector: the file as shipped; with "
+                                    "neither: the detectors of --scores (or all) on the model as given, no "
+                                    "watermark fitted. --scores adds leaderboard.md/.png.")
     _add_model(ev)
     ev.add_argument("--watermark", help="a .safetensors watermark written by fit or bench")
     ev.add_argument("--detector", help="a detector file written by calibrate: evaluate it as shipped "
                                        "(its score, fitted state, watermark and threshold)")
     _add_data(ev, "ID data folder; its test split is evaluated", ood=True)
-    ev.add_argument("--score", choices=["msp", "energy", "maxlogit"],
-                    help="score to report [the watermark's objective]")
+    ev.add_argument("--score", help="the detector to report (any name --scores accepts) [with --watermark: its "
+                                    "objective's score; without: the first of --scores]")
     ev.add_argument("--scores", nargs="+", default=None, help=SCORES_HELP)
     ev.add_argument("--seed", type=int, default=0, help="seed of the OOD subsampling [0]")
     ev.add_argument("--out", required=True, help="output folder")
@@ -289,64 +292,20 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _score_names(names: Sequence[str] | None) -> list[str]:
-    """``--scores``: names and combinations, ``all`` for every detector; unknown names are one-line errors."""
-    from .detectors import SCORE_NAMES, check_name
+    from .pipelines import expand_scores
 
-    out: list[str] = []
-    for name in names or ():
-        for item in (SCORE_NAMES if name == "all" else [name]):
-            check_name(item)
-            if item not in out:
-                out.append(item)
-    return out
+    return expand_scores(names)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .datasets import load_id_data, load_ood_data
-    from .evaluation import evaluate, evaluate_scores, protocol_subsample
-    from .models import load_model
-    from .reporting import (build_run, format_terminal_table, plot_histograms, plot_roc, skipped_images,
-                            write_report, write_results)
-    from .watermark import Watermark
+    from .pipelines import EvaluateSettings, ModelSource, check_evaluate, evaluate_pipeline
 
-    out = _check_out(args.out)
-    if (args.watermark is None) == (args.detector is None):
-        raise WatermarkOODError("evaluate needs exactly one of --watermark (a watermark file) or --detector "
-                                "(a detector file from calibrate)")
-    scores = _score_names(args.scores)
-    train, test = load_id_data(args.id_data, args.image_size, options=_data_options(args))
-    if args.detector:
-        return _evaluate_detector(args, out, train, test)
-    watermark = Watermark.load(args.watermark, expected_shape=test.image_shape)
-    model = load_model(args.model, args.checkpoint, None, test.image_shape[0], args.mean, args.std,
-                       fallback_classes=test.num_classes)
-    options = _data_options(args)
-    ood = [load_ood_data(spec, test.image_shape, count=len(test), seed=args.seed, options=options)
-           for spec in args.ood_data]
-    objective = watermark.metadata.get("objective", "msp")
-    score = args.score or score_for(objective)
-    evaluation = evaluate(model.module, model.normalization, test, ood, watermark, _execution(args),
-                          protocol=not args.all_ood, seed=args.seed, progress=not args.no_progress)
-    sets = protocol_subsample(ood, len(test), args.seed) if not args.all_ood else ood
-    extra = {"num_id_test": len(test), "num_ood": {s.name: len(s) for s in sets}}
-    if scores:
-        extra["scores"] = evaluate_scores(model.module, model.normalization, train.sample(5000, args.seed), test,
-                                          sets, watermark, scores, _execution(args))
-    run = build_run(objective, score, watermark.metadata.get("hyperparameters", {}), evaluation, 0.0, 0.0,
-                    model=model.model_id, watermark=str(args.watermark), **extra)
-    run["skipped_images"] = skipped_images([train, test, *ood])
-    write_results(out / "results.json", [run])
-    plot_histograms(evaluation, score, out / f"hist-{score}.png")
-    plot_roc(evaluation, score, out / f"roc-{score}.png")
-    images = [("score histograms", f"hist-{score}.png"), ("ROC", f"roc-{score}.png")]
-    if scores:
-        from .reporting import plot_leaderboard, write_leaderboard
-
-        write_leaderboard(out / "leaderboard.md", run["scores"], f"Detectors on {model.model_id}")
-        plot_leaderboard(run["scores"], out / "leaderboard.png")
-        images.append(("leaderboard", "leaderboard.png"))
-    write_report(out / "report.md", [run], "watermark-ood evaluation", images=images)
-    print(format_terminal_table(run))
+    settings = EvaluateSettings(
+        id_data=args.id_data, ood_data=args.ood_data, out=args.out, watermark=args.watermark, detector=args.detector,
+        score=args.score, scores=args.scores or (), image_size=args.image_size, data=_data_options(args),
+        protocol=not args.all_ood, seed=args.seed, progress=not args.no_progress)
+    check_evaluate(settings)
+    evaluate_pipeline(settings, ModelSource(args.model, args.checkpoint, args.mean, args.std), _execution(args))
     return 0
 
 
@@ -356,35 +315,6 @@ def score_for(objective: str) -> str:
     from .config import OBJECTIVES
 
     return score_for_objective(objective) if objective in OBJECTIVES else "energy"
-
-
-def _evaluate_detector(args: argparse.Namespace, out: Path, train, test) -> int:
-    """``evaluate --detector``: the shipped detector on real OOD sets, one results.json run."""
-    from .datasets import load_ood_data
-    from .detector import Detector
-    from .evaluation import evaluate_detector, protocol_subsample
-    from .reporting import format_terminal_table, skipped_images, write_report, write_results
-
-    meta, _ = Detector.read(args.detector)
-    shape = tuple(meta.get("input_shape") or test.image_shape)
-    if shape != tuple(test.image_shape):
-        raise WatermarkOODError(f"{args.detector}: the detector expects images of shape {shape}, --id-data has "
-                                f"{tuple(test.image_shape)}")
-    model = _detector_model(args, shape)
-    detector = Detector.load(args.detector, model.module, _execution(args))
-    options = _data_options(args)
-    ood = [load_ood_data(spec, test.image_shape, count=len(test), seed=args.seed, options=options)
-           for spec in args.ood_data]
-    sets = protocol_subsample(ood, len(test), args.seed) if not args.all_ood else ood
-    run = evaluate_detector(detector, train.split(0.1, args.seed)[0], test, sets)
-    run["detector"] = str(args.detector)
-    run["skipped_images"] = skipped_images([train, test, *ood])
-    write_results(out / "results.json", [run])
-    write_report(out / "report.md", [run], f"watermark-ood evaluation of {Path(args.detector).name}",
-                 notes="`watermarked` is the detector as shipped; `baseline` the same score without its watermark "
-                       "(identical when it has none).")
-    print(format_terminal_table(run))
-    return 0
 
 
 def _tolerance(value: float) -> float:

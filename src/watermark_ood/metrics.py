@@ -6,6 +6,8 @@ positive class is never ambiguous; each docstring names it.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
@@ -88,3 +90,21 @@ def ood_metrics(id_scores, ood_scores) -> dict[str, float]:
 def mean_metrics(per_set: dict[str, dict[str, float]]) -> dict[str, float]:
     """Unweighted mean over OOD sets, as the paper reports it."""
     return {name: float(np.mean([m[name] for m in per_set.values()])) for name in METRIC_NAMES}
+
+
+def mean_fpr_standard_error(fprs: Sequence[float], counts: Sequence[int]) -> float:
+    """Binomial standard error of an unweighted mean of FPRs, each measured on ``counts[i]`` OOD images.
+
+    Each FPR is a share of OOD images accepted, so its variance is p (1 - p) / n; the sets are independent.
+    The ID side (where the 95% threshold falls) adds noise too, so this is a lower bound on the real spread:
+    rows closer than about two of these are not told apart by the data.
+
+    >>> round(mean_fpr_standard_error([0.5], [100]), 3)
+    0.05
+    >>> round(mean_fpr_standard_error([0.5, 0.5], [100, 100]), 4)
+    0.0354
+    """
+    if len(fprs) != len(counts) or not fprs:
+        raise WatermarkOODError(f"need one count per FPR, got {len(fprs)} FPRs and {len(counts)} counts")
+    variance = sum(p * (1 - p) / max(int(n), 1) for p, n in zip(fprs, counts))
+    return float(np.sqrt(variance) / len(fprs))

@@ -267,21 +267,52 @@ def write_report(path: str | Path, runs: Sequence[dict[str, Any]], title: str, n
 
 
 # -------------------------------------------------------------- detector leaderboard
-def leaderboard_rows(scores: dict[str, Any], watermark_label: str = "watermark") -> list[dict[str, Any]]:
-    """One row per (detector, condition) from an ``evaluate_scores`` table, best mean FPR95 first."""
+def leaderboard_rows(scores: dict[str, Any], watermark_label: str = "watermark",
+                     counts: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """One row per (detector, condition) from an ``evaluate_scores`` table, best mean FPR95 first.
+
+    ``counts`` (OOD images per set) adds each row's binomial standard error of the mean FPR95 (``fpr95_se``).
+    """
     rows = []
     for name, block in scores.items():
         for condition in ("baseline", "watermarked"):
             if condition not in block:
                 continue
             metrics, cost = block[condition], block.get("cost", {}).get(condition, {})
-            rows.append({"detector": name, "watermark": "none" if condition == "baseline" else watermark_label,
-                         "mean": metrics["mean"], "per_set": {k: v for k, v in metrics.items() if k != "mean"},
-                         **cost})
-    return sorted(rows, key=lambda r: (r["mean"]["fpr95"], -r["mean"]["auroc"]))
+            rows.append(with_standard_error({"detector": name,
+                                             "watermark": "none" if condition == "baseline" else watermark_label,
+                                             "mean": metrics["mean"],
+                                             "per_set": {k: v for k, v in metrics.items() if k != "mean"}, **cost},
+                                            counts))
+    return sort_rows(rows)
 
 
-def format_leaderboard(rows: Sequence[dict[str, Any]], title: str) -> str:
+def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Best mean FPR95 first; ties by higher AUROC, then the shipped row first."""
+    return sorted(rows, key=lambda r: (r["mean"]["fpr95"], -r["mean"]["auroc"], not r.get("shipped", False)))
+
+
+def with_standard_error(row: dict[str, Any], counts: dict[str, int] | None) -> dict[str, Any]:
+    from .metrics import mean_fpr_standard_error
+
+    if counts and all(s in counts for s in row["per_set"]):
+        row["fpr95_se"] = mean_fpr_standard_error([row["per_set"][s]["fpr95"] for s in row["per_set"]],
+                                                  [counts[s] for s in row["per_set"]])
+    return row
+
+
+def shipped_row(name: str, watermark_label: str, metrics: dict[str, Any], counts: dict[str, int] | None = None,
+                file_bytes: int | None = None) -> dict[str, Any]:
+    """The leaderboard row of a detector file measured as shipped (its own fit, watermark and state), marked."""
+    row = {"detector": name, "watermark": watermark_label, "shipped": True, "mean": metrics["mean"],
+           "per_set": {k: v for k, v in metrics.items() if k != "mean"}}
+    if file_bytes is not None:
+        row["file_bytes"] = file_bytes
+    return with_standard_error(row, counts)
+
+
+def format_leaderboard(rows: Sequence[dict[str, Any]], title: str, num_id: int | None = None,
+                       num_ood: dict[str, int] | None = None) -> str:
     sets = list(rows[0]["per_set"]) if rows else []
     head = ["rank", "detector", "watermark", "mean FPR95", "mean AUROC", *[f"{s} FPR95 / AUROC" for s in sets],
             "fit s", "images/s", "file KiB"]
@@ -289,31 +320,52 @@ def format_leaderboard(rows: Sequence[dict[str, Any]], title: str) -> str:
            "model's forward pass; the file is the saved detector (safetensors + JSON header).", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(rows, 1):
-        cells = [str(i), r["detector"], r["watermark"], _pct(r["mean"]["fpr95"]), _pct(r["mean"]["auroc"]),
+        se = f" ± {100 * r['fpr95_se']:.2f}" if "fpr95_se" in r else ""
+        name = f"**{r['detector']} (shipped file)**" if r.get("shipped") else r["detector"]
+        cells = [str(i), name, r["watermark"], _pct(r["mean"]["fpr95"]) + se, _pct(r["mean"]["auroc"]),
                  *[f"{_pct(r['per_set'][s]['fpr95'])} / {_pct(r['per_set'][s]['auroc'])}" for s in sets],
                  f"{r['fit_seconds']:.2f}" if "fit_seconds" in r else "-",
                  f"{r['images_per_second']:.0f}" if "images_per_second" in r else "-",
-                 f"{r['file_bytes'] / 1024:.1f}" if "file_bytes" in r else "-"]
+                 f"{r['file_bytes'] / 1024:.1f}" if r.get("file_bytes") else "-"]
         out.append("| " + " | ".join(cells) + " |")
+    out += [""] + measured_on(rows, num_id, num_ood)
     return "\n".join(out) + "\n"
 
 
-def write_leaderboard(path: str | Path, scores: dict[str, Any] | Sequence[dict[str, Any]], title: str) -> Path:
-    rows = leaderboard_rows(scores) if isinstance(scores, dict) else list(scores)
-    return atomic_write_text(path, format_leaderboard(rows, title))
+def measured_on(rows: Sequence[dict[str, Any]], num_id: int | None, num_ood: dict[str, int] | None) -> list[str]:
+    """The sizes under a leaderboard and what its ± means, so rows closer than noise are not read as different."""
+    lines = []
+    if num_id is not None and num_ood:
+        lines.append(f"Every row was measured on the same {num_id} ID test images and "
+                     + ", ".join(f"{n} {s}" for s, n in num_ood.items()) + " OOD images.")
+    if any("fpr95_se" in r for r in rows):
+        lines.append("± is the binomial standard error of the mean FPR95 at those sizes (sqrt(p(1-p)/n) per set, "
+                     "averaged); it ignores the noise of the ID threshold, so rows closer than about two of them "
+                     "are not told apart by this data.")
+    if any(r.get("shipped") for r in rows):
+        lines.append("The **shipped file** row is the detector file itself, measured as shipped; the row of the same "
+                     "name without the mark was refitted here on a seeded sample of the ID training split, so the "
+                     "two can differ by the noise of the fit.")
+    return lines
+
+
+def write_leaderboard(path: str | Path, scores: dict[str, Any] | Sequence[dict[str, Any]], title: str,
+                      num_id: int | None = None, num_ood: dict[str, int] | None = None) -> Path:
+    rows = leaderboard_rows(scores, counts=num_ood) if isinstance(scores, dict) else list(scores)
+    return atomic_write_text(path, format_leaderboard(rows, title, num_id, num_ood))
 
 
 def plot_leaderboard(scores: dict[str, Any] | Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Mean FPR95 per detector, without (grey) and with (colour) the watermark, best first."""
     plt = _pyplot()
     rows = leaderboard_rows(scores) if isinstance(scores, dict) else list(scores)
-    names = list(dict.fromkeys(r["detector"] for r in rows))
+    names = list(dict.fromkeys(_bar_name(r) for r in rows))
     labels = list(dict.fromkeys(r["watermark"] for r in rows))
     fig, ax = plt.subplots(figsize=(8, 0.32 * len(names) + 1.4), layout="constrained")
     height = 0.8 / max(1, len(labels))
     colours = ["0.6"] + plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for j, label in enumerate(labels):
-        values = {r["detector"]: r["mean"]["fpr95"] for r in rows if r["watermark"] == label}
+        values = {_bar_name(r): r["mean"]["fpr95"] for r in rows if r["watermark"] == label}
         y = [i + j * height for i in range(len(names))]
         ax.barh(y, [100 * values.get(n, np.nan) for n in names], height=height, color=colours[j % len(colours)],
                 label=f"watermark: {label}")
@@ -323,6 +375,10 @@ def plot_leaderboard(scores: dict[str, Any] | Sequence[dict[str, Any]], path: st
     fig.suptitle("Detectors, best first")
     fig.legend(fontsize=7, loc="outside lower center", ncol=len(labels))
     return atomic_write_bytes(path, _figure_png(fig))
+
+
+def _bar_name(row: dict[str, Any]) -> str:
+    return f"{row['detector']} (shipped file)" if row.get("shipped") else row["detector"]
 
 
 def write_selection_report(path: str | Path, selection: dict[str, Any]) -> Path:

@@ -33,8 +33,13 @@ SCORES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def get_score(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The logit function of a protocol score; other names get the registry's one "unknown score" message."""
     if name not in SCORES:
-        raise WatermarkOODError(f"unknown score {name!r}; choose one of {', '.join(SCORES)}")
+        from .detectors import check_name
+
+        check_name(name)  # unknown everywhere: the same message as every other command
+        raise WatermarkOODError(f"{name} is a detector, not one of the logit scores of the paper's protocol tables "
+                                f"({', '.join(SCORES)}); evaluate it with --scores {name}")
     return SCORES[name]
 
 

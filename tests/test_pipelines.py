@@ -1,0 +1,106 @@
+"""``evaluate`` as a library call and a command: leaderboards without a watermark, the shipped row, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import write_npz_dataset
+from watermark_ood.cli import main
+from watermark_ood.errors import WatermarkOODError
+from watermark_ood.metrics import fpr_at_tpr, mean_fpr_standard_error
+from watermark_ood.pipelines import EvaluateSettings, check_evaluate
+
+RUN = ["--model", "small_cnn", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture
+def data(tmp_path):
+    root = write_npz_dataset(tmp_path / "toy", n_train=60, n_test=30)
+    np.savez(tmp_path / "noise.npz", x=np.random.default_rng(0).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8))
+    return root, tmp_path / "noise.npz"
+
+
+def test_leaderboard_without_a_watermark(data, tmp_path):
+    id_data, noise = data
+    out = tmp_path / "lb"
+    assert main(["evaluate", *RUN, "--id-data", str(id_data), "--ood-data", str(noise), "synthetic:uniform",
+                 "--scores", "energy", "knn", "knn+energy", "--out", str(out)]) == 0
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert run["has_watermark"] is False and run["watermarked"] == {} and run["score"] == "energy"
+    assert set(run["scores"]) == {"energy", "knn", "knn+energy"}
+    assert all("watermarked" not in block for block in run["scores"].values())  # nothing was fitted first
+    assert run["baseline"] == run["scores"]["energy"]["baseline"]
+    board = (out / "leaderboard.md").read_text()
+    rows = [line for line in board.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 3 and all("| none |" in r for r in rows)
+    assert "30 ID test images" in board and "6 noise" in board and "6 uniform" in board  # |ID test| / 5 each
+    assert (out / "leaderboard.png").stat().st_size > 1000 and not (out / "watermark.safetensors").exists()
+    # The ± printed is the binomial SE of the row's mean FPR95 at those sizes.
+    energy = run["scores"]["energy"]["baseline"]
+    se = mean_fpr_standard_error([energy["noise"]["fpr95"], energy["uniform"]["fpr95"]], [6, 6])
+    assert f"{100 * energy['mean']['fpr95']:.2f} ± {100 * se:.2f}" in board
+
+
+def test_score_accepts_every_detector(data, tmp_path):
+    id_data, noise = data
+    out = tmp_path / "one"
+    assert main(["evaluate", *RUN, "--id-data", str(id_data), "--ood-data", str(noise), "--score", "knn",
+                 "--out", str(out)]) == 0
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert run["score"] == "knn" and run["baseline"] == run["scores"]["knn"]["baseline"]
+
+
+def test_shipped_detector_gets_its_marked_row(data, tmp_path):
+    id_data, noise = data
+    detector = tmp_path / "det.safetensors"
+    assert main(["calibrate", *RUN, "--id-data", str(id_data), "--score", "knn", "--out", str(detector)]) == 0
+    out = tmp_path / "ev"
+    assert main(["evaluate", *RUN, "--detector", str(detector), "--id-data", str(id_data), "--ood-data", str(noise),
+                 "--scores", "energy", "knn", "--out", str(out)]) == 0
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    row = run["shipped_row"]
+    assert row["shipped"] and row["detector"] == "knn" and row["mean"] == run["watermarked"]["mean"]
+    assert row["file_bytes"] == detector.stat().st_size
+    board = (out / "leaderboard.md").read_text()
+    assert board.count("(shipped file)") == 1 and board.count("| knn |") == 1  # the refitted knn, unmarked
+
+
+def test_bad_input_is_one_line_and_writes_nothing(data, tmp_path, capsys):
+    id_data, noise = data
+    out = tmp_path / "never"
+    assert main(["evaluate", *RUN, "--id-data", str(id_data), "--ood-data", str(noise), "--scores", "knn", "kmeans",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown score 'kmeans'" in err and "known scores: msp" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+    assert main(["evaluate", *RUN, "--id-data", str(id_data), "--ood-data", str(noise), "--out", str(out)]) == 2
+    assert "--scores" in capsys.readouterr().err and not out.exists()
+
+
+def test_detector_for_another_model_is_refused(data, tmp_path, capsys):
+    id_data, noise = data
+    detector = tmp_path / "det.safetensors"
+    assert main(["calibrate", *RUN, "--id-data", str(id_data), "--score", "energy", "--out", str(detector)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "never"
+    code = main(["evaluate", "--model", "resnet8", "--device", "cpu", "--no-progress", "--detector", str(detector),
+                 "--id-data", str(id_data), "--ood-data", str(noise), "--scores", "energy", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "made for model" in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_check_evaluate_runs_before_any_data():
+    with pytest.raises(WatermarkOODError, match="at most one of"):
+        check_evaluate(EvaluateSettings("missing", ["x"], "o", watermark="a", detector="b"))
+    with pytest.raises(WatermarkOODError, match="unknown score 'nope'"):
+        check_evaluate(EvaluateSettings("missing", ["x"], "o", score="nope"))
+    assert check_evaluate(EvaluateSettings("missing", ["x"], "o", scores=["msp", "msp", "energy"])) == ["msp", "energy"]
+
+
+def test_standard_error_matches_a_simulation():
+    rng = np.random.default_rng(0)
+    id_scores = rng.normal(1, 1, 4000)
+    estimates = [fpr_at_tpr(id_scores, rng.normal(0, 1, 200)) for _ in range(400)]
+    p = float(np.mean(estimates))
+    assert abs(np.std(estimates) - mean_fpr_standard_error([p], [200])) < 0.2 * mean_fpr_standard_error([p], [200])
