@@ -165,8 +165,30 @@ def test_evaluate_and_predict_stream_and_count_unreadable_files(tmp_path, capsys
         assert main(["predict", *common, "--detector", str(tmp_path / "d.safetensors"), "--input", str(ood),
                      "--skip-bad-images", "--out", str(tmp_path / "p.csv")]) == 0
     rows = (tmp_path / "p.csv").read_text().splitlines()
-    assert len(rows) == 13 and "5.png,,unreadable" in rows
+    assert len(rows) == 13 and "5.png,,unreadable,," in rows
+    assert rows[0] == "input,score,is_ood,predicted_class,class_name"  # the ImageFolder's class names travel
+    for row in (r.split(",") for r in rows[1:] if "unreadable" not in r):  # small_cnn has 10 outputs, 3 named
+        assert row[4] == (f"class{row[3]}" if int(row[3]) < 3 else "")
     assert "1 unreadable files skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("score", ["energy", "vim", "knn", "odin", "knn+energy"])  # logits, features, bank,
+def test_predict_survives_a_skipped_image_with_every_kind_of_detector(tmp_path, capsys, score):  # gradient, combo
+    data = image_folder(tmp_path / "data")
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for f in sorted((data / "test" / "class0").iterdir())[:5]:
+        (folder / f.name).write_bytes(f.read_bytes())
+    (folder / "zz-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    common = ["--model", "small_cnn", "--device", "cpu", "--no-progress"]
+    assert main(["calibrate", *common, "--score", score, "--id-data", str(data), "--image-size", "12",
+                 "--out", str(tmp_path / "d.safetensors")]) == 0
+    with pytest.warns(RuntimeWarning, match="skipped"):
+        assert main(["predict", *common, "--detector", str(tmp_path / "d.safetensors"), "--input", str(folder),
+                     "--skip-bad-images", "--out", str(tmp_path / "p.csv")]) == 0
+    rows = [r.split(",") for r in (tmp_path / "p.csv").read_text().splitlines()[1:]]
+    assert len(rows) == 6 and rows[-1][:3] == ["zz-broken.png", "", "unreadable"]
+    assert all(np.isfinite(float(r[1])) and r[2] in ("True", "False") and r[3].isdigit() for r in rows[:5])
 
 
 def test_transform_needs_a_size_for_random_crops_and_valid_channels():

@@ -390,6 +390,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         calibration = holdout.sample(5000, args.seed) if args.split == "holdout" else test
         detector = Detector(model.module, model.normalization, watermark, score, execution=execution,
                             model_id=model.model_id).fit(fit_split, seed=args.seed).calibrate(calibration, args.tpr)
+    detector.class_names = getattr(train, "class_names", None)
     path = detector.save(args.out)
     if detector.selection is not None:
         from .reporting import write_selection_report
@@ -450,7 +451,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     rows, flagged, unreadable, step = [], 0, 0, 1000
     try:
         with tmp.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["input", "score", "is_ood"])
+            columns = ["input", "score", "is_ood", "predicted_class"] + (["class_name"] if detector.class_names else [])
+            writer = csv.DictWriter(handle, fieldnames=columns)
             if not as_json:
                 writer.writeheader()
             for start in bar(range(0, len(images), step), not args.no_progress, desc="predict", unit="batch"):

@@ -62,6 +62,7 @@ class ImageSet:
 
     is_streaming = False
     skipped = ()  # in-memory sets hold only readable images
+    class_names = None  # names of classes 0..K-1 where the layout has them (set by the readers; not a field)
 
     def batches(self, batch_size: int, indices: torch.Tensor | None = None
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -115,10 +116,11 @@ def load_npz(path: str | Path, name: str | None = None, require_labels: bool = F
                 raise WatermarkOODError(f"{path}: no array 'x' in the archive (found: {', '.join(archive.files) or 'none'})")
             x = archive["x"]
             y = archive["y"] if "y" in archive.files else None
+            names = _optional_names(archive)
     except WatermarkOODError:
         raise
     except Exception as error:  # noqa: BLE001 - damaged archives fail in many ways inside numpy/zipfile
-        raise WatermarkOODError(f"{path}: not a readable .npz archive ({describe(error)})") from None
+        raise WatermarkOODError(f"{path}: not a readable .npz archive ({_npz_failure(path, error)})") from None
     images = images_from_array(x, str(path))
     if y is None:
         if require_labels:
@@ -128,7 +130,33 @@ def load_npz(path: str | Path, name: str | None = None, require_labels: bool = F
         if y.ndim != 1 or len(y) != len(images) or not np.issubdtype(y.dtype, np.integer):
             raise WatermarkOODError(f"{path}: 'y' must be {len(images)} integers, got {y.dtype} of shape {y.shape}")
         labels = torch.from_numpy(y.astype(np.int64))
-    return ImageSet(images, labels, name or path.stem)
+    images = ImageSet(images, labels, name or path.stem)
+    if names is not None and names.ndim == 1 and names.dtype.kind == "U":
+        images.class_names = [str(n) for n in names]
+    return images
+
+
+def _optional_names(archive) -> np.ndarray | None:
+    """``class_names`` when stored as plain strings; an object array is never unpickled, just ignored."""
+    if "class_names" not in archive.files:
+        return None
+    try:
+        return archive["class_names"]
+    except ValueError:
+        return None
+
+
+def _npz_failure(path: Path, error: Exception) -> str:
+    """What the file is, in words; numpy's advice to unpickle is never passed on."""
+    from .fileio import what_file_is
+
+    if "pickle" in str(error):
+        with path.open("rb") as handle:
+            if handle.read(2) == b"PK":
+                return "it holds an object array, which would need unpickling and is never read; save plain " \
+                       "uint8 'x' and integer 'y' arrays"
+        return f"it is {what_file_is(path)}"
+    return describe(error)
 
 
 def gaussian_set(count: int, shape: tuple[int, int, int], seed: int, mean: float = 127.5, std: float = 64.0,

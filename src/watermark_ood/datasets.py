@@ -189,6 +189,7 @@ def load_imagefolder_splits(root: str | Path, size: int | None = None, channels:
         raise WatermarkOODError(f"{test_dir} has classes not in train: {sorted(set(test_classes) - set(classes))}")
     train = load_image_folder(root / "train", size, channels, f"{root.name}-train", True, classes, options, True)
     test = load_image_folder(test_dir, size, channels, f"{root.name}-{test_dir.name}", True, classes, options)
+    train.class_names = test.class_names = classes
     return train, test
 
 

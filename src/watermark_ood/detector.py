@@ -43,12 +43,24 @@ FIT_IMAGES = 5000  # ID training images a score is fitted on (seeded sample)
 class Prediction:
     scores: np.ndarray  # higher = more in-distribution
     is_ood: np.ndarray  # score below the calibrated threshold
+    classes: np.ndarray | None = None  # the classifier's predicted class (-1 for unreadable files)
+    class_names: list[str] | None = None  # names of the classes, where the ID data had them
 
     def to_rows(self, names: list[str] | None = None) -> list[dict[str, Any]]:
+        """One dict per input: input, score, is_ood, predicted_class (and class_name when names are known)."""
         names = names or [str(i) for i in range(len(self.scores))]
-        # A file skipped as unreadable (--skip-bad-images) has no score: its row says so instead of deciding.
-        return [{"input": n, "score": float(s), "is_ood": bool(o)} if not np.isnan(s) else
-                {"input": n, "score": None, "is_ood": "unreadable"} for n, s, o in zip(names, self.scores, self.is_ood)]
+        classes = self.classes if self.classes is not None else np.full(len(self.scores), -1)
+        rows = []
+        for n, s, o, c in zip(names, self.scores, self.is_ood, classes):
+            # A file skipped as unreadable (--skip-bad-images) has no score: its row says so instead of deciding.
+            row: dict[str, Any] = ({"input": n, "score": float(s), "is_ood": bool(o)} if not np.isnan(s) else
+                                   {"input": n, "score": None, "is_ood": "unreadable"})
+            row["predicted_class"] = int(c) if c >= 0 and not np.isnan(s) else None
+            if self.class_names is not None:
+                known = row["predicted_class"] is not None and int(c) < len(self.class_names)
+                row["class_name"] = self.class_names[int(c)] if known else None
+            rows.append(row)
+        return rows
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -61,8 +73,27 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def as_images(images: ImageSet | torch.Tensor) -> ImageSet:
+def as_images(images: ImageSet | torch.Tensor | np.ndarray) -> ImageSet:
+    """Images as the detector reads them: an ImageSet, or an NCHW tensor / array of uint8 pixels (0-255) or of
+    floats in [0, 1] (what the exported module takes). Floats are rounded to 8 bits, the precision the detector
+    was fitted and calibrated at: exact for images that came from 8-bit files.
+
+    >>> as_images(torch.full((2, 3, 4, 4), 0.5)).images[0, 0, 0, 0].item()
+    128
+    """
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
     if isinstance(images, torch.Tensor):
+        if images.ndim != 4:
+            raise WatermarkOODError(f"images must be NCHW (N x C x H x W), got shape {tuple(images.shape)}")
+        if images.is_floating_point():
+            finite = torch.isfinite(images).all()
+            if not finite or images.min() < 0 or images.max() > 1:
+                raise WatermarkOODError("float images must lie in [0, 1] (raw pixels / 255, as the exported module "
+                                        "takes them); pass uint8 pixels 0-255 otherwise")
+            images = (images * 255).round().to(torch.uint8)
+        elif images.dtype != torch.uint8:
+            raise WatermarkOODError(f"images must be uint8 (0-255) or float in [0, 1], got {images.dtype}")
         return ImageSet(images, torch.full((len(images),), -1), "inputs")
     return images
 
@@ -84,6 +115,7 @@ class Detector:
         self.tpr: float | None = None
         self.input_shape: tuple[int, ...] | None = None if watermark is None else tuple(watermark.image_shape)
         self.selection: dict[str, Any] | None = None  # the ranking `--score auto` chose from, when it did
+        self.class_names: list[str] | None = None  # the ID classes' names, where the data had them
         self.fit_seconds: float | None = None
 
     @property
@@ -106,10 +138,22 @@ class Detector:
         return predict_logits(self.model, images, self.normalization, self.watermark, self.execution), None
 
     def scores_from(self, logits: torch.Tensor, features: torch.Tensor | None) -> np.ndarray:
-        """The score of precomputed outputs (the pure part; ODIN has none, it needs the images)."""
+        """The score of precomputed outputs (the pure part; ODIN has none, it needs the images).
+
+        Rows of files skipped as unreadable (all NaN) score NaN; only readable rows reach the score, since
+        some detectors (scikit-learn's KNN) refuse a NaN anywhere in the batch.
+        """
         if self.scorer is None:
             raise WatermarkOODError("odin perturbs the inputs; score images with scores(), not precomputed outputs")
-        return self.scorer(logits, features).numpy()
+        rows = readable_rows(logits)
+        if bool(rows.all()):
+            return self.scorer(logits, features).numpy()
+        out = np.full(len(logits), np.nan, dtype=np.float32)
+        if bool(rows.any()):
+            kept = self.scorer(logits[rows], None if features is None else features[rows]).numpy()
+            out = out.astype(kept.dtype)
+            out[rows.numpy()] = kept
+        return out
 
     def scores(self, images: ImageSet | torch.Tensor) -> np.ndarray:
         """Higher = more in-distribution."""
@@ -164,11 +208,21 @@ class Detector:
         self.threshold, self.tpr = threshold_at_tpr(without_skipped(self.scores(id_validation)), tpr), float(tpr)
         return self
 
-    def predict(self, images: ImageSet | torch.Tensor) -> Prediction:
+    def predict(self, images: ImageSet | torch.Tensor | np.ndarray) -> Prediction:
+        """Scores, decisions and predicted classes; ``images`` as :func:`as_images` takes them."""
         if self.threshold is None:
             raise WatermarkOODError("the detector is not calibrated; call calibrate() or run `watermark-ood calibrate`")
-        scores = self.scores(images)
-        return Prediction(scores, scores < self.threshold)
+        images = as_images(images)
+        if self.scorer is None:
+            from .evaluation import predict_logits
+
+            scores = self.scores(images)
+            logits = predict_logits(self.model, images, self.normalization, self.watermark, self.execution)
+        else:
+            logits, features = self.outputs(images)
+            scores = self.scores_from(logits, features)
+        classes = torch.where(readable_rows(logits), logits.nan_to_num(0.0).argmax(dim=1), -1).numpy()
+        return Prediction(scores, scores < self.threshold, classes, self.class_names)
 
     # ---------------------------------------------------------------- save/load
     def metadata(self, state_values: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -181,7 +235,7 @@ class Detector:
             "score": self.score, "score_state": state_values, "threshold": self.threshold, "tpr": self.tpr,
             "watermark": None if self.watermark is None else self.watermark.metadata,
             "input_shape": None if self.input_shape is None else list(self.input_shape),
-            "selection": self.selection,
+            "selection": self.selection, "class_names": self.class_names,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -253,6 +307,7 @@ class Detector:
         detector.threshold, detector.tpr = meta["threshold"], meta["tpr"]
         detector.input_shape = tuple(meta["input_shape"]) if meta.get("input_shape") else detector.input_shape
         detector.selection = meta.get("selection")
+        detector.class_names = meta.get("class_names")
         if watermark is not None and detector.input_shape and tuple(watermark.image_shape) != detector.input_shape:
             raise WatermarkOODError(f"{path}: watermark shape {tuple(watermark.image_shape)} does not match the "
                                     f"detector's input shape {detector.input_shape}")

@@ -127,6 +127,7 @@ class FileImageSet:
     _shape: tuple[int, int, int] | None = None
 
     is_streaming = True
+    class_names = None  # set by the ImageFolder reader
 
     def __post_init__(self) -> None:
         self.labels = torch.as_tensor(self.labels, dtype=torch.int64)
