@@ -215,3 +215,48 @@ def test_selection_ranks_on_the_chosen_outlier_kinds_only(trained_toy):
     assert summary["ranking_kinds"] == ["flat-colour"] and "flat-colour)" in summary["criterion"]
     with pytest.raises(WatermarkOODError, match="outlier kinds must be some of patch-shuffle"):
         select_detector(model, norm, train, settings=SelectionSettings(ranking_kinds=("sepia",)), execution=CPU)
+
+
+def test_exported_knn_is_batch_independent_detached_and_quiet(trained_toy, tmp_path):
+    """KNN is the export whose trace reads a shape (a constant of the file): batch sizes 1, 3, 17 and 400 give the
+    library's scores and logits; outputs need no .detach(); export prints no warnings."""
+    import warnings
+
+    import onnxruntime as ort
+
+    from watermark_ood.export import export_onnx, export_torchscript
+
+    model, norm, train = trained_toy
+    detector = Detector(model, norm, score="knn", execution=CPU).fit(train).calibrate(make_images(100, seed=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = export_torchscript(detector, tmp_path / "k.pt")
+    ts = torch.jit.load(str(path))
+    session = ort.InferenceSession(str(export_onnx(detector, tmp_path / "k.onnx")))
+    images = make_images(400, seed=9)
+    x = images.images.float() / 255
+    lib_scores = detector.scores(images)
+    with torch.no_grad():
+        lib_logits = model(norm(images.images))
+    for n in (1, 3, 17, 400):
+        logits, scores, is_ood = ts(x[:n])
+        assert not logits.requires_grad and not scores.requires_grad
+        assert np.allclose(scores.numpy(), lib_scores[:n], atol=1e-4)
+        assert np.allclose(logits.numpy(), lib_logits[:n].numpy(), atol=1e-4)
+        onnx_logits, onnx_scores, _ = session.run(None, {"images": x[:n].numpy()})
+        assert np.allclose(onnx_scores, lib_scores[:n], atol=1e-4)
+        assert np.allclose(onnx_logits, lib_logits[:n].numpy(), atol=1e-4)
+        assert np.array_equal(is_ood.numpy(), scores.numpy() < detector.threshold)
+
+
+def test_predict_takes_uint8_or_float_images_alike(trained_toy):
+    model, norm, train = trained_toy
+    detector = Detector(model, norm, score="energy", execution=CPU).calibrate(make_images(100, seed=4))
+    images = make_images(20, seed=8).images
+    as_uint8, as_float = detector.predict(images), detector.predict(images.float() / 255)
+    assert np.array_equal(as_uint8.scores, as_float.scores) and np.array_equal(as_uint8.classes, as_float.classes)
+    assert np.array_equal(as_uint8.classes, model(norm(images)).argmax(1).numpy())
+    with pytest.raises(WatermarkOODError, match=r"\[0, 1\]"):
+        detector.predict(images.float())  # 0-255 floats: a mistake, said in one line
+    with pytest.raises(WatermarkOODError, match="NCHW"):
+        detector.predict(images[0])

@@ -214,8 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(pred)
 
     exp = sub.add_parser("export", help="export a calibrated detector to TorchScript and/or ONNX",
-                         description="One module: normalized images in; watermark, model, score and decision inside; "
-                                     "(logits, score, is_ood) out.")
+                         description="One module: raw images in (float in [0, 1], NCHW, any batch size); the model's "
+                                     "normalization, watermark, model, score and threshold inside; "
+                                     "(logits, score, is_ood) out, score higher = more ID.")
     _add_model(exp)
     exp.add_argument("--detector", required=True, help="detector file written by calibrate")
     exp.add_argument("--format", nargs="+", default=["torchscript", "onnx"], choices=["torchscript", "onnx"])

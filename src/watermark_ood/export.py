@@ -59,7 +59,8 @@ class DeployedDetector(nn.Module):
         features = self.features_model(x).flatten(1).float()
         logits = self.head(features).float()
         score = self.scorer(logits, features, traceable=True).float()
-        return logits, score, score < self.threshold
+        # Inference outputs: detached, so callers can call .numpy() (the weights require grad in the module).
+        return logits.detach(), score.detach(), score.detach() < self.threshold
 
 
 def deployable(detector: Detector) -> DeployedDetector:
@@ -71,8 +72,18 @@ def _example(module: DeployedDetector) -> torch.Tensor:
 
 
 def export_torchscript(detector: Detector, path: str | Path) -> Path:
+    """A traced TorchScript module (dynamic batch).
+
+    ``torch.jit.trace`` warns that it is deprecated and, for KNN, that a Python int read from a tensor shape "might
+    not generalize": that int is ``min(k + spare, bank size)``, a constant of the detector file, not of the batch.
+    Both warnings are silenced here for that reason; tests check batch sizes 1, 3, 17 and 400 against the library.
+    """
+    import warnings
+
     module = deployable(detector)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated", category=FutureWarning)
         try:
             traced = torch.jit.trace(module, (_example(module),), check_trace=False)
         except Exception as error:  # noqa: BLE001 - tracing fails in many ways
