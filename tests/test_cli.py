@@ -219,3 +219,28 @@ def test_unknown_score_names_are_one_line_errors(data, tmp_path, capsys):
                  "--out", str(tmp_path / "b")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "kmeans" in err and "known scores: msp" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command, extra, message", [
+    ("calibrate", ["--tpr", "-0.5"], "--tpr"),
+    ("calibrate", ["--tpr", "1.5"], "--tpr"),
+    ("calibrate", ["--score", "knnn"], "unknown score 'knnn'"),
+    ("calibrate", ["--eval-batch-size", "0"], "--eval-batch-size"),
+    ("calibrate", ["--watermark", "missing.safetensors"], "watermark file not found"),
+    ("fit", ["--epochs", "0"], "--epochs"),
+    ("evaluate", ["--scores", "knn", "kmeans", "--ood-data", "synthetic:uniform"], "unknown score 'kmeans'"),
+])
+def test_options_are_checked_before_any_work(tmp_path, capsys, monkeypatch, command, extra, message):
+    """A bad option is refused before the data is read: the readers are trapped and must not be called."""
+    import watermark_ood.datasets as datasets
+
+    def trap(*args, **kwargs):
+        raise AssertionError("data was read before the options were checked")
+
+    monkeypatch.setattr(datasets, "load_id_data", trap)
+    data = write_npz_dataset(tmp_path / "toy", n_train=20, n_test=10)
+    out = tmp_path / ("never.safetensors" if command == "calibrate" else "never")
+    code = main([command, "--model", "small_cnn", "--device", "cpu", "--no-progress", "--id-data", str(data),
+                 *extra, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1 and not out.exists()

@@ -491,6 +491,41 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Every option that can be judged without data, before any loading or fitting (one line, exit 2)."""
+    from .detectors import check_name
+
+    def positive(name: str, minimum: int = 1) -> None:
+        value = getattr(args, name, None)
+        if value is not None and value < minimum:
+            raise WatermarkOODError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
+
+    for name in ("eval_batch_size", "threads", "image_size", "resize", "epochs", "batch_size", "train_limit",
+                 "checkpoint_every"):
+        positive(name)
+    positive("workers", 0)
+    tpr = getattr(args, "tpr", None)
+    if tpr is not None and not 0.0 < tpr <= 1.0:
+        raise WatermarkOODError(f"--tpr is the share of ID inputs to accept, in (0, 1]; got {tpr}")
+    score = getattr(args, "score", None)
+    if score not in (None, "auto") or (score == "auto" and args.command != "calibrate"):
+        check_name(score)
+    if getattr(args, "scores", None):
+        _score_names(args.scores)
+    if getattr(args, "auto_tolerance", None) is not None:
+        _tolerance(args.auto_tolerance)
+    for name, what in (("checkpoint", "checkpoint"), ("watermark", "watermark file"), ("detector", "detector file")):
+        path = getattr(args, name, None)
+        if path is not None and not Path(path).is_file():
+            raise WatermarkOODError(f"{path}: {what} not found")
+    if getattr(args, "id_data", None) is not None and not Path(args.id_data).exists():
+        from .datasets import ID_LAYOUTS
+
+        raise WatermarkOODError(f"{args.id_data}: ID data not found; expected {ID_LAYOUTS}")
+    if getattr(args, "input", None) is not None and not Path(args.input).exists():
+        raise WatermarkOODError(f"{args.input}: --input not found (expected a folder of images or an .npz with 'x')")
+
+
 COMMANDS = {"demo": cmd_demo, "fit": cmd_fit, "evaluate": cmd_evaluate, "bench": cmd_bench,
             "calibrate": cmd_calibrate, "predict": cmd_predict, "export": cmd_export}
 
@@ -514,6 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .learner import STOP
 
     try:
+        check_options(args)
         status = COMMANDS[args.command](args)
         if STOP.is_set():  # the signal came after the last step: the outputs are complete, the exit says interrupted
             print("watermark-ood: interrupted after the work had finished; all outputs were written", file=sys.stderr)

@@ -42,6 +42,21 @@ FINITE_CHECK_EVERY = 50  # steps between NaN checks on accelerators (each one wa
 STOP = threading.Event()  # set by the CLI's SIGINT/SIGTERM handler; every running fit stops after its step
 
 
+def energy_scale_note(objective: str, ood_term: float | None) -> str:
+    """The one-line explanation, said once, of the energy objective's huge but expected OOD term ('' otherwise).
+
+    >>> energy_scale_note("energy", 1.6e16)[:40]
+    'note: the OOD term 1.6e+16 is expected, '
+    >>> energy_scale_note("msp", 1.6e16)
+    ''
+    """
+    if objective != "energy" or ood_term is None or not ood_term > 1e6:
+        return ""
+    return (f"note: the OOD term {ood_term:.2g} is expected, not a divergence: the paper's energy objective is "
+            "beta * mean exp(T_out * z) over the noise images' logits z, which is astronomically large for a "
+            "confident classifier; only its gradient's sign is used")
+
+
 @dataclass
 class EpochRecord:
     """One epoch of history: the running loss (and its two parts) and how large the watermark has grown."""
@@ -454,6 +469,8 @@ class WatermarkLearner:
                 history.append(record)
                 if log is not None and not show:
                     log(record.describe(cfg.epochs))
+                if log is not None and len(history) == 1 and energy_scale_note(cfg.objective, record.ood_term):
+                    log(energy_scale_note(cfg.objective, record.ood_term))  # once, the first time
                 validate(w, global_step)
                 if ckpt is not None:
                     ckpt.save(w, epoch + 1, 0, history, steps, best, validation)

@@ -66,6 +66,7 @@ class Selection:
     ranking: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     ranking_kinds: Sequence[str] = OBJECT_DESTROYING_KINDS
+    sizes: dict[str, int] = field(default_factory=dict)  # ranking ID images and ranked outliers
 
     def summary(self) -> dict[str, Any]:
         best = self.ranking[0]
@@ -77,6 +78,10 @@ class Selection:
                 "ranking_kinds": list(kinds),
                 "close": [f"{r['score']} ({r['watermark']})" for r in self.ranking
                           if r.get("chance_better_than_chosen", 0.0) >= CLOSE], "close_share": CLOSE,
+                "tied": tied_with(best, self.ranking),
+                "saturated": bool(tied_with(best, self.ranking)) and best.get("ranking_fpr95") == 0.0
+                and best.get("ranking_auroc") == 1.0,
+                "ranking_sizes": self.sizes,
                 "seconds": self.seconds, "ranking": self.ranking}
 
 
@@ -164,7 +169,8 @@ def select_detector(model: torch.nn.Module, normalization: Normalization, train:
     detector.fit_outputs(*outputs["fit"], fit_set.labels, outputs["z"])
     detector.input_shape = tuple(train.image_shape)
     detector.calibrate(calibration.sample(settings.calibration_images, settings.seed), tpr)
-    selection = Selection(detector, ranking, time.perf_counter() - t0, tuple(settings.ranking_kinds))
+    selection = Selection(detector, ranking, time.perf_counter() - t0, tuple(settings.ranking_kinds),
+                          {"id": len(rank_id), "outliers": int(len(ranked_rows))})
     detector.selection = selection.summary()
     return selection
 
@@ -217,9 +223,23 @@ def chance_better(chosen: tuple[np.ndarray, np.ndarray], others: Sequence[tuple[
     return [float(w / resamples) for w in wins]
 
 
-def _key(row: dict[str, Any]) -> tuple[float, float, float, float]:
+def _key(row: dict[str, Any]) -> tuple[float, float, float, float, float]:
+    """Ranking order: usable, admitted, lower FPR95, higher AUROC, then (ties) fewer fitted values to ship."""
     return (0.0 if row["ok"] else 1.0, 0.0 if row.get("admitted", True) else 1.0, row.get("ranking_fpr95", 1.0),
-            -row.get("ranking_auroc", 0.0))
+            -row.get("ranking_auroc", 0.0), row.get("fitted_values", 0))
+
+
+def tied_with(best: dict[str, Any], ranking: Sequence[dict[str, Any]]) -> list[str]:
+    """Admitted candidates whose ranking FPR95 and AUROC equal the chosen one's: the tie-break chose among them.
+
+    >>> rows = [{"score": "a", "watermark": "none", "ok": True, "ranking_fpr95": 0.0, "ranking_auroc": 1.0},
+    ...         {"score": "b", "watermark": "none", "ok": True, "ranking_fpr95": 0.0, "ranking_auroc": 1.0},
+    ...         {"score": "c", "watermark": "none", "ok": True, "ranking_fpr95": 0.1, "ranking_auroc": 0.9}]
+    >>> tied_with(rows[0], rows)
+    ['b (none)']
+    """
+    return [f"{r['score']} ({r['watermark']})" for r in ranking if r is not best and r["ok"] and r.get("admitted", True)
+            and r.get("ranking_fpr95") == best.get("ranking_fpr95") and r.get("ranking_auroc") == best.get("ranking_auroc")]
 
 
 def _rank_one(model, normalization, mark, name, condition, outputs, fit_set, rank_id, outliers, ranked_rows,
@@ -232,16 +252,19 @@ def _rank_one(model, normalization, mark, name, condition, outputs, fit_set, ran
         detector = Detector(model, normalization, mark, name, execution=execution, model_id=model_id)
         if name == "odin":
             s_id, s_out = detector.scores(rank_id), detector.scores(outliers)
+            fitted_values = 0
         else:
             detector.fit_outputs(*outputs["fit"], fit_set.labels, outputs["z"])
             s_id, s_out = detector.scores_from(*outputs["id"]), detector.scores_from(*outputs["out"])
+            fitted_values = sum(t.numel() for t in detector.scorer.state()[0].values())
     except WatermarkOODError as error:
         return {**row, "ok": False, "error": str(error)}
     s_id = without_skipped(s_id)  # rows of unreadable ID files (streamed with skip_bad); outliers are in memory
     ranked = s_out[ranked_rows]
     return {**row, "ok": True, "fpr95": fpr_at_tpr(s_id, s_out), "auroc": auroc(s_id, s_out),
             "ranking_fpr95": fpr_at_tpr(s_id, ranked), "ranking_auroc": auroc(s_id, ranked),
-            "per_kind": per_kind_fpr(s_id, s_out), "seconds": time.perf_counter() - t0, SCORES: (s_id, ranked)}
+            "per_kind": per_kind_fpr(s_id, s_out), "seconds": time.perf_counter() - t0, "fitted_values": fitted_values,
+            SCORES: (s_id, ranked)}
 
 
 def _describe(row: dict[str, Any]) -> str:
