@@ -7,6 +7,8 @@ __version__ = "0.1.0"
 
 from .config import PRESETS, FitConfig, Preset, get_preset
 from .data import ImageSet, load_npz
+from .datasets import load_id_data, load_ood_data
+from .detector import Detector, Prediction
 from .errors import WatermarkOODError
 from .evaluation import Evaluation, evaluate, predict_logits
 from .learner import FitResult, WatermarkLearner, fit_watermark
@@ -15,6 +17,7 @@ from .models import LoadedModel, load_model
 from .preprocessing import CIFAR, IMAGENET, Normalization
 from .runtime import ExecutionConfig
 from .scores import energy_score, max_logit_score, msp_score
+from .selection import select_detector
 from .watermark import Watermark
 
 __all__ = [
@@ -22,4 +25,5 @@ __all__ = [
     "Evaluation", "evaluate", "predict_logits", "FitResult", "WatermarkLearner", "fit_watermark", "aupr_in",
     "aupr_out", "auroc", "fpr_at_tpr", "ood_metrics", "LoadedModel", "load_model", "CIFAR", "IMAGENET",
     "Normalization", "ExecutionConfig", "energy_score", "max_logit_score", "msp_score", "Watermark",
+    "load_id_data", "load_ood_data", "Detector", "Prediction", "select_detector",
 ]

@@ -18,6 +18,7 @@ from safetensors.torch import save as save_bytes
 from .config import FitConfig
 from .errors import WatermarkOODError, describe
 from .fileio import atomic_write_bytes, read_safetensors, remove_stale_temporaries
+from .schema import check_float, check_int, check_list, check_mapping, check_tensor, fail
 
 if TYPE_CHECKING:
     from .learner import EpochRecord
@@ -84,12 +85,46 @@ class FitCheckpoint:
                 )
         if not torch.isfinite(watermark).all():
             raise WatermarkOODError(f"{self.path}: checkpoint watermark contains NaN or infinite values")
-        history = [EpochRecord(**r) for r in state["history"]]
+        try:
+            history, best = self._checked(state, tensors, EpochRecord)
+        except WatermarkOODError as error:
+            raise WatermarkOODError(f"{self.path}: damaged fit checkpoint ({error}); delete it to start the fit "
+                                    "afresh") from None
+        return CheckpointState(watermark, state["epoch"], state["step"], history, best,
+                               state.get("validation", []))
+
+    def _checked(self, state: dict[str, Any], tensors: dict[str, torch.Tensor], record: type):
+        """Every field a resumed fit reads: position, history records, the best watermark so far."""
+        from dataclasses import fields
+
+        shape = (1, *self.identity["image_shape"])
+        check_tensor("tensor watermark", tensors["watermark"], shape, {})
+        check_int("epoch", state.get("epoch"), 0, self.identity["config"].get("epochs"))
+        check_int("step", state.get("step"), 0)
+        names = {f.name: f for f in fields(record)}
+        history = []
+        for i, item in enumerate(check_list("history", state.get("history"))):
+            item = check_mapping(f"history[{i}]", item)
+            unknown = sorted(set(item) - set(names))
+            if unknown:
+                raise fail(f"history[{i}].{unknown[0]}", "no such field", item[unknown[0]])
+            for key, value in item.items():
+                if not (value is None and names[key].default is None):
+                    (check_int if key in ("epoch", "steps") else check_float)(f"history[{i}].{key}", value)
+            try:
+                history.append(record(**item))
+            except TypeError as error:  # a required field missing
+                raise fail(f"history[{i}]", "every field of an epoch record", str(error)) from None
+        check_list("validation", state.get("validation", []))
         best = None
         if "best" in state and "best" in tensors:
-            best = {**state["best"], "watermark": tensors["best"]}
-        return CheckpointState(watermark, int(state["epoch"]), int(state["step"]), history, best,
-                               state.get("validation", []))
+            saved = check_mapping("best", state["best"])
+            check_int("best.step", saved.get("step"), 0)
+            for j, value in enumerate(check_list("best.key", saved.get("key"))):
+                check_float(f"best.key[{j}]", value, limit=float("inf"))
+            check_tensor("tensor best", tensors["best"], shape, {})
+            best = {**saved, "watermark": tensors["best"]}
+        return history, best
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -26,13 +26,14 @@ from safetensors.torch import save as save_bytes
 
 from .config import FitConfig, get_preset
 from .data import ImageSet
-from .detectors import DETECTOR_KINDS, Combination, PosthocScore, build_score, check_name, last_linear
+from .detectors import DETECTOR_KINDS, Combination, PosthocScore, build_score, check_name, check_state, last_linear
+from .schema import check_float, check_int, check_list, check_mapping, check_str, check_tensor, fail
 from .errors import WatermarkOODError, describe
 from .fileio import atomic_write_bytes, atomic_write_json, read_safetensors
 from .preprocessing import Normalization
 from .runtime import ExecutionConfig
 from .streaming import readable_rows, without_skipped
-from .watermark import Watermark
+from .watermark import Watermark, check_watermark_metadata
 
 FORMAT = "watermark-ood-detector"
 FORMAT_VERSION = 2  # 1: logit scores only (still read); 2: any score, its fitted state, model fingerprint
@@ -256,30 +257,28 @@ class Detector:
 
     @staticmethod
     def read(path: str | Path) -> tuple[dict[str, Any], Watermark | None]:
-        """Metadata (with ``score_tensors``) and watermark of a detector file; every failure is a WatermarkOODError."""
+        """Metadata (with ``score_tensors``) and watermark of a detector file, every field checked against the
+        file's schema (:func:`check_metadata`); every failure is a one-line WatermarkOODError naming the field."""
         path = Path(path)
         if not path.is_file():
             raise WatermarkOODError(f"{path}: detector file not found")
         blob = path.read_bytes()
         try:
             tensors, header_metadata = read_safetensors(blob)
-            meta = json.loads(header_metadata["detector"])
+            meta = json.loads(header_metadata["detector"], parse_constant=_refuse_constant)
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 raise ValueError("not a watermark-ood detector")
-            normalization = Normalization.from_dict(meta["normalization"])
-            threshold = meta["threshold"]
-            if threshold is not None and not np.isfinite(float(threshold)):
-                raise ValueError("threshold is not finite")
-            check_name(meta["score"])
-            if int(meta.get("format_version", 1)) > FORMAT_VERSION:
-                raise ValueError(f"format version {meta['format_version']} is newer than this release reads")
         except WatermarkOODError as error:
             raise WatermarkOODError(f"{path}: not a valid detector file ({error})") from None
         except Exception as error:  # noqa: BLE001 - damaged files fail in many ways
             raise WatermarkOODError(f"{path}: not a valid detector file ({describe(error)})") from None
-        watermark = None
-        if "watermark" in tensors:
-            watermark = Watermark(tensors["watermark"], meta.get("watermark") or {})
+        try:
+            normalization = check_metadata(meta, tensors)
+            watermark = None
+            if "watermark" in tensors:
+                watermark = Watermark(tensors["watermark"], meta.get("watermark") or {})
+        except WatermarkOODError as error:
+            raise WatermarkOODError(f"{path}: not a valid detector file ({error})") from None
         meta["normalization"] = normalization
         meta["score_tensors"] = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("score/")}
         return meta, watermark
@@ -294,6 +293,10 @@ class Detector:
                                     f"{recorded}), not for the model given (fingerprint {model_fingerprint(model)})")
         detector = cls(model, meta["normalization"], watermark, meta["score"], execution=execution,
                        model_id=meta["model"])
+        try:
+            check_score_state(meta, detector.scorer, model)
+        except WatermarkOODError as error:
+            raise WatermarkOODError(f"{path}: not a valid detector file ({error})") from None
         if detector.scorer is not None:
             head = detector.scorer.parts[0].head if isinstance(detector.scorer, Combination) else detector.scorer.head
             kind = Combination if isinstance(detector.scorer, Combination) else PosthocScore
@@ -304,7 +307,7 @@ class Detector:
                 raise
             except Exception as error:  # noqa: BLE001 - a damaged state fails in many ways
                 raise WatermarkOODError(f"{path}: the {meta['score']} state is damaged ({describe(error)})") from None
-        detector.threshold, detector.tpr = meta["threshold"], meta["tpr"]
+        detector.threshold, detector.tpr = meta.get("threshold"), meta.get("tpr")
         detector.input_shape = tuple(meta["input_shape"]) if meta.get("input_shape") else detector.input_shape
         detector.selection = meta.get("selection")
         detector.class_names = meta.get("class_names")
@@ -312,6 +315,84 @@ class Detector:
             raise WatermarkOODError(f"{path}: watermark shape {tuple(watermark.image_shape)} does not match the "
                                     f"detector's input shape {detector.input_shape}")
         return detector
+
+
+def _refuse_constant(name: str) -> float:
+    raise WatermarkOODError(f"the JSON header holds {name}, which no field may be")
+
+
+def check_metadata(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Normalization:
+    """Every JSON field of a detector file (formats 1 and 2) and its watermark tensor, before anything is built.
+
+    Returns the normalization. Sizes that need the model (feature dimension, classes) are checked by
+    :func:`check_score_state` once the model is known.
+    """
+    version = meta.get("format_version", 1)
+    check_int("format_version", version, 1, FORMAT_VERSION)
+    check_str("model", meta.get("model"))
+    if meta.get("model_fingerprint") is not None or version >= 2:
+        check_str("model_fingerprint", meta.get("model_fingerprint"), r"[0-9a-f]{16}")
+    check_str("score", meta.get("score"))
+    check_name(meta["score"])
+    norm = check_mapping("normalization", meta.get("normalization"))
+    if set(norm) != {"mean", "std"}:
+        raise fail("normalization", "an object with mean and std", norm)
+    mean = check_list("normalization.mean", norm["mean"])
+    std = check_list("normalization.std", norm["std"], len(mean))
+    if not mean:
+        raise fail("normalization.mean", "one value per channel", mean)
+    for i, (m, v) in enumerate(zip(mean, std)):
+        check_float(f"normalization.mean[{i}]", m, 0.0, 1.0)  # of pixels in [0, 1]
+        check_float(f"normalization.std[{i}]", v, 0.0, 1e3, low_open=True)
+    shape = meta.get("input_shape")
+    if shape is not None:
+        for i, size in enumerate(check_list("input_shape", shape, 3)):
+            check_int(f"input_shape[{i}]", size, 1, 1 << 16)
+        if shape[0] != len(mean):
+            raise fail("input_shape[0]", f"{len(mean)} channels, as the normalization has", shape[0])
+    threshold, tpr = meta.get("threshold"), meta.get("tpr")
+    if threshold is not None:
+        check_float("threshold", threshold)
+    if tpr is not None:
+        check_float("tpr", tpr, 0.0, 1.0, low_open=True)
+    if (threshold is None) != (tpr is None):
+        raise fail("tpr", "a value exactly when threshold has one", tpr)
+    if meta.get("selection") is not None:
+        check_mapping("selection", meta["selection"])
+    if meta.get("watermark") is not None:
+        check_watermark_metadata("watermark", meta["watermark"])
+    names = meta.get("class_names")
+    if names is not None:
+        for i, name in enumerate(check_list("class_names", names)):
+            check_str(f"class_names[{i}]", name)
+    if ("watermark" in tensors) != (meta.get("watermark") is not None):
+        raise fail("watermark", "metadata exactly when the file holds a watermark tensor", meta.get("watermark"))
+    if "watermark" in tensors:
+        mark = tensors["watermark"]
+        expected = (1, *shape) if shape is not None else (1, len(mean), "H", "W")
+        check_tensor("tensor watermark", mark, expected, {})
+    unknown = sorted(k for k in tensors if k != "watermark" and k != "none" and not k.startswith("score/"))
+    if unknown:
+        raise fail(f"tensor {unknown[0]}", "no such tensor in a detector file", "a tensor")
+    return Normalization(tuple(mean), tuple(std))
+
+
+def check_score_state(meta: dict[str, Any], scorer: Any, model: torch.nn.Module) -> None:
+    """The fitted state against the score's schema and this model's feature and class counts."""
+    name, tensors = meta["score"], meta["score_tensors"]
+    values = meta.get("score_state")
+    if scorer is None:  # odin: nothing fitted, nothing stored
+        if tensors or values not in (None, {}, {"fitted": True}):
+            raise fail("score_state", "nothing for odin, which is not fitted", values)
+        return
+    if values is None and int(meta.get("format_version", 1)) == 1:
+        values = {"fitted": True}  # format 1: logit scores, no state
+    head = scorer.parts[0].head if isinstance(scorer, Combination) else scorer.head
+    try:
+        classes = last_linear(model).out_features
+    except WatermarkOODError:
+        classes = None
+    check_state(name, values, tensors, head, classes)
 
 
 def threshold_at_tpr(id_scores: np.ndarray, tpr: float) -> float:

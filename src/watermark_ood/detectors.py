@@ -28,6 +28,7 @@ from torch import nn
 
 from .errors import WatermarkOODError, describe
 from .features import last_linear  # noqa: F401 - re-exported: the head that feature scores read
+from .schema import StateSchema, Value, check_float, check_mapping, check_tensor, fail
 
 
 @dataclass(frozen=True)
@@ -38,26 +39,40 @@ class DetectorKind:
     reads: str  # "logits" | "features" | "gradient"
     fitted: bool
     paper: str
+    state: StateSchema = StateSchema()  # what its saved state holds (checked when a file is loaded)
 
 
+_GAUSSIAN = {"mu": ("K", "D"), "cov": ("D", "D"), "precision": ("D", "D")}  # class means, shared covariance
 DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
     DetectorKind("msp", "logits", False, "Hendrycks & Gimpel, ICLR 2017"),
     DetectorKind("energy", "logits", False, "Liu et al., NeurIPS 2020"),
     DetectorKind("maxlogit", "logits", False, "Hendrycks et al., ICML 2022"),
     DetectorKind("entropy", "logits", False, "Chan et al., ICCV 2021 (softmax entropy)"),
     DetectorKind("gen", "logits", False, "Liu et al., CVPR 2023"),
-    DetectorKind("klmatching", "logits", True, "Hendrycks et al., ICML 2022"),
+    DetectorKind("klmatching", "logits", True, "Hendrycks et al., ICML 2022",
+                 StateSchema(per_class_tensor=("dists", ("K",)))),
     DetectorKind("odin", "gradient", False, "Liang et al., ICLR 2018"),
-    DetectorKind("mahalanobis", "features", True, "Lee et al., NeurIPS 2018"),
-    DetectorKind("rmd", "features", True, "Ren et al., 2021 (relative Mahalanobis)"),
-    DetectorKind("knn", "features", True, "Sun et al., ICML 2022"),
-    DetectorKind("vim", "features", True, "Wang et al., CVPR 2022"),
-    DetectorKind("she", "features", True, "Zhang et al., ICLR 2023"),
-    DetectorKind("react", "features", True, "Sun et al., NeurIPS 2021 (on the penultimate activations)"),
+    DetectorKind("mahalanobis", "features", True, "Lee et al., NeurIPS 2018", StateSchema(_GAUSSIAN)),
+    DetectorKind("rmd", "features", True, "Ren et al., 2021 (relative Mahalanobis)", StateSchema(
+        {**_GAUSSIAN, "background_mu": ("D",), "background_cov": ("D", "D"), "background_precision": ("D", "D")})),
+    DetectorKind("knn", "features", True, "Sun et al., ICML 2022", StateSchema(
+        {"bank": ("N", "D")}, {"k": Value("int", 1, "N"), "normalize": Value("bool"), "_is_fitted": Value("bool")})),
+    DetectorKind("vim", "features", True, "Wang et al., CVPR 2022", StateSchema(
+        {"w": ("K", "D"), "b": ("K",), "u": ("D",), "principal_subspace": ("D", "d")},
+        {"d": Value("int", 1, "D"), "alpha": Value("float", 0.0, low_open=True)})),
+    DetectorKind("she", "features", True, "Zhang et al., ICLR 2023", StateSchema({"patterns": ("K", "D")})),
+    DetectorKind("react", "features", True, "Sun et al., NeurIPS 2021 (on the penultimate activations)", StateSchema(
+        {}, {"percentile": Value("float", 0.0, 1.0), "threshold": Value("float"), "_is_fitted": Value("bool")})),
     DetectorKind("ash", "features", False, "Djurisic et al., ICLR 2023 (ASH-S on the pooled penultimate "
-                                           "activations, not the last feature map)"),
-    DetectorKind("dice", "features", True, "Sun & Li, ECCV 2022"),
-    DetectorKind("pnml", "features", True, "Bibas et al., NeurIPS 2021"),
+                                           "activations, not the last feature map)",
+                 StateSchema({}, {"percentile": Value("float", 0.0, 1.0)})),
+    DetectorKind("dice", "features", True, "Sun & Li, ECCV 2022", StateSchema(
+        {"weight": ("K", "D"), "bias": ("K",), "masked_w": ("K", "D"), "mean_activation": ("D",)},
+        {"p": Value("float", 0.0, 1.0), "_is_fitted": Value("bool"), "threshold": Value("float")})),
+    DetectorKind("pnml", "features", True, "Bibas et al., NeurIPS 2021", StateSchema(
+        {"_feature_projector": ("D", "D")}, {"eps": Value("float", 0.0, 1.0, low_open=True),
+                                             "_log_num_classes": Value("float-or-null", required=False)},
+        optional_tensors={"_log_num_classes": ()})),  # log K, cached by the library after its first score
 )}
 SCORE_NAMES = tuple(DETECTOR_KINDS)
 # Stateful pytorch-ood attributes that are rebuilt from the model, never saved.
@@ -335,6 +350,37 @@ class Combination:
         return combo
 
 
+
+
+def check_state(name: str, values: Any, tensors: dict[str, torch.Tensor], head: nn.Linear | None,
+                num_classes: int | None = None) -> None:
+    """A saved score state against its kind's schema and this model's sizes (one line naming the field if not)."""
+    sizes = {} if head is None else {"D": head.in_features, "K": head.out_features}
+    if num_classes is not None:
+        sizes.setdefault("K", num_classes)
+    if "+" not in name:
+        DETECTOR_KINDS[name].state.check("", values, tensors, sizes)
+        return
+    parts = name.split("+")
+    values = check_mapping("score_state", values)
+    if values.get("fitted") is not True:
+        raise fail("score_state.fitted", "true (a saved detector is fitted)", values.get("fitted"))
+    states = check_mapping("score_state.parts", values.get("parts"))
+    if sorted(states) != [str(i) for i in range(len(parts))] or set(values) - {"fitted", "parts"}:
+        raise fail("score_state.parts", f"one state per part {list(range(len(parts)))}", sorted(states))
+    for key in ("combination.mean", "combination.std"):
+        if key not in tensors:
+            raise fail(f"tensor {key}", f"a tensor of shape ({len(parts)},)", "none")
+        check_tensor(f"tensor {key}", tensors[key], (len(parts),), {})
+    if bool((tensors["combination.std"] <= 0).any()):
+        raise fail("tensor combination.std", "positive values", tensors["combination.std"].tolist())
+    known = {"combination.mean", "combination.std"} | {k for k in tensors if k.split("/", 1)[0] in
+                                                        {f"part{i}" for i in range(len(parts))}}
+    if set(tensors) - known:
+        raise fail(f"tensor {sorted(set(tensors) - known)[0]}", "no such tensor for this combination", "a tensor")
+    for i, part in enumerate(parts):
+        part_tensors = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"part{i}/")}
+        DETECTOR_KINDS[part].state.check(f"part {i} ({part}) ", states[str(i)], part_tensors, dict(sizes))
 
 
 def build_score(name: str, head: nn.Linear | None) -> PosthocScore | Combination | None:

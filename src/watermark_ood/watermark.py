@@ -12,6 +12,7 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from .errors import WatermarkOODError, describe
 from .fileio import atomic_write_bytes, atomic_write_json, read_safetensors
+from .schema import check_float, check_mapping, check_str, check_tensor, fail
 
 TENSOR_KEY = "watermark"
 METADATA_KEY = "watermark_ood"
@@ -80,11 +81,19 @@ class Watermark:
         if TENSOR_KEY not in tensors:
             raise WatermarkOODError(f"{path}: no tensor named {TENSOR_KEY!r} (found: {', '.join(tensors) or 'none'})")
         try:
-            metadata = json.loads(header_metadata.get(METADATA_KEY, "{}"))
-        except (json.JSONDecodeError, AttributeError, TypeError) as error:
+            metadata = json.loads(header_metadata.get(METADATA_KEY, "{}"), parse_constant=_no_constants)
+        except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as error:
             raise WatermarkOODError(f"{path}: corrupted watermark metadata ({error})") from None
         if not isinstance(metadata, dict):
             raise WatermarkOODError(f"{path}: watermark metadata must be a JSON object")
+        try:
+            check_watermark_metadata("", metadata)
+        except WatermarkOODError as error:
+            raise WatermarkOODError(f"{path}: not a valid watermark file ({error})") from None
+        extra = sorted(set(tensors) - {TENSOR_KEY})
+        if extra:
+            raise WatermarkOODError(f"{path}: not a valid watermark file (tensor {extra[0]}: expected only "
+                                    f"{TENSOR_KEY!r})")
         tensor = tensors[TENSOR_KEY]
         if tensor.ndim != 4 or tensor.shape[0] != 1:
             raise WatermarkOODError(f"{path}: a watermark has shape (1, C, H, W), got {tuple(tensor.shape)}")
@@ -94,6 +103,35 @@ class Watermark:
             )
         if not tensor.is_floating_point():
             raise WatermarkOODError(f"{path}: watermark tensor must be floating point, got {tensor.dtype}")
+        if "shape" in metadata and metadata["shape"] != list(tensor.shape):
+            raise WatermarkOODError(f"{path}: not a valid watermark file (shape: expected {list(tensor.shape)}, as "
+                                    f"the tensor has, found {metadata['shape']!r})")
+        try:
+            check_tensor("tensor watermark", tensor, (1, "C", "H", "W"), {})
+        except WatermarkOODError as error:
+            raise WatermarkOODError(f"{path}: not a valid watermark file ({error})") from None
         metadata.pop("format_version", None)
         metadata.pop("shape", None)
         return cls(tensor, metadata)
+
+
+def _no_constants(name: str) -> float:
+    raise ValueError(f"the JSON header holds {name}, which no field may be")
+
+
+def check_watermark_metadata(prefix: str, metadata: Any) -> None:
+    """The watermark metadata fields the library reads (objective, preset, hyperparameters), typed; others are
+    free-form records (history, metrics) that no computation reads."""
+    where = f"{prefix}." if prefix else ""
+    check_mapping(prefix or "watermark metadata", metadata)
+    version = metadata.get("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise fail(f"{where}format_version", f"{FORMAT_VERSION}", version)
+    for key in ("objective", "preset", "model"):
+        if key in metadata:
+            check_str(f"{where}{key}", metadata[key])
+    if "hyperparameters" in metadata:
+        for key, value in check_mapping(f"{where}hyperparameters", metadata["hyperparameters"]).items():
+            for item in value if isinstance(value, list) else [value]:
+                if item is not None and not isinstance(item, (str, bool)):
+                    check_float(f"{where}hyperparameters.{key}", item, limit=float("inf"))
