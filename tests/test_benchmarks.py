@@ -61,7 +61,7 @@ def test_train_classifier_resumes_to_the_same_weights_as_an_unbroken_run(tmp_pat
 
 def test_detector_choice_measures_both_ranking_rules(tmp_path):
     """Issue 13's benchmark: the shipped rule's pick and the other rule's, each measured on the real (here toy) sets."""
-    data = write_npz_dataset(tmp_path / "toy", n_train=300, n_test=40, size=32)
+    data = write_npz_dataset(tmp_path / "toy", n_train=340, n_test=40, size=32)  # >= 19 calibration images
     ood = tmp_path / "ood.npz"  # ID-like images from a second draw: no detector separates them perfectly
     np.savez_compressed(ood, x=np.load(write_npz_dataset(tmp_path / "other", n_test=40, size=32, seed=7)
                                        / "test.npz")["x"])

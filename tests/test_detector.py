@@ -112,7 +112,7 @@ def test_cli_calibrate_predict_export(tmp_path, capsys):
         out = tmp_path / f"pred.{suffix}"
         assert main(["predict", *common, "--detector", str(det), "--input", str(tmp_path / "inputs.npz"),
                      "--out", str(out)]) == 0
-    assert (tmp_path / "pred.csv").read_text().splitlines()[0] == "input,score,is_ood,predicted_class"
+    assert (tmp_path / "pred.csv").read_text().splitlines()[0] == "input,score,is_ood,predicted_class,p_value"
     assert len(json.loads((tmp_path / "pred.json").read_text())["rows"]) == 12
     assert main(["export", *common, "--detector", str(det), "--out", str(tmp_path / "exp")]) == 0
     assert (tmp_path / "exp" / "detector.onnx").is_file() and (tmp_path / "exp" / "detector.torchscript.pt").is_file()
@@ -190,7 +190,7 @@ def test_selection_refuses_a_watermark_that_costs_accuracy(trained_toy):
     model, norm, train = trained_toy
     harmful = Watermark(torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 50.0)
     settings = SelectionSettings(candidates=("energy", "msp", "knn"), combine=(), fit_images=200, rank_images=40,
-                                 calibration_images=20)
+                                 calibration_images=20, holdout_fraction=0.2)  # 30 calibration images: >= 19
     selection = select_detector(model, norm, train, harmful, settings=settings, execution=CPU)
     given = [r for r in selection.ranking if r["watermark"] == "given" and r["ok"]]
     assert given and all(r["admitted"] is False and "accuracy" in r["refused"] for r in given)
@@ -205,7 +205,8 @@ def test_selection_ranks_on_the_chosen_outlier_kinds_only(trained_toy):
 
     model, norm, train = trained_toy
     settings = SelectionSettings(candidates=("energy", "msp", "knn", "maxlogit"), combine=(2,), fit_images=200,
-                                 rank_images=50, calibration_images=20, ranking_kinds=("flat-colour",))
+                                 rank_images=50, calibration_images=20, ranking_kinds=("flat-colour",),
+                                 holdout_fraction=0.2)
     selection = select_detector(model, norm, train, settings=settings, execution=CPU)
     ok = [r for r in selection.ranking if r["ok"]]
     assert all(r["ranking_fpr95"] == r["per_kind"]["flat-colour"] and set(r["per_kind"]) == set(OUTLIER_KINDS)

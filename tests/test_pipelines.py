@@ -16,7 +16,7 @@ RUN = ["--model", "small_cnn", "--device", "cpu", "--no-progress"]
 
 @pytest.fixture
 def data(tmp_path):
-    root = write_npz_dataset(tmp_path / "toy", n_train=60, n_test=30)
+    root = write_npz_dataset(tmp_path / "toy", n_train=250, n_test=30)  # a 25-image hold-out calibrates at 0.95
     np.savez(tmp_path / "noise.npz", x=np.random.default_rng(0).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8))
     return root, tmp_path / "noise.npz"
 

@@ -23,7 +23,7 @@ def test_the_readme_has_python_blocks_that_name_their_inputs():
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_block_runs(index, tmp_path):
-    data = write_npz_dataset(tmp_path / "toy", n_train=120, n_test=30)
+    data = write_npz_dataset(tmp_path / "toy", n_train=400, n_test=30)
     np.savez(tmp_path / "ood.npz", x=np.random.default_rng(0).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8))
     lines = []
     for line in BLOCKS[index].splitlines():

@@ -158,15 +158,15 @@ def test_evaluate_and_predict_stream_and_count_unreadable_files(tmp_path, capsys
     assert run["skipped_images"] == {"count": 1, "files": [str(ood / "5.png")]}
     assert run["num_ood"]["Textures"] == 12  # files listed; the unreadable one is left out of the metrics
 
-    assert main(["calibrate", *common, "--score", "energy", "--id-data", str(data), "--image-size", "12",
+    assert main(["calibrate", *common, "--tpr", "0.8", "--score", "energy", "--id-data", str(data), "--image-size", "12",
                  "--out", str(tmp_path / "d.safetensors")]) == 0
     capsys.readouterr()
     with pytest.warns(RuntimeWarning):
         assert main(["predict", *common, "--detector", str(tmp_path / "d.safetensors"), "--input", str(ood),
                      "--skip-bad-images", "--out", str(tmp_path / "p.csv")]) == 0
     rows = (tmp_path / "p.csv").read_text().splitlines()
-    assert len(rows) == 13 and "5.png,,unreadable,," in rows
-    assert rows[0] == "input,score,is_ood,predicted_class,class_name"  # the ImageFolder's class names travel
+    assert len(rows) == 13 and "5.png,,unreadable,,," in rows
+    assert rows[0] == "input,score,is_ood,predicted_class,class_name,p_value"  # the ImageFolder's class names travel
     for row in (r.split(",") for r in rows[1:] if "unreadable" not in r):  # small_cnn has 10 outputs, 3 named
         assert row[4] == (f"class{row[3]}" if int(row[3]) < 3 else "")
     assert "1 unreadable files skipped" in capsys.readouterr().out
@@ -181,7 +181,7 @@ def test_predict_survives_a_skipped_image_with_every_kind_of_detector(tmp_path, 
         (folder / f.name).write_bytes(f.read_bytes())
     (folder / "zz-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     common = ["--model", "small_cnn", "--device", "cpu", "--no-progress"]
-    assert main(["calibrate", *common, "--score", score, "--id-data", str(data), "--image-size", "12",
+    assert main(["calibrate", *common, "--tpr", "0.8", "--score", score, "--id-data", str(data), "--image-size", "12",
                  "--out", str(tmp_path / "d.safetensors")]) == 0
     with pytest.warns(RuntimeWarning, match="skipped"):
         assert main(["predict", *common, "--detector", str(tmp_path / "d.safetensors"), "--input", str(folder),
@@ -215,6 +215,7 @@ def test_calibrate_on_a_streamed_folder_leaves_unreadable_training_images_out(tm
     out = tmp_path / "knn.safetensors"
     with pytest.warns(RuntimeWarning, match="skipped"):
         assert main(["calibrate", "--model", "small_cnn", "--device", "cpu", "--no-progress", "--score", "knn",
+                     "--tpr", "0.8",  # 10 hold-out images: a conformal threshold at 0.8 needs 4
                      "--id-data", str(data), "--image-size", "12", "--stream", "--skip-bad-images",
                      "--out", str(out)]) == 0
     meta = json.loads(out.with_suffix(".json").read_text())

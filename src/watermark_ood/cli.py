@@ -195,7 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "she react ash dice pnml), a combination such as knn+vim+energy, or auto: rank them all, "
                           "with and without --watermark, on held-out ID training data vs synthetic outliers (no OOD "
                           "data) [the watermark's score, else energy]")
-    cal.add_argument("--tpr", type=float, default=0.95, help="share of ID inputs to accept [0.95]")
+    cal.add_argument("--tpr", type=float, default=0.95,
+                     help="share of ID inputs to accept, in (0, 1): the split-conformal threshold guarantees that an "
+                          "ID input is rejected with probability at most 1 - tpr [0.95]")
+    cal.add_argument("--per-class", action="store_true",
+                     help="one threshold per predicted class, each with its own guarantee (every class needs at "
+                          "least 1/(1 - tpr) - 1 calibration images)")
     cal.add_argument("--split", default="holdout", choices=["holdout", "test"],
                      help="calibrate on a seeded 10%% hold-out of the training split (default) or on the test split")
     cal.add_argument("--seed", type=int, default=0)
@@ -209,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--input", required=True, help="a folder of images or an .npz with 'x'")
     pred.add_argument("--out", required=True, help="output .csv (written as it goes; any folder size) or .json")
     pred.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images [2]")
+    pred.add_argument("--fail-on-shift", type=float, metavar="ALPHA",
+                      help="exit with status 3 when the shift alarm's exact test rejects 'these inputs are like the "
+                           "calibration data' at level ALPHA, e.g. 0.01 (for pipelines)")
     pred.add_argument("--skip-bad-images", action="store_true",
                       help="write 'unreadable' rows for files that cannot be decoded instead of stopping")
     _add_runtime(pred)
@@ -220,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(exp)
     exp.add_argument("--detector", required=True, help="detector file written by calibrate")
     exp.add_argument("--format", nargs="+", default=["torchscript", "onnx"], choices=["torchscript", "onnx"])
+    exp.add_argument("--p-value", action="store_true",
+                     help="a fourth output: the conformal p-value of each input (the calibration scores inside)")
     exp.add_argument("--out", required=True, help="output folder")
     _add_runtime(exp)
     for command in sub.choices.values():  # --debug is accepted before or after the command
@@ -382,7 +392,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             raise WatermarkOODError("--score auto chooses and calibrates on held-out training data; drop --split test")
         say("ranking every detector on held-out ID training data vs synthetic outliers (no OOD data)")
         selection = select_detector(model.module, model.normalization, train, watermark, args.tpr,
-                                    SelectionSettings(seed=args.seed), execution, model.model_id,
+                                    SelectionSettings(seed=args.seed, per_class=args.per_class), execution,
+                                    model.model_id,
                                     log=None if args.no_progress else say)
         detector = selection.detector
         calibration = None
@@ -390,7 +401,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         fit_split, holdout = train.split(0.1, args.seed)
         calibration = holdout.sample(5000, args.seed) if args.split == "holdout" else test
         detector = Detector(model.module, model.normalization, watermark, score, execution=execution,
-                            model_id=model.model_id).fit(fit_split, seed=args.seed).calibrate(calibration, args.tpr)
+                            model_id=model.model_id).fit(fit_split, seed=args.seed).calibrate(
+                                calibration, args.tpr, args.per_class, train.num_classes)
     detector.class_names = getattr(train, "class_names", None)
     path = detector.save(args.out)
     if detector.selection is not None:
@@ -402,9 +414,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
               f"from {len(detector.selection['ranking'])} candidates in {detector.selection['seconds']:.0f}s; "
               f"ranking in {report}")
     accepted = "" if calibration is None else \
-        f", accepts {100 * float((detector.scores(calibration) >= detector.threshold).mean()):.2f}% of " \
+        f", accepts {100 * (1 - float(detector.predict(calibration).is_ood.mean())):.2f}% of " \
         f"{len(calibration)} ID images ({args.split})"
-    print(f"wrote {path}: score {detector.score}, threshold {detector.threshold:.6g}{accepted}")
+    guarantee = ""
+    if detector.calibration is not None:
+        summary = detector.calibration.summary()
+        guarantee = (f"; guaranteed: an ID input is rejected with probability at most "
+                     f"{100 * summary['guaranteed_false_rejection_at_most']:.2f}% (split-conformal, n = {summary['n']}"
+                     f"{', per class' if summary['per_class'] else ''})")
+    print(f"wrote {path}: score {detector.score}, threshold {detector.threshold:.6g}{accepted}{guarantee}")
     return 0
 
 
@@ -452,7 +470,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     rows, flagged, unreadable, step = [], 0, 0, 1000
     try:
         with tmp.open("w", newline="") as handle:
-            columns = ["input", "score", "is_ood", "predicted_class"] + (["class_name"] if detector.class_names else [])
+            columns = ["input", "score", "is_ood", "predicted_class"] + (["class_name"] if detector.class_names else []) \
+                + (["p_value"] if detector.calibration is not None else [])
             writer = csv.DictWriter(handle, fieldnames=columns)
             if not as_json:
                 writer.writeheader()
@@ -465,15 +484,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     rows += chunk
                 else:
                     writer.writerows(chunk)
+        shift = _shift_alarm(detector, flagged, len(names) - unreadable, args.fail_on_shift)
         if as_json:
             atomic_write_text(tmp, json_module.dumps({"threshold": detector.threshold, "score": detector.score,
-                                                      "rows": rows}, indent=1))
+                                                      "shift": shift, "rows": rows}, indent=1))
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
     skipped = f"; {unreadable} unreadable files skipped" if unreadable else ""
     print(f"wrote {out}: {flagged} of {len(names) - unreadable} inputs flagged as OOD{skipped}")
-    return 0
+    print(shift["message"], file=sys.stderr)
+    return 3 if shift["fail"] else 0
+
+
+def _shift_alarm(detector, flagged: int, inputs: int, fail_on: float | None) -> dict[str, Any]:
+    """The shift alarm of predict: one line for stderr and the JSON block (see conformal.shift_test)."""
+    from .conformal import shift_test
+
+    if detector.tpr is None or not 0 < detector.tpr < 1 or inputs == 0:
+        return {"message": "shift alarm: not available (no inputs, or a detector calibrated at tpr 1)",
+                "fail": False}
+    calibration = detector.calibration
+    n = calibration.n if calibration is not None and calibration.class_thresholds is None else None
+    test = shift_test(flagged, inputs, detector.tpr, n)
+    p = test["p_value"]
+    verdict = ("more than ID inputs allow: the inputs differ from the calibration data" if p < (fail_on or 0.01)
+               else "consistent with ID inputs like the calibration data")
+    test["message"] = (f"shift alarm: {flagged} of {inputs} inputs rejected ({100 * flagged / inputs:.1f}%; ID inputs: "
+                       f"at most {100 * test['expected_share_at_most']:.1f}%), exact one-sided p = {p:.3g}: {verdict}")
+    test["alpha"] = fail_on
+    test["fail"] = fail_on is not None and p < fail_on
+    return test
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -485,9 +526,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     detector = Detector.load(args.detector, model.module, _execution(args))
     out = Path(args.out)
     if "torchscript" in args.format:
-        print(f"wrote {export_torchscript(detector, out / 'detector.torchscript.pt')}")
+        print(f"wrote {export_torchscript(detector, out / 'detector.torchscript.pt', args.p_value)}")
     if "onnx" in args.format:
-        print(f"wrote {export_onnx(detector, out / 'detector.onnx')}")
+        print(f"wrote {export_onnx(detector, out / 'detector.onnx', with_p_value=args.p_value)}")
     return 0
 
 
@@ -505,8 +546,11 @@ def check_options(args: argparse.Namespace) -> None:
         positive(name)
     positive("workers", 0)
     tpr = getattr(args, "tpr", None)
-    if tpr is not None and not 0.0 < tpr <= 1.0:
-        raise WatermarkOODError(f"--tpr is the share of ID inputs to accept, in (0, 1]; got {tpr}")
+    if tpr is not None and not 0.0 < tpr < 1.0:
+        raise WatermarkOODError(f"--tpr is the share of ID inputs to accept, in (0, 1); got {tpr}")
+    level = getattr(args, "fail_on_shift", None)
+    if level is not None and not 0.0 < level < 1.0:
+        raise WatermarkOODError(f"--fail-on-shift is a significance level in (0, 1), e.g. 0.01; got {level}")
     score = getattr(args, "score", None)
     if score not in (None, "auto") or (score == "auto" and args.command != "calibrate"):
         check_name(score)

@@ -27,6 +27,7 @@ from safetensors.torch import save as save_bytes
 from .config import FitConfig, get_preset
 from .data import ImageSet
 from .detectors import DETECTOR_KINDS, Combination, PosthocScore, build_score, check_name, check_state, last_linear
+from .conformal import Calibration, conformal_threshold
 from .schema import check_float, check_int, check_list, check_mapping, check_str, check_tensor, fail
 from .errors import WatermarkOODError, describe
 from .fileio import atomic_write_bytes, atomic_write_json, read_safetensors
@@ -46,6 +47,7 @@ class Prediction:
     is_ood: np.ndarray  # score below the calibrated threshold
     classes: np.ndarray | None = None  # the classifier's predicted class (-1 for unreadable files)
     class_names: list[str] | None = None  # names of the classes, where the ID data had them
+    p_values: np.ndarray | None = None  # conformal p-values (small = unusual); None for files without calibration
 
     def to_rows(self, names: list[str] | None = None) -> list[dict[str, Any]]:
         """One dict per input: input, score, is_ood, predicted_class (and class_name when names are known)."""
@@ -57,6 +59,8 @@ class Prediction:
             row: dict[str, Any] = ({"input": n, "score": float(s), "is_ood": bool(o)} if not np.isnan(s) else
                                    {"input": n, "score": None, "is_ood": "unreadable"})
             row["predicted_class"] = int(c) if c >= 0 and not np.isnan(s) else None
+            if self.p_values is not None:
+                row["p_value"] = None if np.isnan(s) else float(self.p_values[len(rows)])
             if self.class_names is not None:
                 known = row["predicted_class"] is not None and int(c) < len(self.class_names)
                 row["class_name"] = self.class_names[int(c)] if known else None
@@ -117,6 +121,7 @@ class Detector:
         self.input_shape: tuple[int, ...] | None = None if watermark is None else tuple(watermark.image_shape)
         self.selection: dict[str, Any] | None = None  # the ranking `--score auto` chose from, when it did
         self.class_names: list[str] | None = None  # the ID classes' names, where the data had them
+        self.calibration: Calibration | None = None  # the sorted calibration scores (p-values, guarantees)
         self.fit_seconds: float | None = None
 
     @property
@@ -201,19 +206,22 @@ class Detector:
             self.scorer.fit(logits, features, labels)
         return self
 
-    def calibrate(self, id_validation: ImageSet, tpr: float = 0.95) -> "Detector":
-        """Set the threshold so that a share ``tpr`` of these ID inputs is accepted (score >= threshold)."""
-        if not 0.0 < tpr <= 1.0:
-            raise WatermarkOODError(f"tpr must be in (0, 1], got {tpr}")
+    def calibrate(self, id_validation: ImageSet, tpr: float = 0.95, per_class: bool = False,
+                  num_classes: int | None = None) -> "Detector":
+        """Split-conformal threshold(s) on held-out ID images: P(reject an exchangeable ID input) <= 1 - tpr for
+        any number of them (:mod:`conformal`); ``per_class``: one threshold per predicted class, each with that
+        guarantee (``num_classes``: every class of the ID data must have enough calibration images)."""
+        from .conformal import calibrate as conformal_calibration, check_tpr
+
+        check_tpr(tpr)
         self.input_shape = tuple(id_validation.image_shape)
-        self.threshold, self.tpr = threshold_at_tpr(without_skipped(self.scores(id_validation)), tpr), float(tpr)
+        scores, classes = self._scores_and_classes(as_images(id_validation))
+        self.calibration = conformal_calibration(scores, tpr, classes, per_class, num_classes)
+        self.threshold, self.tpr = self.calibration.threshold, float(tpr)
         return self
 
-    def predict(self, images: ImageSet | torch.Tensor | np.ndarray) -> Prediction:
-        """Scores, decisions and predicted classes; ``images`` as :func:`as_images` takes them."""
-        if self.threshold is None:
-            raise WatermarkOODError("the detector is not calibrated; call calibrate() or run `watermark-ood calibrate`")
-        images = as_images(images)
+    def _scores_and_classes(self, images: ImageSet) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and the classifier's predicted classes (-1 for unreadable files), from one forward pass."""
         if self.scorer is None:
             from .evaluation import predict_logits
 
@@ -223,7 +231,26 @@ class Detector:
             logits, features = self.outputs(images)
             scores = self.scores_from(logits, features)
         classes = torch.where(readable_rows(logits), logits.nan_to_num(0.0).argmax(dim=1), -1).numpy()
-        return Prediction(scores, scores < self.threshold, classes, self.class_names)
+        return scores, classes
+
+    def predict(self, images: ImageSet | torch.Tensor | np.ndarray) -> Prediction:
+        """Scores, decisions, predicted classes and conformal p-values; ``images`` as :func:`as_images` takes them."""
+        if self.threshold is None:
+            raise WatermarkOODError("the detector is not calibrated; call calibrate() or run `watermark-ood calibrate`")
+        scores, classes = self._scores_and_classes(as_images(images))
+        if self.calibration is None:  # a file written before conformal calibration: its threshold, no p-values
+            return Prediction(scores, scores < self.threshold, classes, self.class_names)
+        thresholds = self.calibration.thresholds_for(classes)
+        return Prediction(scores, scores < thresholds, classes, self.class_names,
+                          self.calibration.p_values(scores, classes))
+
+    def shift_test(self, prediction: Prediction) -> dict[str, Any]:
+        """The shift alarm for a batch of predictions: are more inputs rejected than ID inputs allow?"""
+        from .conformal import shift_test
+
+        readable = ~np.isnan(prediction.scores)
+        n = self.calibration.n if self.calibration is not None and self.calibration.class_thresholds is None else None
+        return shift_test(int(prediction.is_ood[readable].sum()), int(readable.sum()), self.tpr, n)
 
     # ---------------------------------------------------------------- save/load
     def metadata(self, state_values: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -237,6 +264,7 @@ class Detector:
             "watermark": None if self.watermark is None else self.watermark.metadata,
             "input_shape": None if self.input_shape is None else list(self.input_shape),
             "selection": self.selection, "class_names": self.class_names,
+            "calibration": None if self.calibration is None else self.calibration.summary(),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -249,6 +277,10 @@ class Detector:
         tensors = {f"score/{k}": v for k, v in state_tensors.items()}
         if self.watermark is not None:
             tensors["watermark"] = self.watermark.tensor
+        if self.calibration is not None:
+            tensors["calibration/scores"] = torch.from_numpy(self.calibration.scores.astype(np.float64))
+            if self.calibration.classes is not None:
+                tensors["calibration/classes"] = torch.from_numpy(self.calibration.classes.astype(np.int64))
         if not tensors:
             tensors["none"] = torch.zeros(1)
         atomic_write_bytes(path, save_bytes(tensors, metadata={"detector": json.dumps(meta)}))
@@ -281,6 +313,10 @@ class Detector:
             raise WatermarkOODError(f"{path}: not a valid detector file ({error})") from None
         meta["normalization"] = normalization
         meta["score_tensors"] = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("score/")}
+        try:
+            meta["calibration_state"] = check_calibration(meta, tensors)
+        except WatermarkOODError as error:
+            raise WatermarkOODError(f"{path}: not a valid detector file ({error})") from None
         return meta, watermark
 
     @classmethod
@@ -311,6 +347,7 @@ class Detector:
         detector.input_shape = tuple(meta["input_shape"]) if meta.get("input_shape") else detector.input_shape
         detector.selection = meta.get("selection")
         detector.class_names = meta.get("class_names")
+        detector.calibration = meta.get("calibration_state")
         if watermark is not None and detector.input_shape and tuple(watermark.image_shape) != detector.input_shape:
             raise WatermarkOODError(f"{path}: watermark shape {tuple(watermark.image_shape)} does not match the "
                                     f"detector's input shape {detector.input_shape}")
@@ -371,10 +408,55 @@ def check_metadata(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> No
         mark = tensors["watermark"]
         expected = (1, *shape) if shape is not None else (1, len(mean), "H", "W")
         check_tensor("tensor watermark", mark, expected, {})
-    unknown = sorted(k for k in tensors if k != "watermark" and k != "none" and not k.startswith("score/"))
+    unknown = sorted(k for k in tensors if k not in ("watermark", "none", "calibration/scores", "calibration/classes")
+                     and not k.startswith("score/"))
     if unknown:
         raise fail(f"tensor {unknown[0]}", "no such tensor in a detector file", "a tensor")
     return Normalization(tuple(mean), tuple(std))
+
+
+def check_calibration(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Calibration | None:
+    """The calibration block (sorted scores, per-class thresholds) of files written since conformal calibration."""
+    block, scores = meta.get("calibration"), tensors.get("calibration/scores")
+    if block is None and scores is None and "calibration/classes" not in tensors:
+        return None  # an older file: threshold and tpr only
+    block = check_mapping("calibration", block)
+    if scores is None:
+        raise fail("tensor calibration/scores", "the sorted calibration scores", "none")
+    n = check_int("calibration.n", block.get("n"), 1)
+    check_tensor("tensor calibration/scores", scores, (n,), {})
+    values = scores.double().numpy()
+    tpr = check_float("tpr", meta.get("tpr"), 0.0, 1.0, low_open=True, high_open=True)
+    classes = tensors.get("calibration/classes")
+    thresholds = None
+    if block.get("per_class"):
+        if classes is None or classes.dtype != torch.int64 or tuple(classes.shape) != (n,):
+            raise fail("tensor calibration/classes", f"{n} int64 class indices", "none" if classes is None
+                       else f"{classes.dtype} {tuple(classes.shape)}")
+        classes = classes.numpy()
+        per = check_mapping("calibration.classes", block.get("classes"))
+        thresholds = {}
+        for key, item in per.items():
+            if not key.isdigit():
+                raise fail("calibration.classes", "class indices", key)
+            c = int(key)
+            own = values[classes == c]
+            if len(own) == 0 or np.any(np.diff(own) < 0):
+                raise fail(f"calibration.classes.{key}", "sorted calibration scores of this class", len(own))
+            thresholds[c] = conformal_threshold(own, tpr)
+            check_float(f"calibration.classes.{key}.threshold", check_mapping(f"calibration.classes.{key}", item)
+                        .get("threshold"))
+    else:
+        if classes is not None:
+            raise fail("tensor calibration/classes", "none (the calibration is not per class)", "a tensor")
+        if np.any(np.diff(values) < 0):
+            raise fail("tensor calibration/scores", "scores sorted ascending", "unsorted scores")
+        classes = None
+    threshold = conformal_threshold(values, tpr)  # recomputed: the stored threshold must be the conformal one
+    if meta.get("threshold") is None or abs(threshold - float(meta["threshold"])) > 1e-6 * max(1.0, abs(threshold)):
+        raise fail("threshold", f"{threshold:.9g}, the split-conformal threshold of the stored scores",
+                   meta.get("threshold"))
+    return Calibration(values, classes, tpr, threshold, thresholds)
 
 
 def check_score_state(meta: dict[str, Any], scorer: Any, model: torch.nn.Module) -> None:
@@ -393,17 +475,6 @@ def check_score_state(meta: dict[str, Any], scorer: Any, model: torch.nn.Module)
     except WatermarkOODError:
         classes = None
     check_state(name, values, tensors, head, classes)
-
-
-def threshold_at_tpr(id_scores: np.ndarray, tpr: float) -> float:
-    """The score at which a share ``tpr`` of ``id_scores`` is accepted (score >= threshold).
-
-    >>> threshold_at_tpr(np.array([1.0, 2.0, 3.0, 4.0]), 0.75)
-    2.0
-    """
-    scores = np.sort(np.asarray(id_scores, dtype=np.float64))
-    k = int(np.floor((1.0 - tpr) * len(scores) + 1e-9))
-    return float(scores[min(k, len(scores) - 1)])
 
 
 class WatermarkDetector(Detector):

@@ -1,7 +1,9 @@
 """Export: one module from raw images to a decision, as torchvision weights carry their own preprocessing.
 
 Input: float images in [0, 1], NCHW. Inside: the model's normalization, the watermark (if any), the model,
-the detector's score and its threshold. Output: ``(logits, score, is_ood)``, score higher = more ID.
+the detector's score and its threshold (one per predicted class for ``--per-class`` detectors). Output:
+``(logits, score, is_ood)``, score higher = more ID; with ``with_p_value`` (``export --p-value``) a fourth output,
+the conformal p-value, computed against the sorted calibration scores stored inside (float32, as the scores).
 Saved as TorchScript (``torch.jit.trace``) and as ONNX (``torch.onnx.export``, dynamic batch).
 
 Penultimate features are read by running a copy of the model whose last linear layer is replaced by the
@@ -22,7 +24,7 @@ from .errors import WatermarkOODError, describe
 
 
 class DeployedDetector(nn.Module):
-    def __init__(self, detector: Detector) -> None:
+    def __init__(self, detector: Detector, with_p_value: bool = False) -> None:
         super().__init__()
         if detector.scorer is None:
             raise WatermarkOODError("odin cannot be exported: its input perturbation needs a gradient pass at "
@@ -41,6 +43,26 @@ class DeployedDetector(nn.Module):
         w = detector.watermark.tensor if detector.watermark is not None else torch.zeros((1, *detector.input_shape))
         self.register_buffer("watermark", w.detach().float().clone())
         self.register_buffer("threshold", torch.tensor(float(detector.threshold)))
+        calibration = detector.calibration
+        classes = self.head.out_features
+        thresholds = torch.full((classes,), float(detector.threshold))
+        if calibration is not None and calibration.class_thresholds is not None:
+            thresholds = torch.full((classes,), float("inf"))  # a class never calibrated: nothing is guaranteed
+            for c, t in calibration.class_thresholds.items():
+                if 0 <= c < classes:
+                    thresholds[c] = t
+        self.register_buffer("class_thresholds", thresholds)
+        # p-values: the sorted calibration scores (and their classes) inside, as float32 like the scores
+        scores = torch.zeros(0) if calibration is None else torch.from_numpy(calibration.scores).float()
+        owners = torch.zeros(len(scores), dtype=torch.int64) if calibration is None or calibration.classes is None \
+            else torch.from_numpy(calibration.classes)
+        self.register_buffer("calibration_scores", scores)
+        self.register_buffer("calibration_classes", owners)
+        self.per_class = calibration is not None and calibration.class_thresholds is not None
+        self.with_p_value = with_p_value
+        if with_p_value and calibration is None:
+            raise WatermarkOODError("this detector file predates conformal calibration and holds no calibration "
+                                    "scores, so its exported module cannot give p-values; calibrate it again")
         self.scorer = detector.scorer
         self.input_shape = tuple(detector.input_shape)
         self._check_split(model)
@@ -54,24 +76,35 @@ class DeployedDetector(nn.Module):
             raise WatermarkOODError("cannot export: the model's last linear layer is not its last operation, so "
                                     "its penultimate features cannot be separated from its logits")
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = (images - self.mean) / self.std + self.watermark
         features = self.features_model(x).flatten(1).float()
         logits = self.head(features).float()
-        score = self.scorer(logits, features, traceable=True).float()
+        score = self.scorer(logits, features, traceable=True).float().detach()
+        predicted = logits.argmax(dim=1)
+        is_ood = score < self.class_thresholds[predicted]
         # Inference outputs: detached, so callers can call .numpy() (the weights require grad in the module).
-        return logits.detach(), score.detach(), score.detach() < self.threshold
+        if not self.with_p_value:
+            return logits.detach(), score, is_ood
+        below = self.calibration_scores[None, :] <= score[:, None]
+        if self.per_class:
+            own = self.calibration_classes[None, :] == predicted[:, None]
+            counts, sizes = (below & own).sum(dim=1), own.sum(dim=1)
+        else:
+            counts, sizes = below.sum(dim=1), torch.full_like(predicted, self.calibration_scores.shape[0])
+        p_value = (1.0 + counts.float()) / (1.0 + sizes.float())
+        return logits.detach(), score, is_ood, p_value
 
 
-def deployable(detector: Detector) -> DeployedDetector:
-    return DeployedDetector(detector).eval()
+def deployable(detector: Detector, with_p_value: bool = False) -> DeployedDetector:
+    return DeployedDetector(detector, with_p_value).eval()
 
 
 def _example(module: DeployedDetector) -> torch.Tensor:
     return torch.rand((2, *module.input_shape))
 
 
-def export_torchscript(detector: Detector, path: str | Path) -> Path:
+def export_torchscript(detector: Detector, path: str | Path, with_p_value: bool = False) -> Path:
     """A traced TorchScript module (dynamic batch).
 
     ``torch.jit.trace`` warns that it is deprecated and, for KNN, that a Python int read from a tensor shape "might
@@ -80,7 +113,7 @@ def export_torchscript(detector: Detector, path: str | Path) -> Path:
     """
     import warnings
 
-    module = deployable(detector)
+    module = deployable(detector, with_p_value)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated", category=FutureWarning)
@@ -96,13 +129,14 @@ def export_torchscript(detector: Detector, path: str | Path) -> Path:
     return path
 
 
-def export_onnx(detector: Detector, path: str | Path, opset: int = 18) -> Path:
-    module = deployable(detector)
+def export_onnx(detector: Detector, path: str | Path, opset: int = 18, with_p_value: bool = False) -> Path:
+    module = deployable(detector, with_p_value)
     example = _example(module)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.onnx")
-    names = dict(input_names=["images"], output_names=["logits", "score", "is_ood"], opset_version=opset)
+    outputs = ["logits", "score", "is_ood"] + (["p_value"] if with_p_value else [])
+    names = dict(input_names=["images"], output_names=outputs, opset_version=opset)
     try:
         with torch.no_grad():
             torch.onnx.export(module, (example,), str(tmp), **names, dynamo=True,

@@ -57,6 +57,7 @@ class SelectionSettings:
     max_accuracy_drop: float = 0.01  # a watermark costing more ranking-ID accuracy is not admitted
     watermark_must_win_every_kind: bool = True  # ... nor one that loses to no watermark on any outlier kind
     resamples: int = 200  # paired bootstrap of the ranking images: how sure is the winner?
+    per_class: bool = False  # calibrate the winner with one threshold per predicted class
     seed: int = 0
 
 
@@ -168,7 +169,8 @@ def select_detector(model: torch.nn.Module, normalization: Normalization, train:
     outputs = cached[best["watermark"]]
     detector.fit_outputs(*outputs["fit"], fit_set.labels, outputs["z"])
     detector.input_shape = tuple(train.image_shape)
-    detector.calibrate(calibration.sample(settings.calibration_images, settings.seed), tpr)
+    detector.calibrate(calibration.sample(settings.calibration_images, settings.seed), tpr, settings.per_class,
+                       train.num_classes)
     selection = Selection(detector, ranking, time.perf_counter() - t0, tuple(settings.ranking_kinds),
                           {"id": len(rank_id), "outliers": int(len(ranked_rows))})
     detector.selection = selection.summary()

@@ -1,0 +1,151 @@
+"""Decisions users can trust (issue 28): the guarantees hold over seeded re-splits, p-values are uniform on ID
+inputs and small on far-OOD ones, the shift alarm fires on mixtures and not on ID data."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import kstest
+
+from conftest import make_images, write_npz_dataset
+from watermark_ood.cli import main
+from watermark_ood.conformal import calibrate, conformal_rank, conformal_threshold, min_calibration_size, p_values, \
+    shift_test
+from watermark_ood.data import uniform_set
+from watermark_ood.detector import Detector
+from watermark_ood.errors import WatermarkOODError
+from watermark_ood.runtime import ExecutionConfig
+
+CPU = ExecutionConfig(device="cpu")
+SPLITS = 200
+
+
+@pytest.fixture(scope="module")
+def pool(trained_toy):
+    """Scores and predicted classes of 3,000 ID images and 500 noise images under a fitted KNN detector."""
+    model, norm, train = trained_toy
+    detector = Detector(model, norm, score="knn", execution=CPU).fit(train)
+    ids = make_images(3000, seed=21)
+    scores, classes = detector._scores_and_classes(ids)
+    noise = detector.scores(uniform_set(500, ids.image_shape, 3))
+    return detector, scores.astype(np.float64), classes, noise
+
+
+def test_rank_and_minimum_size():
+    assert conformal_rank(19, 0.95) == 1 and conformal_rank(99, 0.99) == 1 and min_calibration_size(0.95) == 19
+    with pytest.raises(WatermarkOODError, match="18 calibration images cannot support tpr 0.95.*at least 19"):
+        conformal_rank(18, 0.95)
+    for bad in (0.0, 1.0, -0.5, 1.5):
+        with pytest.raises(WatermarkOODError, match=r"\(0, 1\)"):
+            conformal_rank(100, bad)
+
+
+@pytest.mark.parametrize("n, tpr", [(40, 0.9), (200, 0.95), (1000, 0.95)])
+def test_false_rejection_rate_over_seeded_resplits(pool, n, tpr):
+    """Mean false-rejection rate over 200 re-splits <= 1 - tpr (within its binomial band), and not far below."""
+    _, scores, _, _ = pool
+    alpha, rates = 1 - tpr, []
+    for seed in range(SPLITS):
+        order = np.random.default_rng(seed).permutation(len(scores))
+        cal, held = scores[order[:n]], scores[order[n:]]
+        rates.append(float(np.mean(held < conformal_threshold(cal, tpr))))
+    k = conformal_rank(n, tpr)
+    band = 3 * np.std(rates) / np.sqrt(SPLITS)
+    assert np.mean(rates) <= k / (n + 1) + band <= alpha + band
+    assert np.mean(rates) >= k / (n + 1) - 1 / (n + 1) - band  # exact, not merely conservative (distinct scores)
+
+
+def test_per_class_guarantee_over_resplits(pool):
+    _, scores, classes, _ = pool
+    tpr, n = 0.9, 600
+    per_class = {c: [] for c in range(3)}
+    for seed in range(SPLITS):
+        order = np.random.default_rng(seed).permutation(len(scores))
+        cal, held = order[:n], order[n:]
+        calibration = calibrate(scores[cal], tpr, classes[cal], per_class=True, num_classes=3)
+        rejected = scores[held] < calibration.thresholds_for(classes[held])
+        for c in range(3):
+            per_class[c].append(float(rejected[classes[held] == c].mean()))
+    for c, rates in per_class.items():
+        assert np.mean(rates) <= 0.1 + 3 * np.std(rates) / np.sqrt(SPLITS), c
+
+
+def test_p_values_uniform_on_id_and_small_on_far_ood(pool):
+    _, scores, _, noise = pool
+    cal, held = scores[:1000], scores[1000:]
+    id_p = p_values(np.sort(cal), held)
+    assert kstest(id_p, "uniform").pvalue > 0.01
+    assert np.median(p_values(np.sort(cal), noise)) < 0.01
+    # rejection at tpr is exactly p <= k / (n + 1)
+    k = conformal_rank(1000, 0.95)
+    assert np.array_equal(held < conformal_threshold(cal, 0.95), id_p <= k / 1001)
+
+
+def test_shift_alarm_quiet_on_id_and_firing_on_mixtures(pool):
+    _, scores, _, noise = pool
+    cal, held = scores[:1000], scores[1000:]
+    t = conformal_threshold(cal, 0.95)
+    quiet = shift_test(int((held < t).sum()), len(held), 0.95, 1000)
+    assert quiet["p_value"] > 0.01
+    mixed = np.concatenate([held[:400], noise[:100]])  # 20% OOD
+    loud = shift_test(int((mixed < t).sum()), len(mixed), 0.95, 1000)
+    assert loud["p_value"] < 1e-6 and loud["binomial_p"] < 1e-6
+
+
+def test_detector_file_carries_the_calibration(pool, trained_toy, tmp_path):
+    model = trained_toy[0]
+    detector = pool[0]
+    detector.calibrate(make_images(400, seed=5), 0.9, per_class=True, num_classes=3)
+    loaded = Detector.load(detector.save(tmp_path / "d.safetensors"), model, CPU)
+    images = make_images(50, seed=6)
+    a, b = detector.predict(images), loaded.predict(images)
+    assert np.array_equal(a.is_ood, b.is_ood) and np.allclose(a.p_values, b.p_values)
+    assert loaded.calibration.summary()["per_class"] and len(loaded.calibration.class_thresholds) == 3
+    with pytest.raises(WatermarkOODError, match="predicted as class"):
+        detector.calibrate(make_images(12, seed=5), 0.9, per_class=True, num_classes=3)
+
+
+def test_exported_p_values_match_the_library(pool, tmp_path):
+    import onnxruntime as ort
+
+    from watermark_ood.export import export_onnx, export_torchscript
+
+    detector = pool[0]
+    detector.calibrate(make_images(400, seed=5), 0.9)
+    images = make_images(40, seed=7)
+    library = detector.predict(images)
+    x = images.images.float() / 255
+    ts = torch.jit.load(str(export_torchscript(detector, tmp_path / "d.pt", with_p_value=True)))
+    _, _, is_ood, p = ts(x)
+    session = ort.InferenceSession(str(export_onnx(detector, tmp_path / "d.onnx", with_p_value=True)))
+    onnx_p = session.run(None, {"images": x.numpy()})[3]
+    n = detector.calibration.n
+    assert np.abs(p.numpy() - library.p_values).max() <= 1 / (n + 1) + 1e-6  # a tie at float32 rounding at most
+    assert np.abs(onnx_p - library.p_values).max() <= 1 / (n + 1) + 1e-6
+    assert np.array_equal(is_ood.numpy(), library.is_ood)
+
+
+def test_cli_per_class_shift_and_bad_input(tmp_path, capsys):
+    data = write_npz_dataset(tmp_path / "toy", n_train=300, n_test=30)
+    common = ["--model", "small_cnn", "--device", "cpu", "--no-progress"]
+    det = tmp_path / "d.safetensors"
+    assert main(["calibrate", *common, "--id-data", str(data), "--score", "energy", "--tpr", "0.9",
+                 "--out", str(det)]) == 0
+    assert "guaranteed" in capsys.readouterr().out
+    noise = tmp_path / "noise.npz"
+    np.savez(noise, x=np.random.default_rng(0).integers(0, 256, (60, 8, 8, 3), dtype=np.uint8))
+    code = main(["predict", *common, "--detector", str(det), "--input", str(noise), "--out", str(tmp_path / "p.json"),
+                 "--fail-on-shift", "0.01"])
+    err = capsys.readouterr().err
+    import json
+
+    shift = json.loads((tmp_path / "p.json").read_text())["shift"]
+    assert "shift alarm" in err and shift["inputs"] == 60
+    assert code == (3 if shift["p_value"] < 0.01 else 0)
+    for extra, message in ((["--tpr", "1"], "(0, 1)"), (["--tpr", "0.999"], "cannot support tpr 0.999"),
+                           (["--per-class", "--tpr", "0.95"], "predicted as class")):
+        out = tmp_path / "never.safetensors"
+        assert main(["calibrate", *common, "--id-data", str(data), "--score", "energy", *extra, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1 and not out.exists()
+    assert main(["predict", *common, "--detector", str(det), "--input", str(noise), "--out", str(tmp_path / "q.csv"),
+                 "--fail-on-shift", "2"]) == 2
