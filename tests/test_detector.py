@@ -148,13 +148,24 @@ def test_cli_plain_feature_detector_calibrate_export_evaluate(tmp_path, capsys):
 
 
 def test_cli_score_auto_ranks_without_reading_ood_data(tmp_path, monkeypatch, capsys):
-    from watermark_ood import datasets
+    """No file outside the ID data folder is opened (every array and image reader is trapped at its source), and
+    the ID test split does not change the choice: a second run with other test images writes the same file."""
+    import PIL.Image
 
-    def no_ood(*args, **kwargs):
-        raise AssertionError("calibrate --score auto read OOD data")
-
-    monkeypatch.setattr(datasets, "load_ood_data", no_ood)
     data = write_npz_dataset(tmp_path / "toy", n_train=400, n_test=30)
+    real_load = np.load
+
+    def only_id_data(path, *args, **kwargs):
+        if not str(path).startswith(str(data)):
+            raise AssertionError(f"calibrate --score auto read {path}")
+        return real_load(path, *args, **kwargs)
+
+    def no_images(*args, **kwargs):
+        raise AssertionError("calibrate --score auto opened an image file")
+
+    monkeypatch.setattr(np, "load", only_id_data)
+    monkeypatch.setattr(PIL.Image, "open", no_images)
+    np.savez(tmp_path / "decoy.npz", x=np.zeros((4, 8, 8, 3), np.uint8))  # an OOD set lying next to the data
     Watermark(torch.randn(1, 3, 8, 8) * 0.05, {"objective": "energy"}).save(tmp_path / "w.safetensors")
     det = tmp_path / "auto.safetensors"
     assert main(["calibrate", "--model", "small_cnn", "--device", "cpu", "--no-progress", "--score", "auto",
@@ -174,6 +185,17 @@ def test_cli_score_auto_ranks_without_reading_ood_data(tmp_path, monkeypatch, ca
     assert meta["selection"]["close"] == [f"{r['score']} ({r['watermark']})" for r in admitted[1:]
                                           if r["chance_better_than_chosen"] >= meta["selection"]["close_share"]]
     assert "chose" in capsys.readouterr().out and "resamples" in det.with_suffix(".md").read_text()
+    other = write_npz_dataset(tmp_path / "toy-other-test", n_train=400, n_test=30)
+    np.savez_compressed(other / "test.npz", **{k: v[::-1].copy() if k == "x" else v
+                                                for k, v in real_load(write_npz_dataset(
+                                                    tmp_path / "scratch", n_train=4, n_test=30, seed=9)
+                                                    / "test.npz").items()})
+    data = other  # the trap now admits this folder
+    det2 = tmp_path / "auto2.safetensors"
+    assert main(["calibrate", "--model", "small_cnn", "--device", "cpu", "--no-progress", "--score", "auto",
+                 "--watermark", str(tmp_path / "w.safetensors"), "--id-data", str(other), "--out", str(det2)]) == 0
+    first, second = json.loads(det.with_suffix(".json").read_text()), json.loads(det2.with_suffix(".json").read_text())
+    assert first["threshold"] == second["threshold"] and first["score"] == second["score"]
     loaded = Detector.load(det, __import__("watermark_ood.models", fromlist=["load_model"]).load_model(
         "small_cnn", None, None, 3).module, CPU)
     assert loaded.threshold == meta["threshold"]

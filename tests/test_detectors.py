@@ -150,3 +150,48 @@ def test_version_1_detector_files_still_load(trained_toy, tmp_path):
     save_file({"watermark": w}, str(tmp_path / "old.safetensors"), metadata={"detector": json.dumps(meta)})
     loaded = Detector.load(tmp_path / "old.safetensors", model, CPU)
     assert loaded.threshold == 1.5 and torch.equal(loaded.watermark.tensor, w) and loaded.score == "energy"
+
+
+def _library_outlier_scores(name, head, fit_logits, fit_features, labels, logits, features):
+    """pytorch-ood's own class for ``name``, built here independently of detectors.py, on the same inputs."""
+    from pytorch_ood import detector as pod
+
+    w, b = head.weight.detach(), head.bias.detach()
+    flat = lambda x: head(x.flatten(1))  # noqa: E731 - ReAct, ASH and SHE pass (N, D[, 1, 1]) activations
+    maps = features[:, :, None, None]
+    if name in ("msp", "energy", "maxlogit", "entropy", "gen"):
+        cls = {"msp": pod.MaxSoftmax, "energy": pod.EnergyBased, "maxlogit": pod.MaxLogit, "entropy": pod.Entropy,
+               "gen": pod.GEN}[name]
+        return cls.score(logits.double())
+    if name == "klmatching":
+        return pod.KLMatching(None).fit_logits(fit_logits, labels).predict_logits(logits)
+    if name == "react":
+        return pod.ReAct(None, head=flat).fit_feature_maps(fit_features[:, :, None, None], labels) \
+            .predict_feature_maps(maps)
+    if name == "ash":
+        return pod.ASH(None, head=flat).predict_feature_maps(maps)
+    built = {"mahalanobis": lambda: pod.Mahalanobis(None), "rmd": lambda: pod.RMD(None),
+             "knn": lambda: pod.KNN(None, k=50), "vim": lambda: pod.ViM(None, d=features.shape[1] // 2, w=w, b=b),
+             "she": lambda: pod.SHE(None, head=flat), "dice": lambda: pod.DICE(None, w=w, b=b, p=0.7),
+             "pnml": lambda: pod.PNML(None, head=flat)}[name]()
+    return built.fit_features(fit_features, labels).predict_features(features)
+
+
+@pytest.mark.parametrize("name", [n for n in SCORE_NAMES if n != "odin"])
+def test_every_wired_detector_equals_pytorch_ood_with_the_sign_flipped(trained_toy, name):
+    """Value and direction: our score is exactly minus the library's outlier score (a flipped sign fails)."""
+    from watermark_ood.features import last_linear
+
+    model, norm, train = trained_toy
+    probe = Detector(model, norm, score="knn", execution=CPU)
+    fit_logits, fit_features = probe.outputs(train)
+    test = make_images(40, seed=31)
+    logits, features = probe.outputs(test)
+    detector = Detector(model, norm, score=name, execution=CPU)
+    detector.fit_outputs(fit_logits, fit_features, train.labels)
+    ours = torch.from_numpy(np.asarray(detector.scores_from(logits, features), dtype=np.float64))
+    with torch.no_grad():
+        library = _library_outlier_scores(name, last_linear(model), fit_logits, fit_features, train.labels, logits,
+                                          features).double()
+    assert torch.allclose(ours, -library, rtol=1e-5, atol=1e-6 * float(library.abs().max())), name
+    assert float(ours.std()) > 0  # the comparison is not between constants

@@ -1,0 +1,66 @@
+"""Files written by an earlier release keep loading with the same meaning (tests/fixtures/v1, written by commit
+1f09b03 with tests/fixtures/make_v1.py): detector files predict the scores and decisions recorded then, the
+watermark and the fit checkpoint load, and results.json's fields are all still written (extended, never renamed).
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from watermark_ood.cli import main
+from watermark_ood.data import load_npz
+from watermark_ood.detector import Detector
+from watermark_ood.models import load_model
+from watermark_ood.reporting import validate_run
+from watermark_ood.watermark import Watermark
+
+V1 = Path(__file__).parent / "fixtures" / "v1"
+DETECTORS = sorted(V1.glob("detector-*.safetensors"))
+COMMON = ["--model", "small_cnn", "--checkpoint", str(V1 / "small_cnn.safetensors"), "--device", "cpu",
+          "--no-progress"]
+
+
+def test_fixtures_are_there():
+    assert len(DETECTORS) == 4 and (V1 / "fit" / "watermark.safetensors").is_file()
+
+
+@pytest.mark.parametrize("path", DETECTORS, ids=lambda p: p.stem)
+def test_old_detector_files_predict_what_they_predicted(path):
+    model = load_model("small_cnn", V1 / "small_cnn.safetensors")
+    detector = Detector.load(path, model.module)
+    prediction = detector.predict(load_npz(V1 / "inputs.npz"))
+    rows = json.loads(path.with_name(path.stem + ".predictions.json").read_text())["rows"]
+    assert np.allclose(prediction.scores, [r["score"] for r in rows], rtol=1e-5, atol=1e-6)
+    assert prediction.is_ood.tolist() == [r["is_ood"] for r in rows]
+    assert detector.calibration is None and prediction.p_values is None  # older files: a threshold, no p-values
+
+
+def test_old_watermark_and_checkpoint_resume(tmp_path):
+    old = Watermark.load(V1 / "fit" / "watermark.safetensors")
+    assert old.metadata["objective"] == "energy" and old.image_shape == (3, 8, 8)
+    shutil.copytree(V1 / "fit", tmp_path / "fit")
+    assert main(["fit", *COMMON, "--id-data", str(V1 / "toy"), "--epochs", "1", "--batch-size", "16",
+                 "--objective", "energy", "--out", str(tmp_path / "fit")]) == 0  # the old checkpoint: finished
+    assert torch.equal(Watermark.load(tmp_path / "fit" / "watermark.safetensors").tensor, old.tensor)
+
+
+def test_results_json_fields_are_still_written(tmp_path):
+    old = json.loads((V1 / "evaluate" / "results.json").read_text())
+    for run in old["runs"]:
+        validate_run(run)
+    assert main(["evaluate", *COMMON, "--watermark", str(V1 / "fit" / "watermark.safetensors"), "--id-data",
+                 str(V1 / "toy"), "--ood-data", str(V1 / "inputs.npz"), "--out", str(tmp_path / "ev")]) == 0
+    new = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert new["schema_version"] == old["schema_version"] == 1
+    old_run, new_run = old["runs"][0], new["runs"][0]
+    assert set(old_run) <= set(new_run)
+    for block in ("baseline", "watermarked"):
+        assert set(old_run[block]) == set(new_run[block])
+        for name, metrics in old_run[block].items():
+            assert set(metrics) == set(new_run[block][name])
+            assert all(abs(metrics[m] - new_run[block][name][m]) < 1e-9 for m in metrics)  # the same meaning
+    assert old_run["accuracy"] == new_run["accuracy"]
