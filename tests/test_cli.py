@@ -26,8 +26,8 @@ def test_help_explains_commands(capsys):
         main(["--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    for word in ("demo", "fit", "evaluate", "bench", "watermark"):
-        assert word in text
+    for command in ("demo", "fit", "evaluate", "bench", "calibrate", "predict", "export"):
+        assert f"    {command} " in text or f"    {command}\n" in text  # each command is listed with its help
 
 
 def test_fit_then_evaluate(data, tmp_path, capsys):
@@ -157,7 +157,9 @@ def test_cuda_graphs_are_the_default_and_can_be_switched_off():
 
 def test_debug_is_accepted_after_the_command(data, tmp_path):
     id_data, _ = data
-    with pytest.raises(Exception):  # --debug shows the real exception instead of the one-line message
+    from watermark_ood.errors import WatermarkOODError
+
+    with pytest.raises(WatermarkOODError, match="ID data not found"):  # --debug raises instead of the one line
         main(["fit", *FAST, "--id-data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--debug"])
     assert main(["fit", *FAST, "--id-data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
 

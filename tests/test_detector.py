@@ -139,7 +139,8 @@ def test_cli_plain_feature_detector_calibrate_export_evaluate(tmp_path, capsys):
                  "synthetic:uniform", "--out", str(out)]) == 0
     run = json.loads((out / "results.json").read_text())["runs"][0]
     assert run["score"] == "knn" and run["has_watermark"] is False and run["baseline"] == run["watermarked"]
-    assert 0 <= run["decisions"]["id_accepted"] <= 1
+    # calibrated at 0.95 on training hold-out: on the test split it accepts about that share (small toy set)
+    assert abs(run["decisions"]["id_accepted"] - 0.95) <= 0.1 and run["decisions"]["tpr_requested"] == 0.95
     capsys.readouterr()
     assert main(["calibrate", *common, "--score", "odin", "--id-data", str(data), "--out", str(tmp_path / "o.st")]) == 0
     assert main(["export", *common, "--detector", str(tmp_path / "o.st"), "--out", str(tmp_path / "x")]) == 2

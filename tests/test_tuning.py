@@ -45,11 +45,22 @@ def test_candidates_include_the_preset_and_stabilized_variants():
     assert len({c for c in configs}) == len(configs)
 
 
-def test_validator_accuracy_constraint(toy_model, toy_test, norm3):
-    validator = Validator(toy_model, norm3, toy_test, "msp", ExecutionConfig(device="cpu"), max_accuracy_drop=0.01)
-    assert validator.baseline.accuracy_drop == 0 and validator.baseline.admissible
-    big = validator(torch.full((1, 3, 8, 8), 50.0))
-    assert big.accuracy_drop >= 0 and big.key >= (0.0,)
+def test_validator_accuracy_constraint(trained_toy):
+    """The accuracy limit alone refuses a watermark: the outlier-kind rule is switched off by a huge tolerance, so
+    the only difference between the two validators is max_accuracy_drop."""
+    from conftest import make_images
+
+    model, norm, _ = trained_toy
+    val = make_images(90, seed=3)
+    execution = ExecutionConfig(device="cpu")
+    strict = Validator(model, norm, val, "msp", execution, max_accuracy_drop=0.01, tolerance=1e9)
+    lax = Validator(model, norm, val, "msp", execution, max_accuracy_drop=1.0, tolerance=1e9)
+    assert strict.baseline.accuracy > 0.9 and strict.baseline.accuracy_drop == 0 and strict.baseline.admissible
+    harmful = torch.randn((1, 3, 8, 8), generator=torch.Generator().manual_seed(0)) * 20
+    refused, allowed = strict(harmful), lax(harmful)
+    assert refused.accuracy_drop > 0.1 and refused.accuracy_drop == allowed.accuracy_drop
+    assert not refused.admissible and allowed.admissible
+    assert refused.key > strict.baseline.key  # refused candidates sort after every admissible one
 
 
 def test_validator_refuses_a_watermark_that_loses_on_any_outlier_kind(toy_model, toy_test, norm3):
