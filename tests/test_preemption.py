@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import make_images
@@ -75,20 +76,36 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path):
     assert not list(out.glob(".*.tmp")), "a temporary file was left behind"
 
 
-def test_sigterm_writes_checkpoint_and_says_how_to_resume(tmp_path):
+def long_command(command: str, data: Path, out: Path) -> list[str]:
+    """fit or bench long enough (8 epochs of 30 steps, a checkpoint every step) that a signal sent after the first
+    checkpoint always lands mid-work."""
+    base = [sys.executable, "-m", "watermark_ood", command, "--model", "small_cnn", "--id-data", str(data),
+            "--epochs", "8", "--batch-size", "16", "--checkpoint-every", "1", "--threads", "1", "--device", "cpu",
+            "--no-progress", "--seed", "3", "--out", str(out)]
+    return base + (["--objective", "energy", "--ood-data", "synthetic:uniform"] if command == "bench" else [])
+
+
+@pytest.mark.parametrize("command, sig", [("fit", signal.SIGTERM), ("fit", signal.SIGINT),
+                                          ("bench", signal.SIGINT)])
+def test_a_signal_mid_work_checkpoints_exits_130_and_the_rerun_resumes(tmp_path, command, sig):
     data = dataset(tmp_path / "data")
     out = tmp_path / "run"
-    proc = subprocess.Popen(fit_command(data, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert wait_for(out / "checkpoint.safetensors", proc)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:  # finished before the signal arrived: nothing to check
-        return
-    assert proc.returncode == 130
+    checkpoint = out / ("checkpoint.safetensors" if command == "fit" else "fit-energy/checkpoint.safetensors")
+    proc = subprocess.Popen(long_command(command, data, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert wait_for(checkpoint, proc), "no checkpoint was written before the signal"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]  # landed mid-work: 240 steps cannot have finished
     assert "Run the same command again to resume" in err and len(err.strip().splitlines()) == 1
-    assert not (out / "watermark.safetensors").exists()
-    subprocess.run(fit_command(data, out), check=True, capture_output=True)
-    reference = tmp_path / "reference"
-    subprocess.run(fit_command(data, reference), check=True, capture_output=True)
-    assert torch.equal(Watermark.load(out / "watermark.safetensors").tensor,
-                       Watermark.load(reference / "watermark.safetensors").tensor)
+    assert checkpoint.is_file() and not (out / "watermark.safetensors").exists()
+    resumed = subprocess.run(long_command(command, data, out), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    if command == "fit":
+        assert "resuming from epoch" in resumed.stdout + resumed.stderr
+        reference = tmp_path / "reference"
+        subprocess.run(long_command(command, data, reference), check=True, capture_output=True, timeout=600)
+        assert torch.equal(Watermark.load(out / "watermark.safetensors").tensor,
+                           Watermark.load(reference / "watermark.safetensors").tensor)
+    else:
+        assert (out / "results.json").is_file()

@@ -289,8 +289,8 @@ class WatermarkLearner:
             w = state.watermark.to(device)
             start_epoch, start_step, history = state.epoch, state.step, state.history
             best, validation = state.best, state.validation
-            if log is not None:
-                log(f"resuming from epoch {start_epoch + 1}, step {start_step} of {steps} ({ckpt.path})")
+            # a notice, not progress: said even with progress off (--no-progress), so a rerun says it resumed
+            (log or say)(f"resuming from epoch {start_epoch + 1}, step {start_step} of {steps} ({ckpt.path})")
 
         def validate(point: torch.Tensor, at_step: int) -> None:
             nonlocal best
