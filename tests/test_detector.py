@@ -86,9 +86,13 @@ def test_exported_torchscript_and_onnx_agree_with_the_library(detector, tmp_path
         else:
             x = inputs.images.float() / 255
             lib_scores = detector.scores(inputs)
+            with torch.no_grad():
+                logits = detector.model(detector.normalization(inputs.images) + detector.watermark.tensor)
         with torch.no_grad():
             ts_logits, ts_scores, ts_ood = ts(x)
         onnx_logits, onnx_scores, onnx_ood = session.run(None, {"images": x.numpy()})
+        assert np.allclose(ts_logits.numpy(), logits.numpy(), atol=1e-4)  # the logits, not only the scores
+        assert np.allclose(onnx_logits, logits.numpy(), atol=1e-4)
         assert np.allclose(ts_scores.numpy(), lib_scores, atol=1e-4)
         assert np.allclose(onnx_scores, lib_scores, atol=1e-4)
         agree = lib_scores < detector.threshold

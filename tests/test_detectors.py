@@ -100,7 +100,10 @@ def test_fit_save_load_export_for_every_detector(name, trained_toy, tmp_path):
             export_onnx(loaded, tmp_path / "d.onnx")
         return
     session = ort.InferenceSession(str(export_onnx(loaded, tmp_path / "d.onnx")))
-    _, onnx_scores, onnx_ood = session.run(None, {"images": (test.images.float() / 255).numpy()})
+    onnx_logits, onnx_scores, onnx_ood = session.run(None, {"images": (test.images.float() / 255).numpy()})
+    with torch.no_grad():
+        logits = model(mark.apply(norm(test.images)))
+    assert np.allclose(onnx_logits, logits.numpy(), atol=1e-4)  # the exported logits are the model's
     # RMD subtracts two large squared distances (~1e3 here, for scores ~1e-2) and pNML multiplies by a pseudo-
     # inverse (condition number ~2e5 on this toy model's features): float32 rounding in either implementation's
     # operation order reaches ~3e-4 of the score's range. benchmarks/export_check.py measures the real models.
