@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import make_images, write_npz_dataset
@@ -136,3 +137,42 @@ def test_validation_doctests():
     from watermark_ood import validation
 
     assert doctest.testmod(validation).failed == 0
+
+
+class ScriptedValidator:
+    """Stands in for the Validator so both branches of auto_fit's decision run: a watermark's validation FPR95 is
+    ``base - gain * |w|_max`` (capped), the zero watermark's is ``base``; wins use the real ``beats`` rule."""
+
+    def __init__(self, gain, tolerance, n=200):
+        from watermark_ood.validation import ValidationOutcome
+
+        self.gain, self.tolerance, self.n, self.Outcome = gain, tolerance, n, ValidationOutcome
+        self.baseline = self.outcome(0.0)
+
+    def outcome(self, size):
+        fpr = min(0.9, max(0.0, 0.5 - self.gain * size))
+        wins = size > 0 and beats(fpr, 0.5, self.n, self.tolerance)
+        return self.Outcome(fpr, 1 - fpr, 0.9, 0.0, True, {"noise": fpr}, wins)
+
+    def __call__(self, w):
+        return self.outcome(float(w.abs().max()))
+
+
+@pytest.mark.parametrize("gain, tolerance, ships", [(1.0, 0.0, True), (-1.0, 0.0, False), (1e-4, 2.0, False)])
+def test_auto_fit_ships_a_watermark_only_on_a_clear_win(monkeypatch, toy_model, toy_train, norm3, gain, tolerance,
+                                                        ships):
+    """A winning watermark is shipped with its validation record; a losing one, or a win smaller than the
+    tolerance's standard errors, keeps the zero watermark."""
+    import watermark_ood.tuning as tuning
+
+    monkeypatch.setattr(tuning, "Validator", lambda *a, **k: ScriptedValidator(gain, tolerance))
+    settings = AutoSettings(epochs=2, batch_size=16, seed=0, validation_fraction=0.25, tolerance=tolerance)
+    result = auto_fit(toy_model, norm3, toy_train, "msp", settings, ExecutionConfig(device="cpu"))
+    assert result.zero_kept == (not ships)
+    if ships:
+        assert torch.count_nonzero(result.watermark.tensor) > 0 and result.config is not None
+        assert result.watermark.metadata["auto"]["validation"]["beats_zero"]
+        assert result.chosen_validation["fpr95"] < result.baseline_validation["fpr95"]
+    else:
+        assert torch.count_nonzero(result.watermark.tensor) == 0 and "zero watermark kept" in \
+            result.watermark.metadata["auto"]
