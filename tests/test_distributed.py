@@ -78,3 +78,36 @@ def test_imagenet_style_imagefolder_at_224(tmp_path):
     assert w.tensor.shape == (1, 3, 224, 224) and torch.count_nonzero(w.tensor) > 0
     run = json.loads((out / "results.json").read_text())["runs"][0]
     assert set(run["baseline"]) == {"iNaturalist", "mean"}
+
+
+def test_ctrl_c_under_torchrun_stops_every_rank_with_a_checkpoint_and_resumes(tmp_path):
+    """SIGINT to the whole process group (Ctrl-C in a terminal), after the first checkpoint: every rank finishes its
+    step, says it stopped; the rerun resumes to the watermark of an uninterrupted two-process run. (The launcher's
+    own exit status is torchrun's: 1, with its SignalException.)"""
+    import os
+    import signal
+
+    from test_preemption import dataset, wait_for
+
+    data = dataset(tmp_path / "data")
+
+    def command(out):
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+                "watermark_ood", "fit", "--model", "small_cnn", "--id-data", str(data), "--epochs", "8",
+                "--batch-size", "16", "--checkpoint-every", "1", "--threads", "1", "--device", "cpu",
+                "--no-progress", "--seed", "3", "--out", str(out)]
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(command(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert wait_for(out / "checkpoint.safetensors", proc, 180)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    assert err.count("watermark-ood: stopped; checkpoint written") == 2  # both ranks, together
+    assert (out / "checkpoint.safetensors").is_file() and not (out / "watermark.safetensors").exists()
+    resumed = subprocess.run(command(out), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0 and "resuming from epoch" in resumed.stderr
+    reference = subprocess.run(command(tmp_path / "reference"), capture_output=True, text=True, timeout=600)
+    assert reference.returncode == 0
+    assert torch.equal(Watermark.load(out / "watermark.safetensors").tensor,
+                       Watermark.load(tmp_path / "reference" / "watermark.safetensors").tensor)
