@@ -39,7 +39,13 @@ def test_train_classifier_writes_loadable_weights_and_their_sha256(tmp_path):
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert 0.0 <= record["test_accuracy"] <= 1.0 and record["epochs"] == 1
-    assert load_model("small_cnn", out).module is not None
+    from watermark_ood.datasets import load_id_data
+    from watermark_ood.evaluation import accuracy, predict_logits
+
+    loaded = load_model("small_cnn", out)  # the weights written are the ones whose accuracy was recorded
+    _, test = load_id_data(data)
+    assert abs(accuracy(predict_logits(loaded.module, test, loaded.normalization), test.labels)
+               - record["test_accuracy"]) < 1e-6
 
 
 def test_train_classifier_resumes_to_the_same_weights_as_an_unbroken_run(tmp_path):

@@ -75,8 +75,10 @@ def test_gen_exports_within_1e4_for_confident_images(trained_toy, tmp_path):
         top = model(norm(test.images)).double().softmax(1).max(1).values
     assert (1 - top < 1e-7).float().mean() > 0.5  # the case that failed: p clamped at 1 - 1e-7
     session = ort.InferenceSession(str(export_onnx(detector, tmp_path / "gen.onnx")))
-    _, onnx_scores, _ = session.run(None, {"images": (test.images.float() / 255).numpy()})
+    onnx_logits, onnx_scores, _ = session.run(None, {"images": (test.images.float() / 255).numpy()})
     assert np.abs(onnx_scores - lib).max() <= 1e-4 * np.abs(lib).max()
+    with torch.no_grad():
+        assert np.allclose(onnx_logits, model(norm(test.images)).numpy(), rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("name", [n for n in SCORE_NAMES] + ["knn+vim+energy"])

@@ -43,6 +43,19 @@ def test_every_score_with_and_without_watermark(toy_model, toy_train, toy_test, 
         assert set(block["cost"]["baseline"]) == {"fit_seconds", "images_per_second", "file_bytes"}
         assert 0 <= block["baseline"]["mean"]["auroc"] <= 1
     assert table["msp"]["baseline"] != table["msp"]["watermarked"]
+    # the values, not only the keys: the logit scores recomputed directly, under both conditions
+    from watermark_ood.evaluation import predict_logits
+    from watermark_ood.metrics import ood_metrics
+    from watermark_ood.scores import energy_score, msp_score
+
+    mark = Watermark(torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 0.1)
+    table = evaluate_scores(toy_model, norm3, toy_train, toy_test, sets, mark, ["energy", "msp"],
+                            ExecutionConfig(device="cpu"))
+    for condition, w in (("baseline", None), ("watermarked", mark)):
+        z_id, z_out = (predict_logits(toy_model, s, norm3, w, ExecutionConfig(device="cpu")) for s in (toy_test, sets[0]))
+        for name, fn in (("energy", energy_score), ("msp", msp_score)):
+            expected = ood_metrics(fn(z_id).numpy(), fn(z_out).numpy())
+            assert all(abs(table[name][condition]["u"][m] - v) < 1e-6 for m, v in expected.items()), (name, condition)
 
 
 def test_bench_scores_option(tmp_path):
