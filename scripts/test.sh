@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install into the project's virtual environment and run the whole test suite (about 8 minutes on 2 CPU cores).
+# Install into the project's virtual environment and run the whole test suite (about 10 minutes on 2 CPU cores).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$(bash "$ROOT/scripts/env.sh")"
