@@ -149,3 +149,12 @@ def test_cli_per_class_shift_and_bad_input(tmp_path, capsys):
         assert message in err and len(err.splitlines()) == 1 and not out.exists()
     assert main(["predict", *common, "--detector", str(det), "--input", str(noise), "--out", str(tmp_path / "q.csv"),
                  "--fail-on-shift", "2"]) == 2
+
+
+def test_detector_shift_test_reads_its_prediction(pool):
+    detector = pool[0]
+    detector.calibrate(make_images(400, seed=5), 0.9)
+    quiet = detector.shift_test(detector.predict(make_images(200, seed=13)))
+    loud = detector.shift_test(detector.predict(uniform_set(200, (3, 8, 8), 4)))
+    assert quiet["inputs"] == loud["inputs"] == 200 and "beta_binomial_p" in quiet
+    assert loud["p_value"] < 1e-6 < quiet["p_value"]

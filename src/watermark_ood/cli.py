@@ -499,14 +499,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _shift_alarm(detector, flagged: int, inputs: int, fail_on: float | None) -> dict[str, Any]:
     """The shift alarm of predict: one line for stderr and the JSON block (see conformal.shift_test)."""
-    from .conformal import shift_test
-
     if detector.tpr is None or not 0 < detector.tpr < 1 or inputs == 0:
         return {"message": "shift alarm: not available (no inputs, or a detector calibrated at tpr 1)",
                 "fail": False}
-    calibration = detector.calibration
-    n = calibration.n if calibration is not None and calibration.class_thresholds is None else None
-    test = shift_test(flagged, inputs, detector.tpr, n)
+    test = detector.shift_counts(flagged, inputs)
     p = test["p_value"]
     verdict = ("more than ID inputs allow: the inputs differ from the calibration data" if p < (fail_on or 0.01)
                else "consistent with ID inputs like the calibration data")

@@ -53,14 +53,15 @@ class Prediction:
         """One dict per input: input, score, is_ood, predicted_class (and class_name when names are known)."""
         names = names or [str(i) for i in range(len(self.scores))]
         classes = self.classes if self.classes is not None else np.full(len(self.scores), -1)
+        p_values = self.p_values if self.p_values is not None else [None] * len(self.scores)
         rows = []
-        for n, s, o, c in zip(names, self.scores, self.is_ood, classes):
+        for n, s, o, c, p in zip(names, self.scores, self.is_ood, classes, p_values):
             # A file skipped as unreadable (--skip-bad-images) has no score: its row says so instead of deciding.
             row: dict[str, Any] = ({"input": n, "score": float(s), "is_ood": bool(o)} if not np.isnan(s) else
                                    {"input": n, "score": None, "is_ood": "unreadable"})
             row["predicted_class"] = int(c) if c >= 0 and not np.isnan(s) else None
             if self.p_values is not None:
-                row["p_value"] = None if np.isnan(s) else float(self.p_values[len(rows)])
+                row["p_value"] = None if np.isnan(s) else float(p)
             if self.class_names is not None:
                 known = row["predicted_class"] is not None and int(c) < len(self.class_names)
                 row["class_name"] = self.class_names[int(c)] if known else None
@@ -246,11 +247,16 @@ class Detector:
 
     def shift_test(self, prediction: Prediction) -> dict[str, Any]:
         """The shift alarm for a batch of predictions: are more inputs rejected than ID inputs allow?"""
+        readable = ~np.isnan(prediction.scores)
+        return self.shift_counts(int(prediction.is_ood[readable].sum()), int(readable.sum()))
+
+    def shift_counts(self, rejected: int, inputs: int) -> dict[str, Any]:
+        """The same from counts (predict streams its inputs): the beta-binomial test when one overall calibration
+        set fixes the threshold, the binomial one otherwise (per-class thresholds, files without calibration)."""
         from .conformal import shift_test
 
-        readable = ~np.isnan(prediction.scores)
         n = self.calibration.n if self.calibration is not None and self.calibration.class_thresholds is None else None
-        return shift_test(int(prediction.is_ood[readable].sum()), int(readable.sum()), self.tpr, n)
+        return shift_test(rejected, inputs, self.tpr, n)
 
     # ---------------------------------------------------------------- save/load
     def metadata(self, state_values: dict[str, Any] | None = None) -> dict[str, Any]:
