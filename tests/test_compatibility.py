@@ -1,5 +1,6 @@
-"""Files written by an earlier release keep loading with the same meaning (tests/fixtures/v1, written by commit
-1f09b03 with tests/fixtures/make_v1.py): detector files predict the scores and decisions recorded then, the
+"""Files written by earlier releases keep loading with the same meaning (tests/fixtures/v1, written by commit
+1f09b03 with tests/fixtures/make_v1.py; tests/fixtures/v2, written by commit 4aab32d, before the layered package,
+with tests/fixtures/make_v2.py: conformal calibrations, per-class thresholds, p-values): detector files predict the scores and decisions recorded then, the
 watermark and the fit checkpoint load, and results.json's fields are all still written (extended, never renamed).
 """
 
@@ -19,7 +20,9 @@ from watermark_ood.reporting import validate_run
 from watermark_ood.watermark import Watermark
 
 V1 = Path(__file__).parent / "fixtures" / "v1"
+V2 = Path(__file__).parent / "fixtures" / "v2"
 DETECTORS = sorted(V1.glob("detector-*.safetensors"))
+DETECTORS_V2 = sorted(V2.glob("detector-*.safetensors"))
 COMMON = ["--model", "small_cnn", "--checkpoint", str(V1 / "small_cnn.safetensors"), "--device", "cpu",
           "--no-progress"]
 
@@ -37,6 +40,44 @@ def test_old_detector_files_predict_what_they_predicted(path):
     assert np.allclose(prediction.scores, [r["score"] for r in rows], rtol=1e-5, atol=1e-6)
     assert prediction.is_ood.tolist() == [r["is_ood"] for r in rows]
     assert detector.calibration is None and prediction.p_values is None  # older files: a threshold, no p-values
+
+
+def test_v2_fixtures_are_there():
+    assert len(DETECTORS_V2) == 6 and (V2 / "evaluate-no-watermark" / "results.json").is_file()
+
+
+@pytest.mark.parametrize("path", DETECTORS_V2, ids=lambda p: p.stem)
+def test_v2_detector_files_predict_scores_decisions_classes_and_p_values(path):
+    model = load_model("small_cnn", V2 / "small_cnn.safetensors")
+    detector = Detector.load(path, model.module)
+    prediction = detector.predict(load_npz(V2 / "inputs.npz"))
+    rows = json.loads(path.with_name(path.stem + ".predictions.json").read_text())["rows"]
+    assert np.allclose(prediction.scores, [r["score"] for r in rows], rtol=1e-5, atol=1e-6)
+    assert prediction.is_ood.tolist() == [r["is_ood"] for r in rows]
+    assert prediction.classes.tolist() == [r["predicted_class"] for r in rows]
+    assert np.allclose(prediction.p_values, [r["p_value"] for r in rows], atol=1e-9)
+
+
+def test_v2_results_json_without_a_watermark_is_still_written(tmp_path):
+    old = json.loads((V2 / "evaluate-no-watermark" / "results.json").read_text())
+    common = ["--model", "small_cnn", "--checkpoint", str(V2 / "small_cnn.safetensors"), "--device", "cpu",
+              "--no-progress"]
+    assert main(["evaluate", *common, "--scores", "energy", "knn", "--id-data", str(V2 / "toy"),
+                 "--ood-data", str(V2 / "inputs.npz"), "--out", str(tmp_path / "ev")]) == 0
+    old_run = old["runs"][0]
+    new_run = json.loads((tmp_path / "ev" / "results.json").read_text())["runs"][0]
+    validate_run(old_run)
+    assert set(old_run) <= set(new_run) and new_run["has_watermark"] is old_run["has_watermark"] is False
+    assert _same_numbers(old_run, new_run)
+
+
+def _same_numbers(old, new) -> bool:
+    """Every number of ``old`` is in ``new`` under the same keys (timings aside)."""
+    if isinstance(old, dict):
+        return all(k in new and (k in ("timing", "cost") or _same_numbers(v, new[k])) for k, v in old.items())
+    if isinstance(old, float):
+        return abs(old - new) < 1e-9
+    return old == new
 
 
 def test_old_watermark_and_checkpoint_resume(tmp_path):
