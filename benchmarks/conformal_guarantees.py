@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from watermark_ood.conformal import conformal_rank, conformal_threshold, shift_test
-from watermark_ood.datasets import load_id_data, load_ood_data
-from watermark_ood.detector import Detector
-from watermark_ood.models import load_model
-from watermark_ood.selection import SelectionSettings, select_detector, selection_splits
+from watermark_ood.data.readers import load_id_data, load_ood_data
+from watermark_ood.detection.conformal import conformal_rank, conformal_threshold, shift_test
+from watermark_ood.detection.detector import Detector
+from watermark_ood.models.registry import load_model
+from watermark_ood.selection.auto_score import SelectionSettings, select_detector, selection_splits
 
 
 def resplit_rates(scores: np.ndarray, tpr: float, resplits: int) -> dict[str, float]:

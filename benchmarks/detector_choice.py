@@ -26,17 +26,17 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from watermark_ood.bench import fit_config_for
-from watermark_ood.datasets import load_id_data, load_ood_data
-from watermark_ood.detector import Detector
-from watermark_ood.evaluation import mean_metrics, protocol_subsample
-from watermark_ood.learner import WatermarkLearner
-from watermark_ood.metrics import ood_metrics
-from watermark_ood.models import load_model
-from watermark_ood.runtime import ExecutionConfig
-from watermark_ood.selection import SelectionSettings, select_detector, selection_splits
-from watermark_ood.validation import OBJECT_DESTROYING_KINDS, OUTLIER_KINDS
-from watermark_ood.watermark import Watermark
+from watermark_ood.data.readers import load_id_data, load_ood_data
+from watermark_ood.detection.detector import Detector
+from watermark_ood.evaluation.metrics import mean_metrics, ood_metrics
+from watermark_ood.evaluation.protocol import protocol_subsample
+from watermark_ood.models.registry import load_model
+from watermark_ood.pipelines.bench import fit_config_for
+from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.selection.auto_score import SelectionSettings, select_detector, selection_splits
+from watermark_ood.selection.validation import OBJECT_DESTROYING_KINDS, OUTLIER_KINDS
+from watermark_ood.watermark.file import Watermark
+from watermark_ood.watermark.learner import WatermarkLearner
 
 
 def main() -> None:

@@ -31,15 +31,15 @@ import numpy as np
 import torch
 from safetensors.torch import save as save_bytes
 
-import watermark_ood.detector as detector_module
-from watermark_ood.datasets import load_id_data
-from watermark_ood.detector import Detector
-from watermark_ood.detectors import SCORE_NAMES
-from watermark_ood.errors import WatermarkOODError
-from watermark_ood.fileio import read_safetensors
-from watermark_ood.models import load_model
-from watermark_ood.runtime import ExecutionConfig
-from watermark_ood.watermark import Watermark
+import watermark_ood.detection.detector as detector_module
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.core.fileio import read_safetensors
+from watermark_ood.data.readers import load_id_data
+from watermark_ood.detection.detector import Detector
+from watermark_ood.detection.registry import SCORE_NAMES
+from watermark_ood.models.registry import load_model
+from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.watermark.file import Watermark
 
 DELETE = "<delete>"
 VALUES = [{}, [], "x", -1, 0, 1e308, -1e308, 0.5, 2 ** 63, True, None, float("nan"), float("inf"), DELETE]

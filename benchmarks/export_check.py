@@ -22,14 +22,14 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from watermark_ood.data import ImageSet
-from watermark_ood.datasets import load_id_data, load_ood_data
-from watermark_ood.detector import Detector
-from watermark_ood.detectors import SCORE_NAMES
-from watermark_ood.errors import WatermarkOODError
-from watermark_ood.export import export_onnx
-from watermark_ood.models import load_model
-from watermark_ood.runtime import ExecutionConfig
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.data.images import ImageSet
+from watermark_ood.data.readers import load_id_data, load_ood_data
+from watermark_ood.detection.detector import Detector
+from watermark_ood.detection.export import export_onnx
+from watermark_ood.detection.registry import SCORE_NAMES
+from watermark_ood.models.registry import load_model
+from watermark_ood.runtime.device import ExecutionConfig
 
 
 def main() -> None:

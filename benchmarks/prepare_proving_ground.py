@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from watermark_ood.data import ImageSet, load_npz, split_classes
-from watermark_ood.errors import WatermarkOODError
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.data.images import ImageSet, load_npz, split_classes
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 

@@ -17,10 +17,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from watermark_ood.config import FitConfig
-from watermark_ood.learner import PERMUTATION_TAG
-from watermark_ood.preprocessing import Normalization
-from watermark_ood.runtime import generator
+from watermark_ood.core.randomness import generator
+from watermark_ood.data.preprocessing import Normalization
+from watermark_ood.watermark.config import FitConfig
+from watermark_ood.watermark.learner import PERMUTATION_TAG
 
 
 class _PilDataset(Dataset):

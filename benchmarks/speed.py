@@ -26,20 +26,18 @@ import time
 from pathlib import Path
 
 import torch
+from reference_loop import reference_fit, reference_logits  # a script beside this one (its folder is on sys.path)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_loop import reference_fit, reference_logits  # noqa: E402
-
-from watermark_ood.config import get_preset  # noqa: E402
-from watermark_ood.data import ImageSet, load_npz  # noqa: E402
-from watermark_ood.datasets import load_id_data  # noqa: E402
-from watermark_ood.evaluation import predict_logits  # noqa: E402
-from watermark_ood.learner import WatermarkLearner  # noqa: E402
-from watermark_ood.metrics import auroc, fpr_at_tpr  # noqa: E402
-from watermark_ood.models import load_model  # noqa: E402
-from watermark_ood.runtime import ExecutionConfig  # noqa: E402
-from watermark_ood.scores import msp_score  # noqa: E402
-from watermark_ood.watermark import Watermark  # noqa: E402
+from watermark_ood.data.images import ImageSet, load_npz
+from watermark_ood.data.readers import load_id_data
+from watermark_ood.detection.logit_scores import msp_score
+from watermark_ood.evaluation.metrics import auroc, fpr_at_tpr
+from watermark_ood.models.registry import load_model
+from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.runtime.inference import predict_logits
+from watermark_ood.watermark.config import get_preset
+from watermark_ood.watermark.file import Watermark
+from watermark_ood.watermark.learner import WatermarkLearner
 
 
 class PeakRSS:
@@ -260,7 +258,7 @@ def main() -> None:
     if args.ood_data:
         held_ood = load_npz(args.ood_data).sample(args.held_out, 2)
     else:
-        from watermark_ood.data import uniform_set
+        from watermark_ood.data.images import uniform_set
 
         held_ood = uniform_set(args.held_out, test.image_shape, 2)
 

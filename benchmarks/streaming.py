@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from watermark_ood.config import FitConfig
-from watermark_ood.datasets import DataOptions, load_id_data
-from watermark_ood.learner import WatermarkLearner
-from watermark_ood.models import load_model
-from watermark_ood.runtime import ExecutionConfig, device_name
+from watermark_ood.data.readers import DataOptions, load_id_data
+from watermark_ood.models.registry import load_model
+from watermark_ood.runtime.device import ExecutionConfig, device_name
+from watermark_ood.watermark.config import FitConfig
+from watermark_ood.watermark.learner import WatermarkLearner
 
 SIZE, CLASSES = 224, 100
 

@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from watermark_ood.datasets import load_id_data
-from watermark_ood.evaluation import accuracy, predict_logits
-from watermark_ood.models import build_model
-from watermark_ood.runtime import ExecutionConfig
+from watermark_ood.data.readers import load_id_data
+from watermark_ood.evaluation.metrics import accuracy
+from watermark_ood.models.registry import build_model
+from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.runtime.inference import predict_logits
 
 
 def augment(pixels: torch.Tensor, rng: torch.Generator, pad: int = 4) -> torch.Tensor:

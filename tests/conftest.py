@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from watermark_ood.architectures import SmallCNN
-from watermark_ood.data import ImageSet
-from watermark_ood.preprocessing import Normalization
+from watermark_ood.data.images import ImageSet
+from watermark_ood.data.preprocessing import Normalization
+from watermark_ood.models.architectures import SmallCNN
 
 torch.set_num_threads(2)
 
@@ -60,7 +60,7 @@ def write_npz_dataset(folder, n_train=64, n_test=30, classes=3, size=8, seed=0):
 @pytest.fixture(scope="session")
 def trained_toy():
     """A SmallCNN trained on the toy classes (every class predicted correctly somewhere, as SHE needs)."""
-    from watermark_ood.demo import train_classifier
+    from watermark_ood.pipelines.demo import train_classifier
 
     norm = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     train = make_images(300, seed=1, name="toy-train")

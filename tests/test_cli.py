@@ -4,10 +4,10 @@ import sys
 
 import pytest
 import torch
-
 from conftest import write_npz_dataset
+
 from watermark_ood.cli import main
-from watermark_ood.watermark import Watermark
+from watermark_ood.watermark.file import Watermark
 
 FAST = ["--model", "small_cnn", "--epochs", "2", "--batch-size", "16", "--device", "cpu", "--no-progress"]
 
@@ -147,8 +147,9 @@ def test_demo_end_to_end(tmp_path):
 
 
 def test_cuda_graphs_are_the_default_and_can_be_switched_off():
-    from watermark_ood.cli import _execution, build_parser
-    from watermark_ood.runtime import ExecutionConfig
+    from watermark_ood.cli import build_parser
+    from watermark_ood.cli.commands import execution as _execution
+    from watermark_ood.runtime.device import ExecutionConfig
 
     assert ExecutionConfig().cuda_graphs
     args = build_parser().parse_args(["fit", "--model", "small_cnn", "--id-data", "x", "--out", "o", "--no-cuda-graphs"])
@@ -157,7 +158,7 @@ def test_cuda_graphs_are_the_default_and_can_be_switched_off():
 
 def test_debug_is_accepted_after_the_command(data, tmp_path):
     id_data, _ = data
-    from watermark_ood.errors import WatermarkOODError
+    from watermark_ood.core.errors import WatermarkOODError
 
     with pytest.raises(WatermarkOODError, match="ID data not found"):  # --debug raises instead of the one line
         main(["fit", *FAST, "--id-data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--debug"])
@@ -166,7 +167,7 @@ def test_debug_is_accepted_after_the_command(data, tmp_path):
 
 def test_a_signal_after_the_work_finished_still_exits_130(data, tmp_path, monkeypatch, capsys):
     from watermark_ood import cli
-    from watermark_ood.learner import STOP
+    from watermark_ood.runtime.stop import STOP
 
     def finishes_then_signalled(args):
         STOP.set()  # as the SIGINT handler does, arriving after the last step
@@ -234,12 +235,18 @@ def test_unknown_score_names_are_one_line_errors(data, tmp_path, capsys):
 ])
 def test_options_are_checked_before_any_work(tmp_path, capsys, monkeypatch, command, extra, message):
     """A bad option is refused before the data is read: the readers are trapped and must not be called."""
-    import watermark_ood.datasets as datasets
+    import sys
+
+    import watermark_ood.cli.commands  # noqa: F401 - every pipeline is imported, so every reference is trapped
 
     def trap(*args, **kwargs):
         raise AssertionError("data was read before the options were checked")
 
-    monkeypatch.setattr(datasets, "load_id_data", trap)
+    users = [m for name, m in list(sys.modules.items()) if name.startswith("watermark_ood") and
+             getattr(m, "load_id_data", None) is not None]
+    assert any(m.__name__ == "watermark_ood.pipelines.calibrate" for m in users)
+    for module in users:
+        monkeypatch.setattr(module, "load_id_data", trap)
     data = write_npz_dataset(tmp_path / "toy", n_train=20, n_test=10)
     out = tmp_path / ("never.safetensors" if command == "calibrate" else "never")
     code = main([command, "--model", "small_cnn", "--device", "cpu", "--no-progress", "--id-data", str(data),

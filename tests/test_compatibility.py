@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from watermark_ood.cli import main
-from watermark_ood.data import load_npz
-from watermark_ood.detector import Detector
-from watermark_ood.models import load_model
-from watermark_ood.reporting import validate_run
-from watermark_ood.watermark import Watermark
+from watermark_ood.data.images import load_npz
+from watermark_ood.detection.detector import Detector
+from watermark_ood.models.registry import load_model
+from watermark_ood.reporting.results import validate_run
+from watermark_ood.watermark.file import Watermark
 
 V1 = Path(__file__).parent / "fixtures" / "v1"
 V2 = Path(__file__).parent / "fixtures" / "v2"

@@ -1,7 +1,7 @@
 import pytest
 
-from watermark_ood.config import PRESETS, FitConfig, get_preset
-from watermark_ood.errors import WatermarkOODError
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.watermark.config import PRESETS, FitConfig, get_preset
 
 
 def test_presets_are_the_papers():

@@ -4,16 +4,16 @@ inputs and small on far-OOD ones, the shift alarm fires on mixtures and not on I
 import numpy as np
 import pytest
 import torch
+from conftest import make_images, write_npz_dataset
 from scipy.stats import kstest
 
-from conftest import make_images, write_npz_dataset
 from watermark_ood.cli import main
-from watermark_ood.conformal import calibrate, conformal_rank, conformal_threshold, min_calibration_size, p_values, \
-    shift_test
-from watermark_ood.data import uniform_set
-from watermark_ood.detector import Detector
-from watermark_ood.errors import WatermarkOODError
-from watermark_ood.runtime import ExecutionConfig
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.data.images import uniform_set
+from watermark_ood.detection.conformal import (calibrate, conformal_rank, conformal_threshold, min_calibration_size,
+                                               p_values, shift_test)
+from watermark_ood.detection.detector import Detector
+from watermark_ood.runtime.device import ExecutionConfig
 
 CPU = ExecutionConfig(device="cpu")
 SPLITS = 200
@@ -107,7 +107,7 @@ def test_detector_file_carries_the_calibration(pool, trained_toy, tmp_path):
 def test_exported_p_values_match_the_library(pool, tmp_path):
     import onnxruntime as ort
 
-    from watermark_ood.export import export_onnx, export_torchscript
+    from watermark_ood.detection.export import export_onnx, export_torchscript
 
     detector = pool[0]
     detector.calibrate(make_images(400, seed=5), 0.9)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from watermark_ood.config import FitConfig
-from watermark_ood.errors import WatermarkOODError
-from watermark_ood.evaluation import predict_logits
-from watermark_ood.learner import WatermarkLearner
-from watermark_ood.runtime import ExecutionConfig
-from watermark_ood.watermark import Watermark
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.runtime.inference import predict_logits
+from watermark_ood.watermark.config import FitConfig
+from watermark_ood.watermark.file import Watermark
+from watermark_ood.watermark.learner import WatermarkLearner
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

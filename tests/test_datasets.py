@@ -4,13 +4,13 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import make_images, write_npz_dataset
 from PIL import Image
 from scipy.io import savemat
 
-from conftest import make_images, write_npz_dataset
-from watermark_ood.data import load_npz
-from watermark_ood.datasets import load_cifar, load_id_data, load_ood_data, load_svhn_mat
-from watermark_ood.errors import WatermarkOODError
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.data.images import load_npz
+from watermark_ood.data.readers import load_cifar, load_id_data, load_ood_data, load_svhn_mat
 
 
 def write_cifar(root, kind="cifar10", n=20):

@@ -3,15 +3,15 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_images, write_npz_dataset
+
 from watermark_ood.cli import main
-from watermark_ood.config import FitConfig
-from watermark_ood.detector import Detector, WatermarkDetector
-from watermark_ood.errors import WatermarkOODError
-from watermark_ood.runtime import ExecutionConfig
-from watermark_ood.validation import OUTLIER_KINDS
-from watermark_ood.watermark import Watermark
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.detection.detector import Detector, WatermarkDetector
+from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.selection.validation import OUTLIER_KINDS
+from watermark_ood.watermark.config import FitConfig
+from watermark_ood.watermark.file import Watermark
 
 CPU = ExecutionConfig(device="cpu")
 
@@ -71,7 +71,7 @@ def test_exported_torchscript_and_onnx_agree_with_the_library(detector, tmp_path
     """The exported module takes raw [0, 1] images: normalization, watermark, model, score and threshold inside."""
     import onnxruntime as ort
 
-    from watermark_ood.export import export_onnx, export_torchscript
+    from watermark_ood.detection.export import export_onnx, export_torchscript
 
     detector.calibrate(make_images(200, seed=5))
     ts = torch.jit.load(str(export_torchscript(detector, tmp_path / "d.pt")))
@@ -210,8 +210,8 @@ def test_selection_refuses_a_watermark_that_costs_accuracy(trained_toy):
     """A watermark that wrecks the classifier is never shipped, however it ranks on synthetic outliers."""
     import doctest
 
-    from watermark_ood import selection as module
-    from watermark_ood.selection import SelectionSettings, select_detector
+    from watermark_ood.selection import auto_score as module
+    from watermark_ood.selection.auto_score import SelectionSettings, select_detector
 
     assert doctest.testmod(module).failed == 0
     model, norm, train = trained_toy
@@ -228,7 +228,7 @@ def test_selection_refuses_a_watermark_that_costs_accuracy(trained_toy):
 
 def test_selection_ranks_on_the_chosen_outlier_kinds_only(trained_toy):
     """The ranking's criterion is FPR95 over ``ranking_kinds``; every kind is still reported and guards watermarks."""
-    from watermark_ood.selection import SelectionSettings, select_detector
+    from watermark_ood.selection.auto_score import SelectionSettings, select_detector
 
     model, norm, train = trained_toy
     settings = SelectionSettings(candidates=("energy", "msp", "knn", "maxlogit"), combine=(2,), fit_images=200,
@@ -252,7 +252,7 @@ def test_exported_knn_is_batch_independent_detached_and_quiet(trained_toy, tmp_p
 
     import onnxruntime as ort
 
-    from watermark_ood.export import export_onnx, export_torchscript
+    from watermark_ood.detection.export import export_onnx, export_torchscript
 
     model, norm, train = trained_toy
     detector = Detector(model, norm, score="knn", execution=CPU).fit(train).calibrate(make_images(100, seed=4))

@@ -3,16 +3,15 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_images
-from watermark_ood.detector import Detector
-from watermark_ood.detectors import (DETECTOR_KINDS, SCORE_NAMES, PosthocScore, check_name, gen_outlier,
-                                     knn_kth_distance,
-                                     mahalanobis_min_distance)
-from watermark_ood.errors import WatermarkOODError
-from watermark_ood.runtime import ExecutionConfig
-from watermark_ood.validation import low_frequency_noise
-from watermark_ood.watermark import Watermark
+
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.detection.detector import Detector
+from watermark_ood.detection.registry import (DETECTOR_KINDS, SCORE_NAMES, PosthocScore, check_name, gen_outlier,
+                                              knn_kth_distance, mahalanobis_min_distance)
+from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.selection.validation import low_frequency_noise
+from watermark_ood.watermark.file import Watermark
 
 CPU = ExecutionConfig(device="cpu")
 REQUIRED = ["msp", "energy", "maxlogit", "entropy", "odin", "mahalanobis", "rmd", "knn", "vim", "she", "react",
@@ -62,7 +61,7 @@ def test_gen_exports_within_1e4_for_confident_images(trained_toy, tmp_path):
 
     import onnxruntime as ort
 
-    from watermark_ood.export import export_onnx
+    from watermark_ood.detection.export import export_onnx
 
     model, norm, train = trained_toy
     model = copy.deepcopy(model)
@@ -85,7 +84,7 @@ def test_gen_exports_within_1e4_for_confident_images(trained_toy, tmp_path):
 def test_fit_save_load_export_for_every_detector(name, trained_toy, tmp_path):
     import onnxruntime as ort
 
-    from watermark_ood.export import export_onnx
+    from watermark_ood.detection.export import export_onnx
 
     model, norm, train = trained_toy
     mark = Watermark(torch.randn(1, 3, 8, 8) * 0.05)
@@ -116,7 +115,7 @@ def test_fit_save_load_export_for_every_detector(name, trained_toy, tmp_path):
 
 
 def test_detector_without_watermark_exports(trained_toy, tmp_path):
-    from watermark_ood.export import export_torchscript
+    from watermark_ood.detection.export import export_torchscript
 
     model, norm, train = trained_toy
     detector = Detector(model, norm, None, "vim", execution=CPU).fit(train).calibrate(make_images(100, seed=5))
@@ -185,7 +184,7 @@ def _library_outlier_scores(name, head, fit_logits, fit_features, labels, logits
 @pytest.mark.parametrize("name", [n for n in SCORE_NAMES if n != "odin"])
 def test_every_wired_detector_equals_pytorch_ood_with_the_sign_flipped(trained_toy, name):
     """Value and direction: our score is exactly minus the library's outlier score (a flipped sign fails)."""
-    from watermark_ood.features import last_linear
+    from watermark_ood.models.taps import last_linear
 
     model, norm, train = trained_toy
     probe = Detector(model, norm, score="knn", execution=CPU)

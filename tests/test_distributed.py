@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import write_npz_dataset
 from PIL import Image
 
-from conftest import write_npz_dataset
-from watermark_ood.watermark import Watermark
+from watermark_ood.watermark.file import Watermark
 
 
 def bench_args(data, noise, out, extra=()):

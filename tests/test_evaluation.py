@@ -1,11 +1,12 @@
 import pytest
 import torch
 
-from watermark_ood.data import gaussian_set, uniform_set
-from watermark_ood.errors import WatermarkOODError
-from watermark_ood.evaluation import evaluate, predict_logits, protocol_subsample
-from watermark_ood.runtime import ExecutionConfig
-from watermark_ood.watermark import Watermark
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.data.images import gaussian_set, uniform_set
+from watermark_ood.evaluation.protocol import evaluate, protocol_subsample
+from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.runtime.inference import predict_logits
+from watermark_ood.watermark.file import Watermark
 
 CPU = ExecutionConfig(device="cpu", eval_batch_size=7)
 

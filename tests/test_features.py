@@ -2,15 +2,16 @@ import json
 
 import pytest
 import torch
-
 from conftest import write_npz_dataset
+
 from watermark_ood.cli import main
-from watermark_ood.data import uniform_set
-from watermark_ood.evaluation import evaluate_scores
-from watermark_ood.features import PenultimateHook, WatermarkedModel, last_linear
-from watermark_ood.models import build_model
-from watermark_ood.runtime import ExecutionConfig
-from watermark_ood.watermark import Watermark
+from watermark_ood.data.images import uniform_set
+from watermark_ood.evaluation.protocol import evaluate_scores
+from watermark_ood.models.registry import build_model
+from watermark_ood.models.taps import PenultimateHook, last_linear
+from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.runtime.inference import WatermarkedModel
+from watermark_ood.watermark.file import Watermark
 
 
 @pytest.mark.parametrize("name, head", [("resnet20", "linear"), ("wrn40_2", "fc"), ("torchvision:resnet18", "fc"),
@@ -44,9 +45,9 @@ def test_every_score_with_and_without_watermark(toy_model, toy_train, toy_test, 
         assert 0 <= block["baseline"]["mean"]["auroc"] <= 1
     assert table["msp"]["baseline"] != table["msp"]["watermarked"]
     # the values, not only the keys: the logit scores recomputed directly, under both conditions
-    from watermark_ood.evaluation import predict_logits
-    from watermark_ood.metrics import ood_metrics
-    from watermark_ood.scores import energy_score, msp_score
+    from watermark_ood.detection.logit_scores import energy_score, msp_score
+    from watermark_ood.evaluation.metrics import ood_metrics
+    from watermark_ood.runtime.inference import predict_logits
 
     mark = Watermark(torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 0.1)
     table = evaluate_scores(toy_model, norm3, toy_train, toy_test, sets, mark, ["energy", "msp"],

@@ -17,17 +17,17 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import make_images
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save as save_bytes
 
-from conftest import make_images
-from watermark_ood.detector import Detector
-from watermark_ood.detectors import SCORE_NAMES
-from watermark_ood.errors import WatermarkOODError
-from watermark_ood.fileio import read_safetensors
-from watermark_ood.runtime import ExecutionConfig
-from watermark_ood.watermark import Watermark
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.core.fileio import read_safetensors
+from watermark_ood.detection.detector import Detector
+from watermark_ood.detection.registry import SCORE_NAMES
+from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.watermark.file import Watermark
 
 CPU = ExecutionConfig(device="cpu")
 DELETE = object()
@@ -197,9 +197,9 @@ def test_watermark_file_fields(tmp_path):
 
 def test_fit_checkpoint_fields_are_checked(tmp_path):
     """Every field of a fit checkpoint's state: refused in one line, or resumed from a sane position."""
-    from watermark_ood.checkpoint import FitCheckpoint
-    from watermark_ood.config import FitConfig
-    from watermark_ood.learner import EpochRecord
+    from watermark_ood.watermark.checkpoint import FitCheckpoint
+    from watermark_ood.watermark.config import FitConfig
+    from watermark_ood.watermark.records import EpochRecord
 
     config = FitConfig(epochs=2, batch_size=4)
     ckpt = FitCheckpoint(tmp_path, config, (3, 4, 4), 16)

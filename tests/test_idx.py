@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from watermark_ood.cli import main
-from watermark_ood.data import ImageSet, split_classes
-from watermark_ood.datasets import load_id_data
-from watermark_ood.errors import WatermarkOODError
-from watermark_ood.idx import read_idx, write_idx
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.data.idx import read_idx, write_idx
+from watermark_ood.data.images import ImageSet, split_classes
+from watermark_ood.data.readers import load_id_data
 
 
 def idx_folder(root, n_train=40, n_test=12, gz=True, size=28):

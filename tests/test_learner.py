@@ -2,14 +2,14 @@ import copy
 
 import pytest
 import torch
-
 from conftest import make_images
 
-from watermark_ood.config import FitConfig
-from watermark_ood.errors import WatermarkOODError
-from watermark_ood.learner import WatermarkLearner
-from watermark_ood.objectives import objective_loss
-from watermark_ood.runtime import ExecutionConfig, generator
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.core.randomness import generator
+from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.watermark.config import FitConfig
+from watermark_ood.watermark.learner import WatermarkLearner
+from watermark_ood.watermark.objectives import objective_loss
 
 CPU = ExecutionConfig(device="cpu")
 
@@ -63,7 +63,7 @@ def test_one_step_is_the_papers_sharpness_aware_sign_update(toy_model, toy_train
     learner = WatermarkLearner(toy_model, norm3, cfg, ExecutionConfig(device="cpu", channels_last=False))
     result = learner.fit(toy_train, progress=False)
     # Recompute the single step by hand with the learner's documented randomness.
-    from watermark_ood.learner import PERMUTATION_TAG
+    from watermark_ood.watermark.learner import PERMUTATION_TAG
 
     order = torch.randperm(64, generator=generator(torch.device("cpu"), cfg.seed, PERMUTATION_TAG, 0))
     rng = generator(torch.device("cpu"), cfg.seed, 0, 0)
@@ -119,7 +119,7 @@ def test_resume_from_checkpoint_is_exact(toy_model, toy_train, norm3, tmp_path):
         return original_batch(*args, **kwargs)
 
     learner.batch = counting_batch
-    from watermark_ood.learner import StopRequested
+    from watermark_ood.watermark.learner import StopRequested
 
     with pytest.raises(StopRequested):
         learner.fit(toy_train, progress=False, checkpoint_dir=tmp_path, checkpoint_every=1000)
@@ -142,8 +142,8 @@ def test_nan_loss_stops_with_a_clear_message(toy_model, toy_train, norm3):
 
 
 def test_unlabelled_or_mismatched_data_is_refused(toy_model, toy_train, norm3):
-    from watermark_ood.data import ImageSet
-    from watermark_ood.preprocessing import Normalization
+    from watermark_ood.data.images import ImageSet
+    from watermark_ood.data.preprocessing import Normalization
 
     unlabelled = ImageSet(toy_train.images, torch.full((64,), -1), "ood")
     with pytest.raises(WatermarkOODError, match="labels"):
@@ -170,7 +170,7 @@ def test_max_steps_ends_early_with_the_same_prefix(toy_model, toy_train, norm3):
 
 
 def test_mosaic_surrogates_are_patches_of_the_batch():
-    from watermark_ood.learner import mosaic
+    from watermark_ood.watermark.learner import mosaic
 
     x = torch.arange(4 * 3 * 16 * 16, dtype=torch.float32).reshape(4, 3, 16, 16)
     out = mosaic(x, generator(torch.device("cpu"), 0, 1))
@@ -198,7 +198,7 @@ def test_fit_with_mosaic_surrogates_uses_no_gaussian_noise(toy_model, toy_train,
 
 
 def test_mixed_surrogates_are_noise_flat_colours_and_grey_copies_sliced_like_the_noise(norm3):
-    from watermark_ood.learner import flat_and_grey
+    from watermark_ood.watermark.learner import flat_and_grey
 
     x = norm3(torch.randint(0, 256, (400, 3, 4, 4), dtype=torch.uint8))
     noise = torch.randn(400, 3, 4, 4)
@@ -227,7 +227,7 @@ def test_fit_with_mixed_surrogates_records_them(toy_model, toy_train, norm3):
 
 
 def test_graph_capture_failure_falls_back_to_eager_steps(toy_model, toy_train, norm3, monkeypatch):
-    from watermark_ood import learner
+    from watermark_ood.watermark import learner
 
     expected = WatermarkLearner(toy_model, norm3, small_config(epochs=1), CPU).fit(toy_train, progress=False)
 
@@ -260,8 +260,8 @@ def test_hinge_margins_come_from_id_logsumexp_quantiles_and_are_recorded(toy_mod
 
 
 def test_features_objective_learns_on_penultimate_features_with_margins_from_id(trained_toy):
-    from watermark_ood.config import get_preset
-    from watermark_ood.objectives import class_mean_distance
+    from watermark_ood.watermark.config import get_preset
+    from watermark_ood.watermark.objectives import class_mean_distance
 
     model, norm, train = trained_toy
     cfg = get_preset("cifar10", "features").config(epochs=1, batch_size=32, hflip=False)
@@ -269,7 +269,7 @@ def test_features_objective_learns_on_penultimate_features_with_margins_from_id(
     result = learner.fit(train, progress=False)
     hp = result.watermark.metadata["hyperparameters"]
     assert hp["objective"] == "features" and 0 <= hp["m_in"] < hp["m_out"] <= 2
-    from watermark_ood.features import logits_and_features
+    from watermark_ood.runtime.inference import logits_and_features
 
     _, feats = logits_and_features(model, train, norm, None, CPU)
     distance = class_mean_distance(feats, learner.anchors.cpu()).double()

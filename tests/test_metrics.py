@@ -4,8 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from watermark_ood.errors import WatermarkOODError
-from watermark_ood.metrics import aupr_in, aupr_out, auroc, fpr_at_tpr, mean_metrics, ood_metrics
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.evaluation.metrics import aupr_in, aupr_out, auroc, fpr_at_tpr, mean_metrics, ood_metrics
 
 
 def brute_force_fpr(id_scores, ood_scores, tpr=0.95):

@@ -4,9 +4,9 @@ import pickle
 import pytest
 import torch
 
-from watermark_ood.errors import WatermarkOODError
-from watermark_ood.models import REGISTRY, build_model, load_model, read_state_dict
-from watermark_ood.preprocessing import CIFAR, IMAGENET
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.data.preprocessing import CIFAR, IMAGENET
+from watermark_ood.models.registry import REGISTRY, build_model, load_model, read_state_dict
 
 
 def save_like_shared(model, path, prefix="module.", wrap=True):

@@ -1,8 +1,8 @@
 import torch
 import torch.nn.functional as F
 
-from watermark_ood.config import FitConfig
-from watermark_ood.objectives import energy_objective, msp_objective, objective_loss
+from watermark_ood.watermark.config import FitConfig
+from watermark_ood.watermark.objectives import energy_objective, msp_objective, objective_loss
 
 
 def test_msp_outlier_term_is_cross_entropy_to_uniform():
@@ -33,7 +33,7 @@ def test_energy_objective_matches_formula():
 
 
 def test_hinge_objective_is_liu_et_al_squared_hinge_in_logsumexp_units():
-    from watermark_ood.objectives import hinge_objective
+    from watermark_ood.watermark.objectives import hinge_objective
 
     torch.manual_seed(2)
     z_in, y, z_out = torch.randn(5, 3) * 4, torch.tensor([0, 1, 2, 0, 1]), torch.randn(7, 3) * 4
@@ -45,7 +45,7 @@ def test_hinge_objective_is_liu_et_al_squared_hinge_in_logsumexp_units():
 
 
 def test_hinge_objective_is_flat_once_margins_hold():
-    from watermark_ood.objectives import hinge_objective
+    from watermark_ood.watermark.objectives import hinge_objective
 
     y = torch.tensor([0, 1])
     confident = torch.tensor([[20.0, 0.0, 0.0], [0.0, 20.0, 0.0]])
@@ -58,14 +58,14 @@ def test_hinge_objective_is_flat_once_margins_hold():
 def test_hinge_objective_without_margins_is_a_user_error():
     import pytest
 
-    from watermark_ood.errors import WatermarkOODError
+    from watermark_ood.core.errors import WatermarkOODError
 
     with pytest.raises(WatermarkOODError, match="margins"):
         objective_loss(FitConfig(objective="hinge"), torch.zeros(2, 3), torch.tensor([0, 1]), torch.zeros(2, 3))
 
 
 def test_features_term_is_a_squared_hinge_on_distance_to_the_nearest_class_mean():
-    from watermark_ood.objectives import class_mean_distance, features_term
+    from watermark_ood.watermark.objectives import class_mean_distance, features_term
 
     anchors = torch.eye(3)[:2]  # two unit class means in 3-d
     near, far = torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([[0.0, 0.0, 5.0]])
@@ -77,7 +77,7 @@ def test_features_term_is_a_squared_hinge_on_distance_to_the_nearest_class_mean(
 
 
 def test_anchored_term_forbids_any_rise_and_equals_the_hinge_above_the_outlier_margin():
-    from watermark_ood.objectives import anchored_term, hinge_term
+    from watermark_ood.watermark.objectives import anchored_term, hinge_term
 
     z_in = torch.tensor([[4.0, 0.0], [5.0, 1.0]])
     quiet = torch.tensor([[0.0, 0.0], [0.5, 0.0]])  # logsumexp ~0.69 and ~0.97, below m_out = 2
@@ -97,7 +97,7 @@ def test_anchored_term_forbids_any_rise_and_equals_the_hinge_above_the_outlier_m
 def test_anchored_objective_without_scores_at_zero_is_a_user_error():
     import pytest
 
-    from watermark_ood.errors import WatermarkOODError
+    from watermark_ood.core.errors import WatermarkOODError
 
     cfg = FitConfig(objective="anchored", m_in=3.0, m_out=1.0)
     with pytest.raises(WatermarkOODError, match="w = 0"):
@@ -107,7 +107,7 @@ def test_anchored_objective_without_scores_at_zero_is_a_user_error():
 def test_objectives_doctests():
     import doctest
 
-    from watermark_ood import objectives
+    from watermark_ood.watermark import objectives
 
     result = doctest.testmod(objectives)
     assert result.attempted > 0 and result.failed == 0

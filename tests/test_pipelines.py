@@ -4,12 +4,12 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import write_npz_dataset
+
 from watermark_ood.cli import main
-from watermark_ood.errors import WatermarkOODError
-from watermark_ood.metrics import fpr_at_tpr, mean_fpr_standard_error
-from watermark_ood.pipelines import EvaluateSettings, check_evaluate
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.evaluation.metrics import fpr_at_tpr, mean_fpr_standard_error
+from watermark_ood.pipelines.evaluate import EvaluateSettings, check_evaluate
 
 RUN = ["--model", "small_cnn", "--device", "cpu", "--no-progress"]
 

@@ -4,14 +4,14 @@ compiled; fp16 logits close to fp32 and a finite fit."""
 import json
 
 import torch
-
 from conftest import write_npz_dataset
+
 from watermark_ood.cli import main
-from watermark_ood.evaluation import predict_logits
-from watermark_ood.data import load_npz
-from watermark_ood.models import load_model
-from watermark_ood.runtime import ExecutionConfig
-from watermark_ood.watermark import Watermark
+from watermark_ood.data.images import load_npz
+from watermark_ood.models.registry import load_model
+from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.runtime.inference import predict_logits
+from watermark_ood.watermark.file import Watermark
 
 FIT = ["fit", "--model", "small_cnn", "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-progress"]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_images
-from watermark_ood.watermark import Watermark
+
+from watermark_ood.watermark.file import Watermark
 
 
 def dataset(root: Path) -> Path:

@@ -11,12 +11,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from watermark_ood.data import ImageSet, load_npz
-from watermark_ood.datasets import load_cifar, load_ood_data, load_svhn_mat
-from watermark_ood.errors import WatermarkOODError
-from watermark_ood.models import read_state_dict
-from watermark_ood.preprocessing import Normalization
-from watermark_ood.watermark import Watermark
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.data.images import ImageSet, load_npz
+from watermark_ood.data.preprocessing import Normalization
+from watermark_ood.data.readers import load_cifar, load_ood_data, load_svhn_mat
+from watermark_ood.models.registry import read_state_dict
+from watermark_ood.watermark.file import Watermark
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -156,7 +156,7 @@ def test_nan_and_inf_watermarks_are_refused(tmp_path):
 def test_empty_and_out_of_range_label_sets(tmp_path):
     with pytest.raises(WatermarkOODError, match="empty"):
         ImageSet(torch.zeros(0, 3, 4, 4, dtype=torch.uint8), torch.zeros(0))
-    from watermark_ood.datasets import load_id_data
+    from watermark_ood.data.readers import load_id_data
 
     folder = tmp_path / "ds"
     folder.mkdir()
@@ -172,8 +172,8 @@ def test_empty_and_out_of_range_label_sets(tmp_path):
 @FUZZ
 @given(st.data())
 def test_detector_reader(tmp_path, data):
-    from watermark_ood.architectures import SmallCNN
-    from watermark_ood.detector import WatermarkDetector
+    from watermark_ood.detection.detector import WatermarkDetector
+    from watermark_ood.models.architectures import SmallCNN
 
     detector = WatermarkDetector(SmallCNN(3, 3, 4), Normalization((0.5,) * 3, (0.5,) * 3),
                                  Watermark(torch.zeros(1, 3, 4, 4)), "msp")

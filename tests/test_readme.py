@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import write_npz_dataset
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -6,13 +6,13 @@ import os
 
 import pytest
 import torch
-
 from conftest import write_npz_dataset
+
 from watermark_ood.cli import main
-from watermark_ood.config import FitConfig
-from watermark_ood.errors import WatermarkOODError
-from watermark_ood.learner import WatermarkLearner
-from watermark_ood.runtime import ExecutionConfig
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.watermark.config import FitConfig
+from watermark_ood.watermark.learner import WatermarkLearner
 
 FAST = ["--model", "small_cnn", "--epochs", "1", "--batch-size", "16", "--no-progress"]
 
@@ -74,7 +74,7 @@ def test_bf16_on_a_cpu_without_native_support_warns_once(monkeypatch):
 
     import torch
 
-    from watermark_ood import runtime
+    from watermark_ood.runtime import device as runtime
 
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     monkeypatch.setattr(runtime, "_BF16_WARNED", [])

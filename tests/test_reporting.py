@@ -3,13 +3,14 @@ import json
 import pytest
 import torch
 
-from watermark_ood.data import gaussian_set, uniform_set
-from watermark_ood.errors import WatermarkOODError
-from watermark_ood.evaluation import evaluate
-from watermark_ood.reporting import (build_run, format_markdown, format_terminal_table, plot_histograms, plot_roc,
-                                     plot_watermark, validate_run, write_results)
-from watermark_ood.runtime import ExecutionConfig
-from watermark_ood.watermark import Watermark
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.data.images import gaussian_set, uniform_set
+from watermark_ood.evaluation.protocol import evaluate
+from watermark_ood.reporting.plots import plot_histograms, plot_roc, plot_watermark
+from watermark_ood.reporting.results import build_run, validate_run, write_results
+from watermark_ood.reporting.tables import format_markdown, format_terminal_table
+from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.watermark.file import Watermark
 
 
 @pytest.fixture

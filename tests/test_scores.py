@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from watermark_ood.errors import WatermarkOODError
-from watermark_ood.scores import energy_score, get_score, max_logit_score, msp_score
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.detection.logit_scores import energy_score, get_score, max_logit_score, msp_score
 
 
 def test_scores_are_higher_for_confident_logits():

@@ -11,18 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import make_images
+from PIL import Image
 from test_preemption import check_sigkills_then_resume_is_bit_identical
+
 from watermark_ood.cli import main
-from watermark_ood.config import FitConfig
-from watermark_ood.datasets import DataOptions, load_id_data, load_ood_data
-from watermark_ood.errors import WatermarkOODError
-from watermark_ood.learner import WatermarkLearner
-from watermark_ood.runtime import ExecutionConfig
-from watermark_ood.streaming import FileImageSet, ImageTransform, step_batches
-from watermark_ood.watermark import Watermark
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.data.readers import DataOptions, load_id_data, load_ood_data
+from watermark_ood.data.streaming import FileImageSet, ImageTransform, step_batches
+from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.watermark.config import FitConfig
+from watermark_ood.watermark.file import Watermark
+from watermark_ood.watermark.learner import WatermarkLearner
 
 CPU = ExecutionConfig(device="cpu", channels_last=False)
 

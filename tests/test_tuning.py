@@ -3,14 +3,14 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_images, write_npz_dataset
+
 from watermark_ood.cli import main
-from watermark_ood.config import get_preset
-from watermark_ood.runtime import ExecutionConfig
-from watermark_ood.tuning import AutoSettings, auto_fit, candidate_configs
-from watermark_ood.validation import (OUTLIER_KINDS, Validator, beats, binomial_se, outlier_kind_parts, patch_shuffle,
-                                      synthesize_outliers)
+from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.selection.auto_preset import AutoSettings, auto_fit, candidate_configs
+from watermark_ood.selection.validation import (OUTLIER_KINDS, Validator, beats, binomial_se, outlier_kind_parts,
+                                                patch_shuffle, synthesize_outliers)
+from watermark_ood.watermark.config import get_preset
 
 
 def test_patch_shuffle_keeps_pixels_and_moves_patches():
@@ -125,7 +125,7 @@ def test_auto_choice_does_not_depend_on_the_ood_sets(tmp_path):
         run = json.loads((out / "results.json").read_text())["runs"][0]
         assert run["preset"] == "auto" and "trials" in run["auto"]
         chosen.append((run["hyperparameters"], run["auto"]["trials"], run["auto"]["validation_chosen"]))
-        from watermark_ood.watermark import Watermark
+        from watermark_ood.watermark.file import Watermark
 
         assert Watermark.load(out / "watermark-energy.safetensors").metadata["hyperparameters"] == run["hyperparameters"]
     assert chosen[0] == chosen[1]
@@ -134,7 +134,7 @@ def test_auto_choice_does_not_depend_on_the_ood_sets(tmp_path):
 def test_validation_doctests():
     import doctest
 
-    from watermark_ood import validation
+    from watermark_ood.selection import validation
 
     assert doctest.testmod(validation).failed == 0
 
@@ -144,7 +144,7 @@ class ScriptedValidator:
     ``base - gain * |w|_max`` (capped), the zero watermark's is ``base``; wins use the real ``beats`` rule."""
 
     def __init__(self, gain, tolerance, n=200):
-        from watermark_ood.validation import ValidationOutcome
+        from watermark_ood.selection.validation import ValidationOutcome
 
         self.gain, self.tolerance, self.n, self.Outcome = gain, tolerance, n, ValidationOutcome
         self.baseline = self.outcome(0.0)
@@ -163,7 +163,7 @@ def test_auto_fit_ships_a_watermark_only_on_a_clear_win(monkeypatch, toy_model, 
                                                         ships):
     """A winning watermark is shipped with its validation record; a losing one, or a win smaller than the
     tolerance's standard errors, keeps the zero watermark."""
-    import watermark_ood.tuning as tuning
+    import watermark_ood.selection.auto_preset as tuning
 
     monkeypatch.setattr(tuning, "Validator", lambda *a, **k: ScriptedValidator(gain, tolerance))
     settings = AutoSettings(epochs=2, batch_size=16, seed=0, validation_fraction=0.25, tolerance=tolerance)

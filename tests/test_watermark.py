@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from watermark_ood.errors import WatermarkOODError
-from watermark_ood.watermark import Watermark
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.watermark.file import Watermark
 
 
 def test_round_trip_keeps_tensor_and_metadata(tmp_path):

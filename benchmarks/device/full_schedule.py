@@ -15,11 +15,11 @@ import time
 
 import torch
 
-from watermark_ood.config import get_preset
-from watermark_ood.datasets import load_id_data
-from watermark_ood.learner import WatermarkLearner
-from watermark_ood.models import load_model
-from watermark_ood.runtime import ExecutionConfig
+from watermark_ood.data.readers import load_id_data
+from watermark_ood.models.registry import load_model
+from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.watermark.config import get_preset
+from watermark_ood.watermark.learner import WatermarkLearner
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
 #   run: bash benchmarks/device/issue14_gpu.sh      carry: .devdata  (and .wrn-resume, see below)
 # Stages in priority order (STAGES picks and orders them), each under what is left of BUDGET seconds, so a slow
 # stage still returns what came before it. Every fit is the paper's full schedule (50 epochs over the whole
-# training split) with test curves every 5 epochs (benchmarks/full_schedule_curves.py): nothing is chosen by them.
+# training split) with test curves every 5 epochs (studies/full_schedule_curves.py): nothing is chosen by them.
 #   r56    item 5: the squared-hinge objective on the shared ResNet-56 (the presets' GPU run is already committed);
 #   wrn    item 5: WRN-40-2 trained by the Outlier-Exposure baseline recipe (benchmarks/train_classifier.py, 100
 #          epochs, bf16); resumable: a run cut short returns its state as wrn40_2-oe.resume.part-* in $OUT (the
@@ -47,7 +47,7 @@ curve() {
   [ -n "$EPOCHS" ] && extra+=(--set epochs="$EPOCHS")
   stage "$name: $model $variant, full schedule ($(left) s left)"
   [ "$(left)" -gt 60 ] || { echo "skipped: budget spent"; return 1; }
-  timeout $(( $(left) - 20 )) "$PY" benchmarks/full_schedule_curves.py --model "$model" --checkpoint "$ckpt" \
+  timeout $(( $(left) - 20 )) "$PY" studies/full_schedule_curves.py --model "$model" --checkpoint "$ckpt" \
     --id-data "$SHARED/data/cifar10" --ood-data "${OOD[@]}" --objective "$objective" --device "$DEVICE" \
     --precision "$PRECISION" "${extra[@]}" --run-dir "$WORK/runs/$model-$variant" \
     --curve "$WORK/curves/$model-$variant.jsonl" 2>&1 | grep -v '^{"epoch"'

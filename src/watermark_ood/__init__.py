@@ -5,20 +5,21 @@ Wang et al., "Watermarking for Out-of-distribution Detection", NeurIPS 2022.
 
 __version__ = "0.1.0"
 
-from .config import PRESETS, FitConfig, Preset, get_preset
-from .data import ImageSet, load_npz
-from .datasets import load_id_data, load_ood_data
-from .detector import Detector, Prediction
-from .errors import WatermarkOODError
-from .evaluation import Evaluation, evaluate, predict_logits
-from .learner import FitResult, WatermarkLearner, fit_watermark
-from .metrics import aupr_in, aupr_out, auroc, fpr_at_tpr, ood_metrics
-from .models import LoadedModel, load_model
-from .preprocessing import CIFAR, IMAGENET, Normalization
-from .runtime import ExecutionConfig
-from .scores import energy_score, max_logit_score, msp_score
-from .selection import select_detector
-from .watermark import Watermark
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.data.images import ImageSet, load_npz
+from watermark_ood.data.preprocessing import CIFAR, IMAGENET, Normalization
+from watermark_ood.data.readers import load_id_data, load_ood_data
+from watermark_ood.detection.detector import Detector, Prediction
+from watermark_ood.detection.logit_scores import energy_score, max_logit_score, msp_score
+from watermark_ood.evaluation.metrics import aupr_in, aupr_out, auroc, fpr_at_tpr, ood_metrics
+from watermark_ood.evaluation.protocol import Evaluation, evaluate
+from watermark_ood.models.registry import LoadedModel, load_model
+from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.runtime.inference import predict_logits
+from watermark_ood.selection.auto_score import select_detector
+from watermark_ood.watermark.config import PRESETS, FitConfig, Preset, get_preset
+from watermark_ood.watermark.file import Watermark
+from watermark_ood.watermark.learner import FitResult, WatermarkLearner, fit_watermark
 
 __all__ = [
     "__version__", "PRESETS", "FitConfig", "Preset", "get_preset", "ImageSet", "load_npz", "WatermarkOODError",

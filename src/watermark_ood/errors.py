@@ -1,15 +1,5 @@
-"""The project's single exception type for problems a user can fix.
+"""Moved to :mod:`watermark_ood.core.errors`; this import path works for one release and warns once."""
 
-The CLI turns it into one line and a non-zero exit; anything else is a bug
-and keeps its traceback.
-"""
+from watermark_ood.core.compat import moved
 
-
-class WatermarkOODError(Exception):
-    """Bad input, a missing or malformed file, or an unusable configuration."""
-
-
-def describe(error: BaseException) -> str:
-    """First line of an exception's message, or its type when it has none (for one-line errors)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+moved(__name__, "watermark_ood.core.errors")

@@ -1,0 +1,1 @@
+"""Detection: one registry of every score, the Detector (fit, calibrate, predict, save), conformal calibration, export."""

@@ -1,0 +1,134 @@
+"""``watermark-ood predict`` as a library call: one row per input (score, decision, class, p-value), written as it
+goes (CSV, any folder size) or as one JSON, with the shift alarm over the whole batch.
+
+    from watermark_ood.pipelines.predict import PredictSettings, predict
+    outcome = predict(PredictSettings(detector="detector.safetensors", input="photos/", out="scores.csv"),
+                      ModelSource("resnet20", "resnet20.th"))
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.core.fileio import atomic_write_text
+from watermark_ood.core.progress import bar
+from watermark_ood.data.images import ImageSet, load_npz
+from watermark_ood.data.readers import DataOptions, image_files
+from watermark_ood.data.streaming import FileImageSet, ImageTransform
+from watermark_ood.detection.detector import Detector
+from watermark_ood.pipelines.source import ModelSource
+from watermark_ood.runtime.device import ExecutionConfig
+
+CHUNK = 1000  # inputs scored and written at a time
+DEFAULT_SHAPE = (3, 32, 32)  # detector files written before input_shape was recorded
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    detector: str
+    input: str  # a folder of images (streamed) or an .npz with 'x'
+    out: str | Path  # .csv or .json
+    fail_on_shift: float | None = None  # a significance level: the outcome fails when the alarm rejects at it
+    data: DataOptions = field(default_factory=DataOptions)
+    progress: bool = False
+
+
+@dataclass
+class PredictOutcome:
+    out: Path
+    inputs: int  # readable inputs
+    flagged: int  # of those, rejected as OOD
+    unreadable: int
+    shift: dict[str, Any]  # the shift alarm: counts, p-value, message, whether it fails at fail_on_shift
+
+    def summary(self) -> str:
+        skipped = f"; {self.unreadable} unreadable files skipped" if self.unreadable else ""
+        return f"wrote {self.out}: {self.flagged} of {self.inputs} inputs flagged as OOD{skipped}"
+
+
+def load_detector(path: str, source: ModelSource, execution: ExecutionConfig | None = None) -> Detector:
+    """A detector file with its classifier (the file's fingerprint is checked against the model)."""
+    meta, _ = Detector.read(path)
+    model = source.load((meta.get("input_shape") or DEFAULT_SHAPE)[0])
+    return Detector.load(path, model.module, execution)
+
+
+def read_inputs(path: str | Path, shape: tuple[int, ...], data: DataOptions) -> tuple[ImageSet, list[str]]:
+    """A folder is streamed (decoded batch by batch, any size); an .npz is read whole."""
+    p = Path(path)
+    if p.is_dir():
+        files = image_files(p)
+        if not files:
+            raise WatermarkOODError(f"{p}: no images found")
+        images = FileImageSet(files, torch.full((len(files),), -1), p.name, ImageTransform(shape[1], None, shape[0]),
+                              data.workers, data.skip_bad_images)
+        return images, [str(f.relative_to(p)) for f in files]
+    images = load_npz(p)
+    return images, [str(i) for i in range(len(images))]
+
+
+def predict(settings: PredictSettings, source: ModelSource, execution: ExecutionConfig | None = None) -> PredictOutcome:
+    """Score every input and write the rows; nothing is left half-written if it stops."""
+    detector = load_detector(settings.detector, source, execution)
+    shape = tuple(detector.input_shape or DEFAULT_SHAPE)
+    images, names = read_inputs(settings.input, shape, settings.data)
+    if images.image_shape != shape:
+        raise WatermarkOODError(f"{settings.input}: images are {images.image_shape}, the detector expects {shape}")
+    out = Path(settings.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        rows, flagged, unreadable = _write_rows(detector, images, names, tmp, out.suffix == ".json", settings.progress)
+        shift = shift_alarm(detector, flagged, len(names) - unreadable, settings.fail_on_shift)
+        if out.suffix == ".json":
+            atomic_write_text(tmp, json.dumps({"threshold": detector.threshold, "score": detector.score,
+                                               "shift": shift, "rows": rows}, indent=1))
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return PredictOutcome(out, len(names) - unreadable, flagged, unreadable, shift)
+
+
+def _write_rows(detector: Detector, images: ImageSet, names: list[str], tmp: Path, as_json: bool,
+                progress: bool) -> tuple[list[dict[str, Any]], int, int]:
+    """CSV rows are written chunk by chunk; JSON rows are returned to be written whole."""
+    rows, flagged, unreadable = [], 0, 0
+    with tmp.open("w", newline="") as handle:
+        columns = ["input", "score", "is_ood", "predicted_class"] + (["class_name"] if detector.class_names else []) \
+            + (["p_value"] if detector.calibration is not None else [])
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        if not as_json:
+            writer.writeheader()
+        for start in bar(range(0, len(images), CHUNK), progress, desc="predict", unit="batch"):
+            part = images.subset(torch.arange(start, min(start + CHUNK, len(images))))
+            chunk = detector.predict(part).to_rows(names[start:start + CHUNK])
+            flagged += sum(r["is_ood"] is True for r in chunk)
+            unreadable += sum(r["is_ood"] == "unreadable" for r in chunk)
+            if as_json:
+                rows += chunk
+            else:
+                writer.writerows(chunk)
+    return rows, flagged, unreadable
+
+
+def shift_alarm(detector: Detector, flagged: int, inputs: int, fail_on: float | None) -> dict[str, Any]:
+    """The shift alarm of predict: one line for stderr and the JSON block (see conformal.shift_test)."""
+    if detector.tpr is None or not 0 < detector.tpr < 1 or inputs == 0:
+        return {"message": "shift alarm: not available (no inputs, or a detector calibrated at tpr 1)",
+                "fail": False}
+    test = detector.shift_counts(flagged, inputs)
+    p = test["p_value"]
+    verdict = ("more than ID inputs allow: the inputs differ from the calibration data" if p < (fail_on or 0.01)
+               else "consistent with ID inputs like the calibration data")
+    test["message"] = (f"shift alarm: {flagged} of {inputs} inputs rejected ({100 * flagged / inputs:.1f}%; ID inputs: "
+                       f"at most {100 * test['expected_share_at_most']:.1f}%), exact one-sided p = {p:.3g}: {verdict}")
+    test["alpha"] = fail_on
+    test["fail"] = fail_on is not None and p < fail_on
+    return test

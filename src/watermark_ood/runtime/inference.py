@@ -1,0 +1,132 @@
+"""One inference path: logits, and when asked penultimate features or ODIN's input-gradient scores, of a fixed
+model on ``normalize(x) + w`` in large batches; under torchrun each rank scores a contiguous shard, gathered in
+order. Every caller (the paper's protocol, detectors, selection, predict) goes through here."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from watermark_ood.core import distributed
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.core.progress import bar as progress_bar
+from watermark_ood.data.images import ImageSet
+from watermark_ood.data.preprocessing import Normalization
+from watermark_ood.data.streaming import place_rows
+from watermark_ood.models.taps import PenultimateHook
+from watermark_ood.runtime.device import ExecutionConfig, prepare_model
+
+if TYPE_CHECKING:  # the watermark file is a layer above; inference only adds its tensor
+    from watermark_ood.watermark.file import Watermark
+
+
+def predict_logits(
+    model: torch.nn.Module,
+    images: ImageSet,
+    normalization: Normalization,
+    watermark: Watermark | None = None,
+    execution: ExecutionConfig | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Logits (float32, on CPU) of ``model(normalize(x) + w)`` over a set, in large batches.
+
+    A streamed set is decoded batch by batch; rows of files skipped as unreadable (``skip_bad``) are NaN.
+    """
+    return infer(model, images, normalization, watermark, execution, progress)[0]
+
+
+def logits_and_features(model: nn.Module, images: ImageSet, normalization: Normalization,
+                        watermark: Watermark | None, execution: ExecutionConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over a set giving logits and penultimate features (fp32, CPU); unreadable rows are NaN in both."""
+    logits, features = infer(model, images, normalization, watermark, execution, features=True)
+    return logits, features
+
+
+def infer(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None = None,
+          execution: ExecutionConfig | None = None, progress: bool = False,
+          features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits and, with ``features``, the input of the model's last linear layer, of every row of ``images``.
+
+    With features the model runs as it is (a hook on its head; no BatchNorm fusion, which would move the head);
+    without, it is prepared by :func:`prepare_model` outside inference mode (new parameters would otherwise
+    become inference tensors). Under torchrun each rank scores a contiguous shard; the rows are gathered in order.
+    """
+    execution = execution or ExecutionConfig()
+    device = execution.torch_device()
+    normalization.check_channels(images.image_shape[0])
+    model = model.eval().to(device) if features else prepare_model(model, execution, device)
+    rows = torch.arange(len(images))
+    part, total = distributed.shard(rows)
+    hook = PenultimateHook(model) if features else None
+    try:
+        with torch.no_grad() if features else torch.inference_mode():  # features feed fits that write in place
+            logits, feats = _infer_rows(model, hook, images, rows[part], normalization, watermark, execution,
+                                        device, progress and distributed.is_main_process())
+    finally:
+        if hook is not None:
+            hook.close()
+    return (distributed.gather_rows(logits, total),
+            distributed.gather_rows(feats, total) if feats is not None else None)
+
+
+def _infer_rows(model, hook, images, rows, normalization, watermark, execution, device,
+                progress) -> tuple[torch.Tensor, torch.Tensor | None]:
+    shape = tuple(images.image_shape)
+    w = watermark.tensor.to(device) if watermark is not None else None
+    if w is not None and tuple(w.shape[1:]) != shape:
+        raise WatermarkOODError(
+            f"{images.name}: images of shape {shape} do not match the watermark's {tuple(w.shape[1:])}"
+        )
+
+    def forward(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = normalization(pixels.to(device))
+        if w is not None:
+            x = x + w
+        if execution.channels_last and hook is None:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with execution.autocast(device):
+            logits = model(x).float().cpu()
+        return logits, hook.features.pop() if hook is not None else None
+
+    if len(rows) == 0:  # an empty shard still learns the number of classes (and the feature width)
+        logits, feats = forward(torch.zeros((1, *shape), dtype=torch.uint8))
+        return logits[:0], feats[:0] if feats is not None else None
+    size = execution.eval_batch_size
+    out = [(kept, forward(batch) if len(batch) else None)  # an empty batch: all its files were unreadable
+           for kept, batch in progress_bar(images.batches(size, rows), progress, desc=f"scoring {images.name}",
+                                           leave=False, unit="batch", total=-(-len(rows) // size))]
+    logits = place_rows([(kept, o[0] if o else None) for kept, o in out], len(rows), size)
+    if hook is None:
+        return logits, None
+    return logits, place_rows([(kept, o[1] if o else None) for kept, o in out], len(rows), size)
+
+
+class WatermarkedModel(nn.Module):
+    """``f(x + w)`` as one module: drop it into any detector that expects a model on normalized inputs."""
+
+    def __init__(self, model: nn.Module, watermark: Watermark | torch.Tensor | None) -> None:
+        super().__init__()
+        self.model = model
+        tensor = getattr(watermark, "tensor", watermark)  # a Watermark file or a bare tensor
+        self.register_buffer("watermark", torch.zeros(1) if tensor is None else tensor.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x + self.watermark)
+
+
+def odin_scores(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
+                execution: ExecutionConfig, temperature: float = 1000.0, eps: float = 0.0014) -> np.ndarray:
+    """ODIN (temperature scaling + input perturbation) via pytorch-ood; higher = more ID."""
+    from pytorch_ood.detector import ODIN
+
+    device = execution.torch_device()
+    module = WatermarkedModel(model, watermark).eval().to(device)
+    detector = ODIN(module, eps=eps, temperature=temperature, norm_std=list(normalization.std))
+    out = []
+    for kept, pixels in images.batches(execution.eval_batch_size):
+        scores = -detector.predict(normalization(pixels.to(device))).detach().float().cpu() if len(pixels) else None
+        out.append((kept, None if scores is None else scores[:, None]))
+    return place_rows(out, len(images), execution.eval_batch_size)[:, 0].numpy()
