@@ -27,18 +27,24 @@ COMMON = ["--model", "small_cnn", "--checkpoint", str(V1 / "small_cnn.safetensor
           "--no-progress"]
 
 
+def _predict_as_recorded(folder: Path, path: Path):
+    """Load a fixture detector, predict its recorded inputs, and check scores and decisions against the record."""
+    model = load_model("small_cnn", folder / "small_cnn.safetensors")
+    detector = Detector.load(path, model.module)
+    prediction = detector.predict(load_npz(folder / "inputs.npz"))
+    rows = json.loads(path.with_name(path.stem + ".predictions.json").read_text())["rows"]
+    assert np.allclose(prediction.scores, [r["score"] for r in rows], rtol=1e-5, atol=1e-6)
+    assert prediction.is_ood.tolist() == [r["is_ood"] for r in rows]
+    return detector, prediction, rows
+
+
 def test_fixtures_are_there():
     assert len(DETECTORS) == 4 and (V1 / "fit" / "watermark.safetensors").is_file()
 
 
 @pytest.mark.parametrize("path", DETECTORS, ids=lambda p: p.stem)
 def test_old_detector_files_predict_what_they_predicted(path):
-    model = load_model("small_cnn", V1 / "small_cnn.safetensors")
-    detector = Detector.load(path, model.module)
-    prediction = detector.predict(load_npz(V1 / "inputs.npz"))
-    rows = json.loads(path.with_name(path.stem + ".predictions.json").read_text())["rows"]
-    assert np.allclose(prediction.scores, [r["score"] for r in rows], rtol=1e-5, atol=1e-6)
-    assert prediction.is_ood.tolist() == [r["is_ood"] for r in rows]
+    detector, prediction, _ = _predict_as_recorded(V1, path)
     assert detector.calibration is None and prediction.p_values is None  # older files: a threshold, no p-values
 
 
@@ -48,12 +54,7 @@ def test_v2_fixtures_are_there():
 
 @pytest.mark.parametrize("path", DETECTORS_V2, ids=lambda p: p.stem)
 def test_v2_detector_files_predict_scores_decisions_classes_and_p_values(path):
-    model = load_model("small_cnn", V2 / "small_cnn.safetensors")
-    detector = Detector.load(path, model.module)
-    prediction = detector.predict(load_npz(V2 / "inputs.npz"))
-    rows = json.loads(path.with_name(path.stem + ".predictions.json").read_text())["rows"]
-    assert np.allclose(prediction.scores, [r["score"] for r in rows], rtol=1e-5, atol=1e-6)
-    assert prediction.is_ood.tolist() == [r["is_ood"] for r in rows]
+    _, prediction, rows = _predict_as_recorded(V2, path)
     assert prediction.classes.tolist() == [r["predicted_class"] for r in rows]
     assert np.allclose(prediction.p_values, [r["p_value"] for r in rows], atol=1e-9)
 

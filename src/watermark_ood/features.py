@@ -1,10 +1,8 @@
 """Moved to :mod:`watermark_ood.models.taps` (the hook) and :mod:`watermark_ood.runtime.inference` (logits with
 features, ODIN); this import path works for one release and warns once."""
 
-import warnings
-
+from watermark_ood.core.compat import warn_moved
 from watermark_ood.models.taps import PenultimateHook, last_linear, split_at_head  # noqa: F401
 from watermark_ood.runtime.inference import WatermarkedModel, logits_and_features, odin_scores  # noqa: F401
 
-warnings.warn("watermark_ood.features moved to watermark_ood.models.taps and watermark_ood.runtime.inference; "
-              "the old import path will be removed in the next release", FutureWarning, stacklevel=2)
+warn_moved(__name__, "watermark_ood.models.taps and watermark_ood.runtime.inference")

@@ -13,10 +13,15 @@ import sys
 import warnings
 
 
+def warn_moved(old: str, new: str, stacklevel: int = 3) -> None:
+    """The one warning of an old import path (shown once: the module is imported once)."""
+    warnings.warn(f"{old} moved to {new}; the old import path will be removed in the next release",
+                  FutureWarning, stacklevel=stacklevel)
+
+
 def moved(old: str, new: str) -> None:
     """Warn once that ``old`` moved to ``new`` and make ``old`` an alias of it."""
-    warnings.warn(f"{old} moved to {new}; the old import path will be removed in the next release",
-                  FutureWarning, stacklevel=3)
+    warn_moved(old, new, stacklevel=4)
     sys.modules[old] = importlib.import_module(new)
 
 

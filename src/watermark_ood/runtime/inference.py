@@ -41,8 +41,7 @@ def predict_logits(
 def logits_and_features(model: nn.Module, images: ImageSet, normalization: Normalization,
                         watermark: Watermark | None, execution: ExecutionConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass over a set giving logits and penultimate features (fp32, CPU); unreadable rows are NaN in both."""
-    logits, features = infer(model, images, normalization, watermark, execution, features=True)
-    return logits, features
+    return infer(model, images, normalization, watermark, execution, features=True)
 
 
 def infer(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None = None,
