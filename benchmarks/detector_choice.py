@@ -27,6 +27,7 @@ import torch
 from scipy.stats import spearmanr
 
 from watermark_ood.data.readers import load_id_data, load_ood_data
+from watermark_ood.data.synthetic import OBJECT_DESTROYING_KINDS, OUTLIER_KINDS
 from watermark_ood.detection.detector import Detector
 from watermark_ood.evaluation.metrics import mean_metrics, ood_metrics
 from watermark_ood.evaluation.protocol import protocol_subsample
@@ -34,7 +35,6 @@ from watermark_ood.models.registry import load_model
 from watermark_ood.pipelines.bench import fit_config_for
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.selection.auto_score import SelectionSettings, select_detector, selection_splits
-from watermark_ood.selection.validation import OBJECT_DESTROYING_KINDS, OUTLIER_KINDS
 from watermark_ood.watermark.file import Watermark
 from watermark_ood.watermark.learner import WatermarkLearner
 

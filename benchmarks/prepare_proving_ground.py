@@ -3,6 +3,7 @@
 * ``cifar10-6v4/``: near-OOD split of CIFAR-10. ID = classes 0-5 (airplane, automobile, bird, cat, deer, dog),
   relabelled 0-5, train and test; ``ood/cifar10-unknown4.npz`` = the test images of classes 6-9 (frog, horse,
   ship, truck), the near-OOD set. The shared far sets stay the far suite.
+  Other ``--classes`` write ``cifar10-k<classes>/`` (e.g. ``cifar10-k234567/``, the second near split).
 * ``fashion-mnist-ood/``: grey 28x28 OOD sets for a Fashion-MNIST classifier: greyscale conversions of the shared
   CIFAR-10 test split, Textures and Tiny-ImageNet, and scikit-learn's handwritten digits (8x8, upscaled), the grey
   image set that ships inside a package on PyPI. Fashion-MNIST itself is read from Debian's idx files.
@@ -39,13 +40,23 @@ def grey(images: torch.Tensor, size: int) -> torch.Tensor:
     return TF.resize(luma, [size, size], antialias=True)
 
 
+def split_name(classes: list[int]) -> str:
+    """``cifar10-6v4`` for the design split (classes 0-5), ``cifar10-k234567`` for any other known set.
+
+    >>> split_name([0, 1, 2, 3, 4, 5]), split_name([2, 3, 4, 5, 6, 7])
+    ('cifar10-6v4', 'cifar10-k234567')
+    """
+    return "cifar10-6v4" if classes == list(range(6)) else "cifar10-k" + "".join(map(str, classes))
+
+
 def near_ood_split(shared: Path, out: Path, classes: list[int]) -> None:
+    folder = out / split_name(classes)
     for split in ("train", "test"):
         data = load_npz(shared / "data/cifar10" / f"{split}.npz", f"cifar10-{split}", require_labels=True)
         known, unknown = split_classes(data, classes)
-        save_npz(out / "cifar10-6v4" / f"{split}.npz", known)
+        save_npz(folder / f"{split}.npz", known)
         if split == "test":
-            save_npz(out / "cifar10-6v4/ood/cifar10-unknown4.npz", unknown)
+            save_npz(folder / f"ood/cifar10-unknown{10 - len(classes)}.npz", unknown)
         print(f"{split}: {len(known)} known, {len(unknown)} unknown", flush=True)
 
 

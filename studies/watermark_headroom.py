@@ -30,10 +30,9 @@ from ood_halves import describe, detection_metrics, ood_halves  # a script besid
 
 from watermark_ood.core.randomness import generator
 from watermark_ood.data.readers import load_id_data
+from watermark_ood.data.synthetic import mosaic, synthesize_outliers
 from watermark_ood.detection.logit_scores import get_score
 from watermark_ood.models.registry import load_model
-from watermark_ood.selection.validation import synthesize_outliers
-from watermark_ood.watermark.learner import mosaic
 
 
 def mean_gradient(model, normalization, inputs: torch.Tensor, score, batch: int = 250) -> torch.Tensor:

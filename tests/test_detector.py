@@ -7,9 +7,9 @@ from conftest import make_images, write_npz_dataset
 
 from watermark_ood.cli import main
 from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.data.synthetic import OUTLIER_KINDS
 from watermark_ood.detection.detector import Detector, WatermarkDetector
 from watermark_ood.runtime.device import ExecutionConfig
-from watermark_ood.selection.validation import OUTLIER_KINDS
 from watermark_ood.watermark.config import FitConfig
 from watermark_ood.watermark.file import Watermark
 

@@ -6,11 +6,12 @@ import torch
 from conftest import make_images
 
 from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.data.synthetic import low_frequency_noise
 from watermark_ood.detection.detector import Detector
-from watermark_ood.detection.registry import (DETECTOR_KINDS, SCORE_NAMES, PosthocScore, check_name, gen_outlier,
-                                              knn_kth_distance, mahalanobis_min_distance)
+from watermark_ood.detection.functional import gen_outlier, knn_kth_distance, mahalanobis_min_distance
+from watermark_ood.detection.posthoc import PosthocScore
+from watermark_ood.detection.registry import DETECTOR_KINDS, SCORE_NAMES, check_name
 from watermark_ood.runtime.device import ExecutionConfig
-from watermark_ood.selection.validation import low_frequency_noise
 from watermark_ood.watermark.file import Watermark
 
 CPU = ExecutionConfig(device="cpu")

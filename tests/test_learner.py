@@ -170,7 +170,7 @@ def test_max_steps_ends_early_with_the_same_prefix(toy_model, toy_train, norm3):
 
 
 def test_mosaic_surrogates_are_patches_of_the_batch():
-    from watermark_ood.watermark.learner import mosaic
+    from watermark_ood.data.synthetic import mosaic
 
     x = torch.arange(4 * 3 * 16 * 16, dtype=torch.float32).reshape(4, 3, 16, 16)
     out = mosaic(x, generator(torch.device("cpu"), 0, 1))
@@ -198,7 +198,7 @@ def test_fit_with_mosaic_surrogates_uses_no_gaussian_noise(toy_model, toy_train,
 
 
 def test_mixed_surrogates_are_noise_flat_colours_and_grey_copies_sliced_like_the_noise(norm3):
-    from watermark_ood.watermark.learner import flat_and_grey
+    from watermark_ood.data.synthetic import flat_and_grey
 
     x = norm3(torch.randint(0, 256, (400, 3, 4, 4), dtype=torch.uint8))
     noise = torch.randn(400, 3, 4, 4)
@@ -227,7 +227,7 @@ def test_fit_with_mixed_surrogates_records_them(toy_model, toy_train, norm3):
 
 
 def test_graph_capture_failure_falls_back_to_eager_steps(toy_model, toy_train, norm3, monkeypatch):
-    from watermark_ood.watermark import learner
+    from watermark_ood.watermark import learner, step
 
     expected = WatermarkLearner(toy_model, norm3, small_config(epochs=1), CPU).fit(toy_train, progress=False)
 
@@ -235,7 +235,7 @@ def test_graph_capture_failure_falls_back_to_eager_steps(toy_model, toy_train, n
         def __init__(self, *args):
             raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(learner, "graphs_apply", lambda execution, device: True)
+    monkeypatch.setattr(step, "graphs_apply", lambda execution, device: True)
     monkeypatch.setattr(learner, "StepGraph", Uncapturable)
     with pytest.warns(RuntimeWarning, match="CUDA graph capture failed.*eager steps"):
         result = WatermarkLearner(toy_model, norm3, small_config(epochs=1), CPU).fit(toy_train, progress=False)

@@ -6,10 +6,10 @@ import torch
 from conftest import make_images, write_npz_dataset
 
 from watermark_ood.cli import main
+from watermark_ood.data.synthetic import OUTLIER_KINDS, outlier_kind_parts, patch_shuffle, synthesize_outliers
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.selection.auto_preset import AutoSettings, auto_fit, candidate_configs
-from watermark_ood.selection.validation import (OUTLIER_KINDS, Validator, beats, binomial_se, outlier_kind_parts,
-                                                patch_shuffle, synthesize_outliers)
+from watermark_ood.selection.validation import Validator, beats, binomial_se
 from watermark_ood.watermark.config import get_preset
 
 

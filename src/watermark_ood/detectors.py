@@ -1,5 +1,5 @@
-"""Moved to :mod:`watermark_ood.detection.registry`; this import path works for one release and warns once."""
+"""Moved to :mod:`watermark_ood.detection.posthoc`; this import path works for one release and warns once."""
 
 from watermark_ood.core.compat import moved
 
-moved(__name__, "watermark_ood.detection.registry")
+moved(__name__, "watermark_ood.detection.posthoc")

@@ -33,8 +33,8 @@ from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.data.streaming import readable_rows
 from watermark_ood.detection.conformal import Calibration, conformal_threshold
-from watermark_ood.detection.registry import (DETECTOR_KINDS, Combination, PosthocScore, build_score, check_name,
-                                              check_state)
+from watermark_ood.detection.posthoc import Combination, PosthocScore, build_score, check_state
+from watermark_ood.detection.registry import check_name, reads_features
 from watermark_ood.models.taps import last_linear
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.watermark.config import FitConfig, get_preset
@@ -119,7 +119,7 @@ class Detector:
         self.score, self.config = score, config
         self.execution = execution or ExecutionConfig()
         self.model_id = model_id
-        head = last_linear(model) if any(DETECTOR_KINDS[p].reads == "features" for p in score.split("+")) else None
+        head = last_linear(model) if reads_features(score) else None
         self.scorer = build_score(score, head)
         self.threshold: float | None = None
         self.tpr: float | None = None

@@ -20,16 +20,15 @@ from torch import nn
 
 from watermark_ood.core.errors import WatermarkOODError, describe
 from watermark_ood.detection.detector import Detector
+from watermark_ood.detection.registry import export_refusal
 from watermark_ood.models.taps import split_at_head
 
 
 class DeployedDetector(nn.Module):
     def __init__(self, detector: Detector, with_p_value: bool = False) -> None:
         super().__init__()
-        if detector.scorer is None:
-            raise WatermarkOODError("odin cannot be exported: its input perturbation needs a gradient pass at "
-                                    "inference, which neither TorchScript traces nor ONNX carry; use `watermark-ood "
-                                    "predict`, or calibrate another score (see `calibrate --score auto`)")
+        if export_refusal(detector.score):
+            raise WatermarkOODError(export_refusal(detector.score))
         if detector.threshold is None:
             raise WatermarkOODError("calibrate the detector before exporting it (watermark-ood calibrate)")
         if detector.input_shape is None:

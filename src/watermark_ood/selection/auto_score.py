@@ -30,12 +30,12 @@ from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.data.streaming import without_skipped
+from watermark_ood.data.synthetic import OBJECT_DESTROYING_KINDS, OUTLIER_KINDS, kind_rows, synthesize_outliers
 from watermark_ood.detection.detector import FIT_IMAGES, Detector
 from watermark_ood.detection.registry import SCORE_NAMES
 from watermark_ood.evaluation.metrics import accuracy, auroc, fpr_at_tpr
 from watermark_ood.runtime.device import ExecutionConfig
-from watermark_ood.selection.validation import (OBJECT_DESTROYING_KINDS, OUTLIER_KINDS, kind_rows, lost_kind,
-                                                per_kind_fpr, synthesize_outliers)
+from watermark_ood.selection.validation import lost_kind, per_kind_fpr
 from watermark_ood.watermark.file import Watermark
 
 SCORES = "_scores"  # a ranking row's (ID, outlier) scores, kept until the bootstrap, never written

@@ -1,109 +1,26 @@
-"""Validation without OOD data: a held-out ID split and outliers synthesized from it.
-
-The synthetic outliers are deliberately of a different kind than the Gaussian
-training surrogates, so that selecting on them rewards watermarks that
-generalise beyond the training noise: patch-shuffled images (local statistics
-kept, global structure destroyed), images rotated by 90 degrees (natural
-statistics, unfamiliar semantics), low-frequency colour noise, greyscale
-images (colour removed) and flat colours (no structure at all).
-
-The last two cover inputs that Gaussian noise never shows an objective: issue
-14 measured that watermarks raise the scores of grey and flat images most
-(``studies/why_grey_hurts.py``), and without such kinds neither ``--preset
-auto`` nor ``--score auto`` could see it.
-"""
+"""Validation without OOD data: a held-out ID split and the synthetic outliers of :mod:`..data.synthetic`,
+scored per kind, with the admission rules of ``--preset auto`` (a watermark must not lose on any kind)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from watermark_ood.core.randomness import generator
 from watermark_ood.data.images import ImageSet
-from watermark_ood.data.preprocessing import Normalization, luma
-from watermark_ood.data.streaming import is_streaming
+from watermark_ood.data.preprocessing import Normalization
+from watermark_ood.data.synthetic import outlier_kind_parts, synthesize_outliers
 from watermark_ood.detection.logit_scores import get_score
 from watermark_ood.evaluation.metrics import auroc, fpr_at_tpr
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.watermark.file import Watermark
 
-OUTLIER_KINDS = ("patch-shuffle", "rotate90", "low-frequency-noise", "greyscale", "flat-colour")
 # Kinds that destroy the object (the others keep it: a greyscale or rotated cat is still a cat, and the classifiers
 # here still recognise 72-77% of greyscale copies and 3x chance of rotated ones). Real OOD sets are new objects.
-OBJECT_DESTROYING_KINDS = ("patch-shuffle", "low-frequency-noise", "flat-colour")
 
-
-def patch_shuffle(images: torch.Tensor, grid: int, rng: torch.Generator) -> torch.Tensor:
-    n, c, h, w = images.shape
-    ph, pw = h // grid, w // grid
-    x = images[:, :, : ph * grid, : pw * grid].reshape(n, c, grid, ph, grid, pw)
-    x = x.permute(0, 2, 4, 1, 3, 5).reshape(n, grid * grid, c, ph, pw)
-    order = torch.stack([torch.randperm(grid * grid, generator=rng) for _ in range(n)])
-    x = x[torch.arange(n)[:, None], order]
-    x = x.reshape(n, grid, grid, c, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(n, c, ph * grid, pw * grid)
-    out = images.clone()
-    out[:, :, : ph * grid, : pw * grid] = x
-    return out
-
-
-def low_frequency_noise(n: int, shape: tuple[int, int, int], rng: torch.Generator) -> torch.Tensor:
-    c, h, w = shape
-    coarse = torch.rand((n, c, max(2, h // 8), max(2, w // 8)), generator=rng)
-    return (F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1) * 255).round().to(
-        torch.uint8)
-
-
-def greyscale(images: torch.Tensor) -> torch.Tensor:
-    """ITU-R BT.601 luma in every channel (uint8 NCHW in and out; a single channel is returned as is)."""
-    return luma(images.float()).round().clamp(0, 255).to(torch.uint8).expand_as(images).contiguous()
-
-
-def flat_colour(n: int, shape: tuple[int, int, int], rng: torch.Generator) -> torch.Tensor:
-    """One uniformly drawn colour per image, everywhere."""
-    c, h, w = shape
-    colour = torch.randint(0, 256, (n, c, 1, 1), generator=rng, dtype=torch.uint8)
-    return colour.expand(n, c, h, w).contiguous()
-
-
-def outlier_kind_parts(count: int) -> dict[str, np.ndarray]:
-    """Which rows of ``synthesize_outliers`` (of ``count`` images) are of which kind."""
-    return dict(zip(OUTLIER_KINDS, np.array_split(np.arange(count), len(OUTLIER_KINDS))))
-
-
-def synthesize_outliers(source: ImageSet, seed: int) -> ImageSet:
-    """Equal shares of the outlier kinds (``OUTLIER_KINDS``, in that order), built from ``source``."""
-    rng = generator(torch.device("cpu"), seed, 0x0D7)
-    if is_streaming(source):  # a ranking sample (thousands of images): decoded once, kept in memory
-        source = source.materialize()
-    parts = list(outlier_kind_parts(len(source)).values())
-    images = source.images
-    out = [
-        patch_shuffle(images[parts[0]], 4, rng),
-        torch.rot90(images[parts[1]], 1, dims=(2, 3)) if images.shape[2] == images.shape[3]
-        else images[parts[1]].flip(2),
-        low_frequency_noise(len(parts[2]), source.image_shape, rng),
-        greyscale(images[parts[3]]),
-        flat_colour(len(parts[4]), source.image_shape, rng),
-    ]
-    return ImageSet(torch.cat(out), torch.full((len(source),), -1), "synthetic-validation-outliers")
-
-
-def kind_rows(count: int, kinds: Sequence[str]) -> np.ndarray:
-    """Rows of ``synthesize_outliers`` (of ``count`` images) that are of one of ``kinds``.
-
-    >>> kind_rows(10, ("rotate90", "flat-colour")).tolist()
-    [2, 3, 8, 9]
-    """
-    parts = outlier_kind_parts(count)
-    unknown = sorted(set(kinds) - set(parts))
-    if unknown or not kinds:
-        raise ValueError(f"outlier kinds must be some of {', '.join(OUTLIER_KINDS)}; got {', '.join(kinds) or 'none'}")
-    return np.concatenate([parts[k] for k in OUTLIER_KINDS if k in kinds])
 
 
 def per_kind_fpr(s_id: np.ndarray, s_out: np.ndarray) -> dict[str, float]:

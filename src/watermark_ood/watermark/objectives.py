@@ -129,3 +129,18 @@ def objective_loss(config: FitConfig, z_in: torch.Tensor, y: torch.Tensor, z_out
     """The loss the watermark descends: cross-entropy plus the weighted OOD term."""
     ce, ood = objective_terms(config, z_in, y, z_out, features, lse_out_at_zero)
     return ce + ood
+
+
+def energy_scale_note(objective: str, ood_term: float | None) -> str:
+    """The one-line explanation, said once, of the energy objective's huge but expected OOD term ('' otherwise).
+
+    >>> energy_scale_note("energy", 1.6e16)[:40]
+    'note: the OOD term 1.6e+16 is expected, '
+    >>> energy_scale_note("msp", 1.6e16)
+    ''
+    """
+    if objective != "energy" or ood_term is None or not ood_term > 1e6:
+        return ""
+    return (f"note: the OOD term {ood_term:.2g} is expected, not a divergence: the paper's energy objective is "
+            "beta * mean exp(T_out * z) over the noise images' logits z, which is astronomically large for a "
+            "confident classifier; only its gradient's sign is used")

@@ -3,7 +3,12 @@ in results.json, so it lives apart from the learner that writes it and the check
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+
+from watermark_ood.watermark.file import Watermark
 
 
 @dataclass
@@ -28,3 +33,28 @@ class EpochRecord:
 
     def to_dict(self) -> dict[str, float]:
         return dict(self.__dict__)
+
+
+class ValidationFn(Protocol):
+    """Scores a candidate watermark on held-out ID data; lower ``key`` is better."""
+
+    def __call__(self, w: torch.Tensor) -> Any: ...
+
+
+@dataclass
+class FitResult:
+    watermark: Watermark
+    history: list[EpochRecord] = field(default_factory=list)
+    fit_seconds: float = 0.0
+    images_seen: int = 0
+    resumed_from_step: int = 0
+    selected_step: int | None = None
+    validation: list[dict[str, Any]] = field(default_factory=list)
+    skipped_images: list[str] = field(default_factory=list)  # unreadable files left out (--skip-bad-images)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_seen / self.fit_seconds if self.fit_seconds > 0 else 0.0
+
+
+EpochCallback = Callable[[EpochRecord, torch.Tensor], None]

@@ -1,0 +1,152 @@
+"""Every synthetic image the package makes, in one place: the learner's surrogate outliers (``mosaic``, the
+flat and grey rows of ``mixed``) and the validation outliers that ``--preset auto`` and ``--score auto`` rank on.
+
+The validation outliers are deliberately of a different kind than the Gaussian training surrogates, so that
+selecting on them rewards watermarks and detectors that generalise beyond the training noise: patch-shuffled
+images (local statistics kept, global structure destroyed), images rotated by 90 degrees (natural statistics,
+unfamiliar semantics), low-frequency colour noise, greyscale images (colour removed) and flat colours (no
+structure at all). The last two cover inputs that Gaussian noise never shows an objective: issue 14 measured that
+watermarks raise the scores of grey and flat images most (``studies/why_grey_hurts.py``), and without such kinds
+neither ``--preset auto`` nor ``--score auto`` could see it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.core.randomness import generator
+from watermark_ood.data.images import ImageSet
+from watermark_ood.data.preprocessing import Normalization, luma
+from watermark_ood.data.streaming import FileImageSet, is_streaming
+
+
+def mosaic(x: torch.Tensor, rng: torch.Generator, patch: int = 8) -> torch.Tensor:
+    """Surrogate outliers: each image a grid of patches drawn at random from all images of the batch.
+
+    Patches are ``patch`` pixels wide, smaller for small images so that every mosaic has at least 2 x 2 of them.
+    """
+    n, c, h, w = x.shape
+    if h < 2 or w < 2:
+        raise WatermarkOODError(f"mosaic surrogates need images of at least 2x2 pixels, got {h}x{w}")
+    patch = min(patch, h // 2, w // 2)
+    gh, gw = h // patch, w // patch
+    tiles = x[:, :, : gh * patch, : gw * patch].reshape(n, c, gh, patch, gw, patch).permute(0, 2, 4, 1, 3, 5)
+    tiles = tiles.reshape(n * gh * gw, c, patch, patch)
+    pick = torch.randint(0, len(tiles), (len(tiles),), generator=rng, device=x.device)
+    out = tiles[pick].reshape(n, gh, gw, c, patch, patch).permute(0, 3, 1, 4, 2, 5).reshape(n, c, gh * patch, gw * patch)
+    if (gh * patch, gw * patch) != (h, w):
+        out = torch.nn.functional.pad(out, (0, w - gw * patch, 0, h - gh * patch))
+    return out
+
+
+def flat_and_grey(x: torch.Tensor, noise: torch.Tensor, normalization: Normalization, n: int, rows: torch.Tensor,
+                  rng: torch.Generator) -> torch.Tensor:
+    """'mixed' surrogates: of ``noise`` (rows of a global batch of ``n``) a quarter becomes flat colours and a
+    quarter greyscale (BT.601 luma) copies of the normalized ID images ``x``, all in normalized space.
+
+    Which row gets which kind, and the colours, are drawn for the whole global batch and then sliced, like the
+    noise, so torchrun ranks and skipped images do not change any row's surrogate.
+    """
+    n_rows, c = x.shape[:2]
+    kind = torch.randint(0, 4, (n,), generator=rng, device=x.device)[rows].view(-1, 1, 1, 1)
+    colour = torch.rand((n, c, 1, 1), generator=rng, device=x.device)[rows]
+    mean = torch.tensor(normalization.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(normalization.std, device=x.device).view(1, -1, 1, 1)
+    grey = ((luma(x.float() * std + mean).expand(n_rows, c, *x.shape[2:]) - mean) / std).to(noise.dtype)
+    flat = ((colour - mean) / std).expand_as(noise).to(noise.dtype)
+    return torch.where(kind == 0, flat, torch.where(kind == 1, grey, noise))
+
+
+OUTLIER_KINDS = ("patch-shuffle", "rotate90", "low-frequency-noise", "greyscale", "flat-colour")
+
+OBJECT_DESTROYING_KINDS = ("patch-shuffle", "low-frequency-noise", "flat-colour")
+
+
+def patch_shuffle(images: torch.Tensor, grid: int, rng: torch.Generator) -> torch.Tensor:
+    n, c, h, w = images.shape
+    ph, pw = h // grid, w // grid
+    x = images[:, :, : ph * grid, : pw * grid].reshape(n, c, grid, ph, grid, pw)
+    x = x.permute(0, 2, 4, 1, 3, 5).reshape(n, grid * grid, c, ph, pw)
+    order = torch.stack([torch.randperm(grid * grid, generator=rng) for _ in range(n)])
+    x = x[torch.arange(n)[:, None], order]
+    x = x.reshape(n, grid, grid, c, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(n, c, ph * grid, pw * grid)
+    out = images.clone()
+    out[:, :, : ph * grid, : pw * grid] = x
+    return out
+
+
+def low_frequency_noise(n: int, shape: tuple[int, int, int], rng: torch.Generator) -> torch.Tensor:
+    c, h, w = shape
+    coarse = torch.rand((n, c, max(2, h // 8), max(2, w // 8)), generator=rng)
+    return (F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1) * 255).round().to(
+        torch.uint8)
+
+
+def greyscale(images: torch.Tensor) -> torch.Tensor:
+    """ITU-R BT.601 luma in every channel (uint8 NCHW in and out; a single channel is returned as is)."""
+    return luma(images.float()).round().clamp(0, 255).to(torch.uint8).expand_as(images).contiguous()
+
+
+def flat_colour(n: int, shape: tuple[int, int, int], rng: torch.Generator) -> torch.Tensor:
+    """One uniformly drawn colour per image, everywhere."""
+    c, h, w = shape
+    colour = torch.randint(0, 256, (n, c, 1, 1), generator=rng, dtype=torch.uint8)
+    return colour.expand(n, c, h, w).contiguous()
+
+
+def outlier_kind_parts(count: int) -> dict[str, np.ndarray]:
+    """Which rows of ``synthesize_outliers`` (of ``count`` images) are of which kind."""
+    return dict(zip(OUTLIER_KINDS, np.array_split(np.arange(count), len(OUTLIER_KINDS))))
+
+
+def synthesize_outliers(source: ImageSet, seed: int) -> ImageSet:
+    """Equal shares of the outlier kinds (``OUTLIER_KINDS``, in that order), built from ``source``."""
+    rng = generator(torch.device("cpu"), seed, 0x0D7)
+    if is_streaming(source):  # a ranking sample (thousands of images): decoded once, kept in memory
+        source = source.materialize()
+    parts = list(outlier_kind_parts(len(source)).values())
+    images = source.images
+    out = [
+        patch_shuffle(images[parts[0]], 4, rng),
+        torch.rot90(images[parts[1]], 1, dims=(2, 3)) if images.shape[2] == images.shape[3]
+        else images[parts[1]].flip(2),
+        low_frequency_noise(len(parts[2]), source.image_shape, rng),
+        greyscale(images[parts[3]]),
+        flat_colour(len(parts[4]), source.image_shape, rng),
+    ]
+    return ImageSet(torch.cat(out), torch.full((len(source),), -1), "synthetic-validation-outliers")
+
+
+def kind_rows(count: int, kinds: Sequence[str]) -> np.ndarray:
+    """Rows of ``synthesize_outliers`` (of ``count`` images) that are of one of ``kinds``.
+
+    >>> kind_rows(10, ("rotate90", "flat-colour")).tolist()
+    [2, 3, 8, 9]
+    """
+    parts = outlier_kind_parts(count)
+    unknown = sorted(set(kinds) - set(parts))
+    if unknown or not kinds:
+        raise ValueError(f"outlier kinds must be some of {', '.join(OUTLIER_KINDS)}; got {', '.join(kinds) or 'none'}")
+    return np.concatenate([parts[k] for k in OUTLIER_KINDS if k in kinds])
+
+
+def data_channel_std(images: "ImageSet | FileImageSet | torch.Tensor", normalization: Normalization,
+                     limit: int = 10000) -> torch.Tensor:
+    """Per-channel std of the normalized data (on at most ``limit`` images), shape (1, C, 1, 1).
+
+    Accumulated batch by batch in float64, so a streamed set is never held in memory.
+    """
+    if isinstance(images, torch.Tensor):
+        images = ImageSet(images, torch.full((len(images),), -1), "data")
+    total, total_sq, count = 0.0, 0.0, 0
+    for _, pixels in images.batches(500, torch.arange(min(limit, len(images)))):
+        x = normalization(pixels).double().transpose(0, 1).flatten(1)
+        total, total_sq, count = total + x.sum(1), total_sq + (x * x).sum(1), count + x.shape[1]
+    mean = total / count
+    variance = (total_sq - count * mean * mean) / max(1, count - 1)
+    return variance.clamp_min(0).sqrt().float().view(1, -1, 1, 1)

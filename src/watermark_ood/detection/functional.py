@@ -1,0 +1,62 @@
+"""Pure score functions, usable without any detector object (as pytorch-ood's ``score`` static methods).
+
+Protocol scores (:func:`msp_score`, :func:`energy_score`, :func:`max_logit_score`) follow the paper's tables:
+higher = more in-distribution. The others return pytorch-ood's *outlier* score (higher = more OOD) and exist
+because the library's code cannot be traced for export; tests check each equal to the library's.
+
+    >>> import torch
+    >>> logits = torch.tensor([[4.0, 0.0], [0.1, 0.0]])
+    >>> energy_score(logits).round(decimals=3)   # logsumexp: the first input is more ID
+    tensor([4.0180, 0.7440])
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def msp_score(logits: torch.Tensor) -> torch.Tensor:
+    """Maximum softmax probability (Hendrycks & Gimpel, 2017)."""
+    return torch.softmax(logits.float(), dim=1).amax(dim=1)
+
+
+def energy_score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Negative free energy ``T * logsumexp(z / T)`` (Liu et al., 2020)."""
+    return temperature * torch.logsumexp(logits.float() / temperature, dim=1)
+
+
+def max_logit_score(logits: torch.Tensor) -> torch.Tensor:
+    """Largest logit (Hendrycks et al., 2022)."""
+    return logits.float().amax(dim=1)
+
+
+def knn_kth_distance(features: torch.Tensor, bank: torch.Tensor, k: int, spare: int = 8) -> torch.Tensor:
+    """Distance of each L2-normalized feature to its k-th nearest neighbour in ``bank`` (already normalized).
+
+    The same quantity as pytorch-ood's KNN (scikit-learn's exact search), written in torch so that it traces:
+    candidates come from one matrix product, then the ``k + spare`` nearest are measured exactly, since
+    ``|z|^2 - 2 z.b + |b|^2`` loses precision for near neighbours.
+    """
+    z = features / features.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    squared = (z * z).sum(1, keepdim=True) - 2 * z @ bank.T + (bank * bank).sum(1)[None, :]
+    candidates = squared.topk(min(k + spare, bank.shape[0]), dim=1, largest=False).indices
+    exact = (z[:, None, :] - bank[candidates]).norm(dim=2)
+    return exact.topk(k, dim=1, largest=False).values[:, -1]
+
+
+def gen_outlier(logits: torch.Tensor, gamma: float = 0.1, eps: float = 1e-7) -> torch.Tensor:
+    """pytorch-ood's GEN outlier score (all classes) in float64, written so that it exports exactly.
+
+    The library clamps p to [1e-7, 1 - 1e-7]; ONNX exporters store that upper bound as float32, where it is
+    1 - 1.19e-7, and for confident images ((1 - p)^0.1 at the bound) the exported score moved by ~5e-4 of its
+    range. Here the bound is applied to 1 - p instead (1e-7 survives float32), which equals the library's
+    clamp to ~1e-8 relative.
+    """
+    p = logits.double().softmax(dim=1)
+    return (p.clamp(min=eps).pow(gamma) * (1 - p).clamp(min=eps).pow(gamma)).mean(dim=1)
+
+
+def mahalanobis_min_distance(features: torch.Tensor, mu: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """Half the squared Mahalanobis distance to the closest class mean: pytorch-ood's Mahalanobis score."""
+    centered = features[:, None, :] - mu[None, :, :]  # N x K x D
+    return 0.5 * ((centered @ precision) * centered).sum(dim=2).min(dim=1).values
