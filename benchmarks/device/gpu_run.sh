@@ -3,7 +3,7 @@
 # (benchmarks/device/pack_shared.py pack ../shared .devdata), e.g. through the device tool:
 #   bash benchmarks/device/gpu_run.sh        (carry: .devdata; files land in $OUT)
 # Stages, each under its own time limit so one failure still returns the others:
-#   1. CUDA unit tests (tests/test_cuda.py, learner tests on CUDA);
+#   1. CUDA unit tests (tests/runtime/test_cuda.py, learner tests on CUDA);
 #   2. benchmarks/speed.py --device cuda (reference loop vs fast learner, ResNet-20/56, WRN-40-2);
 #   wrn (only when named in STAGES): WRN-40-2 trained by the Outlier-Exposure baseline recipe
 #      (benchmarks/train_classifier.py, 100 epochs, bf16; issue 14 item 5), weights and their sha256 into $OUT;
@@ -32,7 +32,7 @@ SHARED=/tmp/shared
 "$PY" benchmarks/device/pack_shared.py unpack .devdata "$SHARED" || exit 1
 
 stage "CUDA tests"
-[[ " $STAGES " == *" tests "* ]] && timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_learner.py 2>&1 | tail -15
+[[ " $STAGES " == *" tests "* ]] && timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/runtime/test_cuda.py tests/watermark/test_learner.py 2>&1 | tail -15
 
 stage "speed.py on CUDA"
 [[ " $STAGES " == *" speed "* ]] && timeout 220 "$PY" benchmarks/speed.py --device "$DEVICE" --steps "$STEPS" --no-compile --workers 4 \

@@ -115,3 +115,17 @@ def test_modules_are_small(module):
 COMPATIBILITY = {"architectures", "bench", "checkpoint", "config", "conformal", "datasets", "demo", "detector",
                  "detectors", "distributed", "errors", "export", "features", "fileio", "idx", "learner", "metrics",
                  "objectives", "preprocessing", "progress", "schema", "scores", "streaming", "tuning", "validation"}
+
+
+TESTS = Path(__file__).resolve().parents[1]
+TEST_FOLDERS_BEYOND_LAYERS = {"architecture", "benchmarks", "cli", "compatibility", "product", "studies"}
+
+
+def test_tests_mirror_the_layers():
+    """A test lives in the folder of the layer it tests (or of the product part: cli, benchmarks, studies, ...)."""
+    loose = sorted(p.name for p in TESTS.glob("test_*.py"))
+    assert not loose, f"tests outside a layer folder: {loose}"
+    folders = {p.name for p in TESTS.iterdir() if p.is_dir() and any(p.glob("test_*.py"))}
+    assert folders <= set(LAYERS) | TEST_FOLDERS_BEYOND_LAYERS, folders - set(LAYERS) - TEST_FOLDERS_BEYOND_LAYERS
+    untested = [layer for layer in LAYERS if layer != "core" and layer not in folders]
+    assert not untested, f"layers without a test folder: {untested}"

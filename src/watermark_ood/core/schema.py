@@ -10,7 +10,7 @@ images, any size but the same in every tensor of a score) and ``d`` (ViM's princ
 0.5
 >>> check_float("tpr", 1.5, low=0.0, high=1.0)
 Traceback (most recent call last):
-watermark_ood.errors.WatermarkOODError: tpr: expected a number in [0.0, 1.0], found 1.5
+watermark_ood.core.errors.WatermarkOODError: tpr: expected a number in [0.0, 1.0], found 1.5
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import write_npz_dataset
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 PATH_LINES = ("MODEL, CHECKPOINT, ID_DATA = ", "OOD_DATA = ")
 

@@ -1,6 +1,6 @@
-"""Files written by earlier releases keep loading with the same meaning (tests/fixtures/v1, written by commit
-1f09b03 with tests/fixtures/make_v1.py; tests/fixtures/v2, written by commit 4aab32d, before the layered package,
-with tests/fixtures/make_v2.py: conformal calibrations, per-class thresholds, p-values): detector files predict the scores and decisions recorded then, the
+"""Files written by earlier releases keep loading with the same meaning (tests/compatibility/fixtures/v1, written by commit
+1f09b03 with tests/compatibility/fixtures/make_v1.py; tests/compatibility/fixtures/v2, written by commit 4aab32d, before the layered package,
+with tests/compatibility/fixtures/make_v2.py: conformal calibrations, per-class thresholds, p-values): detector files predict the scores and decisions recorded then, the
 watermark and the fit checkpoint load, and results.json's fields are all still written (extended, never renamed).
 """
 

@@ -12,7 +12,7 @@ from conftest import write_npz_dataset
 
 from watermark_ood.models.registry import load_model
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 
