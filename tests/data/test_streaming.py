@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import make_images
 from PIL import Image
-from test_preemption import check_sigkills_then_resume_is_bit_identical
+from interruptions import check_sigkills_then_resume_is_bit_identical
 
 from watermark_ood.cli import main
 from watermark_ood.core.errors import WatermarkOODError

@@ -87,7 +87,7 @@ def test_ctrl_c_under_torchrun_stops_every_rank_with_a_checkpoint_and_resumes(tm
     import os
     import signal
 
-    from test_preemption import dataset, wait_for
+    from interruptions import dataset, wait_for
 
     data = dataset(tmp_path / "data")
 

@@ -53,6 +53,23 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     g.add_argument("--std", type=_floats, help="override the model's input std")
 
 
+HYPERPARAMETERS = (  # (option, type, help): the fit config's numbers a command line may override
+    ("--epochs", int, "epochs over the ID training data [50]"),
+    ("--train-limit", int, "fit on a seeded random subset of this many ID training images"),
+    ("--batch-size", int, "ID images per step; as many noise images are added [128]"),
+    ("--alpha", float, "sign-descent step size, divided by 10 half-way [0.01]"),
+    ("--sigma", float, "std of the Gaussian surrogate outliers, normalized units"),
+    ("--rho", float, "sharpness-aware perturbation radius"),
+    ("--beta", float, "weight of the outlier term"),
+    ("--t-in", float, "energy objective: ID temperature"),
+    ("--t-out", float, "energy objective: outlier temperature"),
+    ("--m-in", float, "hinge/anchored: ID logsumexp margin [ID training median]"),
+    ("--m-out", float, "hinge/anchored: outlier logsumexp margin [ID training 5%% quantile]"),
+    ("--linf-budget", float, "clip the watermark to [-B, B] after each step (not in the paper)"),
+    ("--l2-budget", float, "project the watermark onto an L2 ball (not in the paper)"),
+)
+
+
 def _add_fit(p: argparse.ArgumentParser, multi_objective: bool) -> None:
     g = p.add_argument_group("watermark fitting (defaults: the preset, i.e. the paper)")
     if multi_objective:
@@ -65,19 +82,8 @@ def _add_fit(p: argparse.ArgumentParser, multi_objective: bool) -> None:
     g.add_argument("--preset", default="cifar10",
                    help=f"hyperparameter preset: cifar10, cifar100, a full name ({', '.join(PRESETS)}), or auto "
                         "(search on a held-out split of the ID training data; no OOD data is read) [cifar10]")
-    g.add_argument("--epochs", type=int, help="epochs over the ID training data [50]")
-    g.add_argument("--train-limit", type=int, help="fit on a seeded random subset of this many ID training images")
-    g.add_argument("--batch-size", type=int, help="ID images per step; as many noise images are added [128]")
-    g.add_argument("--alpha", type=float, help="sign-descent step size, divided by 10 half-way [0.01]")
-    g.add_argument("--sigma", type=float, help="std of the Gaussian surrogate outliers, normalized units")
-    g.add_argument("--rho", type=float, help="sharpness-aware perturbation radius")
-    g.add_argument("--beta", type=float, help="weight of the outlier term")
-    g.add_argument("--t-in", type=float, help="energy objective: ID temperature")
-    g.add_argument("--t-out", type=float, help="energy objective: outlier temperature")
-    g.add_argument("--m-in", type=float, help="hinge/anchored: ID logsumexp margin [ID training median]")
-    g.add_argument("--m-out", type=float, help="hinge/anchored: outlier logsumexp margin [ID training 5%% quantile]")
-    g.add_argument("--linf-budget", type=float, help="clip the watermark to [-B, B] after each step (not in the paper)")
-    g.add_argument("--l2-budget", type=float, help="project the watermark onto an L2 ball (not in the paper)")
+    for option, kind, text in HYPERPARAMETERS:
+        g.add_argument(option, type=kind, help=text)
     g.add_argument("--schedule", choices=["step", "cosine"],
                    help="step size schedule: step (the paper: /10 half-way) or cosine (per step, for short runs)")
     g.add_argument("--surrogate", choices=["gaussian", "mosaic", "mixed"],

@@ -1,4 +1,4 @@
-"""Atomic file writes: a crash never leaves a half-written artefact behind."""
+"""Our files on disk: atomic writes (a crash never leaves a half-written artefact behind) and checked reads."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from watermark_ood.core.errors import WatermarkOODError, describe
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -70,6 +72,18 @@ def read_safetensors(blob: bytes):
     if not isinstance(metadata, dict):
         raise ValueError("metadata is not a mapping")
     return tensors, metadata
+
+
+def read_artefact(path: str | Path, kind: str, not_found: str = "") -> tuple[dict[str, Any], dict[str, str]]:
+    """Tensors and string metadata of one of our safetensors files, or the one-line error every reader gives:
+    ``<path>: <kind> file not found<not_found>`` or ``<path>: not a valid <kind> file (<why>)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise WatermarkOODError(f"{path}: {kind} file not found{not_found}")
+    try:
+        return read_safetensors(path.read_bytes())
+    except Exception as error:  # noqa: BLE001 - safetensors and json raise several types on damaged files
+        raise WatermarkOODError(f"{path}: not a valid {kind} file ({describe(error)})") from None
 
 
 def what_file_is(path: str | Path) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from watermark_ood.core.errors import WatermarkOODError, describe
-from watermark_ood.core.fileio import read_safetensors
+from watermark_ood.core.fileio import read_artefact
 from watermark_ood.core.schema import check_float, check_int, check_list, check_mapping, check_str, check_tensor, fail
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.detection.conformal import Calibration, conformal_threshold
@@ -43,11 +43,8 @@ def read_detector_file(path: str | Path) -> tuple[dict[str, Any], Watermark | No
     """Metadata (with ``score_tensors``) and watermark of a detector file, every field checked against the
     file's schema (:func:`check_metadata`); every failure is a one-line WatermarkOODError naming the field."""
     path = Path(path)
-    if not path.is_file():
-        raise WatermarkOODError(f"{path}: detector file not found")
-    blob = path.read_bytes()
+    tensors, header_metadata = read_artefact(path, "detector")
     try:
-        tensors, header_metadata = read_safetensors(blob)
         meta = json.loads(header_metadata["detector"], parse_constant=_refuse_constant)
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ValueError("not a watermark-ood detector")

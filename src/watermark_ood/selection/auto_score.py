@@ -30,7 +30,8 @@ from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.data.streaming import without_skipped
-from watermark_ood.data.synthetic import OBJECT_DESTROYING_KINDS, OUTLIER_KINDS, kind_rows, synthesize_outliers
+from watermark_ood.data.synthetic import (OBJECT_DESTROYING_KINDS, OUTLIER_KINDS, kind_rows, synthesize_outliers,
+                                          synthesized_kinds)
 from watermark_ood.detection.detector import FIT_IMAGES, Detector
 from watermark_ood.detection.registry import SCORE_NAMES
 from watermark_ood.evaluation.metrics import accuracy, auroc, fpr_at_tpr
@@ -115,9 +116,10 @@ def select_detector(model: torch.nn.Module, normalization: Normalization, train:
     if (train.labels < 0).any():
         raise WatermarkOODError(f"{train.name}: choosing a detector needs labelled ID training images")
     fit_set, z_set, rank_id, calibration = selection_splits(train, settings)
-    outliers = synthesize_outliers(rank_id, settings.seed)
     try:
-        ranked_rows = kind_rows(len(outliers), settings.ranking_kinds)
+        made = synthesized_kinds(settings.ranking_kinds)
+        outliers = synthesize_outliers(rank_id, settings.seed, made)
+        ranked_rows = kind_rows(len(outliers), settings.ranking_kinds, made)
     except ValueError as error:
         raise WatermarkOODError(f"--score auto: {error}") from None
     conditions = [("none", None)] + ([("given", watermark)] if watermark is not None else [])
@@ -130,7 +132,7 @@ def select_detector(model: torch.nn.Module, normalization: Normalization, train:
         rows = []
         for name in settings.candidates:
             rows.append(_rank_one(model, normalization, mark, name, condition, outputs, fit_set, rank_id, outliers,
-                                  ranked_rows, execution, model_id))
+                                  ranked_rows, execution, model_id, made))
             if log is not None:
                 log(_describe(rows[-1]))
         ranking += rows
@@ -243,7 +245,7 @@ def tied_with(best: dict[str, Any], ranking: Sequence[dict[str, Any]]) -> list[s
 
 
 def _rank_one(model, normalization, mark, name, condition, outputs, fit_set, rank_id, outliers, ranked_rows,
-              execution, model_id) -> dict[str, Any]:
+              execution, model_id, made: Sequence[str] = OUTLIER_KINDS) -> dict[str, Any]:
     """One candidate's validation row: FPR95/AUROC over all outlier kinds and per kind (reported, and the
     watermark guard), and over ``ranked_rows`` (the ranking's criterion)."""
     row: dict[str, Any] = {"score": name, "watermark": condition}
@@ -263,7 +265,7 @@ def _rank_one(model, normalization, mark, name, condition, outputs, fit_set, ran
     ranked = s_out[ranked_rows]
     return {**row, "ok": True, "fpr95": fpr_at_tpr(s_id, s_out), "auroc": auroc(s_id, s_out),
             "ranking_fpr95": fpr_at_tpr(s_id, ranked), "ranking_auroc": auroc(s_id, ranked),
-            "per_kind": per_kind_fpr(s_id, s_out), "seconds": time.perf_counter() - t0, "fitted_values": fitted_values,
+            "per_kind": per_kind_fpr(s_id, s_out, made), "seconds": time.perf_counter() - t0, "fitted_values": fitted_values,
             SCORES: (s_id, ranked)}
 
 

@@ -5,27 +5,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
-from watermark_ood.data.synthetic import outlier_kind_parts, synthesize_outliers
+from watermark_ood.data.synthetic import OUTLIER_KINDS, outlier_kind_parts, synthesize_outliers
 from watermark_ood.detection.logit_scores import get_score
 from watermark_ood.evaluation.metrics import auroc, fpr_at_tpr
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.watermark.file import Watermark
 
-# Kinds that destroy the object (the others keep it: a greyscale or rotated cat is still a cat, and the classifiers
-# here still recognise 72-77% of greyscale copies and 3x chance of rotated ones). Real OOD sets are new objects.
 
 
-
-def per_kind_fpr(s_id: np.ndarray, s_out: np.ndarray) -> dict[str, float]:
-    """FPR95 of ID scores ``s_id`` against each kind's rows of the outlier scores ``s_out``."""
-    return {kind: fpr_at_tpr(s_id, s_out[rows]) for kind, rows in outlier_kind_parts(len(s_out)).items()}
+def per_kind_fpr(s_id: np.ndarray, s_out: np.ndarray, kinds: Sequence[str] = OUTLIER_KINDS) -> dict[str, float]:
+    """FPR95 of ID scores ``s_id`` against each kind's rows of the outlier scores ``s_out`` (of ``kinds``)."""
+    return {kind: fpr_at_tpr(s_id, s_out[rows]) for kind, rows in outlier_kind_parts(len(s_out), kinds).items()}
 
 
 def binomial_se(p: float, n: int) -> float:

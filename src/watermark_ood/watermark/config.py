@@ -181,6 +181,18 @@ class Preset:
         return base.replace(**overrides)
 
 
+_ENERGY_NOISE = {"cifar10": {"sigma": 1.5, "rho": 0.05}, "cifar100": {"sigma": 0.4, "rho": 0.1}}
+_OURS = (
+    # Liu et al.'s bounded squared hinge (their weight 0.1); margins come from the model's own ID logsumexp
+    # quantiles, so no per-model tuning.
+    ("hinge", 0.1, "energy preset's noise, squared-hinge objective (Liu et al. 2020), margins from ID"),
+    # the hinge with each outlier's margin lowered to its own score at w = 0, so that no surrogate may gain ID-ness
+    # (objectives.anchored_term; issue 14's contraction finding).
+    ("anchored", 0.1, "hinge preset; no outlier's logsumexp may rise (ours), margins from ID"),
+    # a squared hinge on what feature detectors (KNN, Mahalanobis, ViM) read, the cosine distance of penultimate
+    # features to the nearest ID class mean; distances are < 2, hence the larger beta.
+    ("features", 10.0, "squared hinge on penultimate-feature distance to ID class means (ours)"),
+)
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -190,24 +202,9 @@ PRESETS: dict[str, Preset] = {
                description="paper, CIFAR-10, energy score"),
         Preset("cifar100-energy", "energy", sigma=0.4, rho=0.1, beta=0.1, t_in=0.9, t_out=0.1,
                description="paper, CIFAR-100, energy score"),
-        # Not in the paper: the energy preset's noise and radius with Liu et al.'s bounded squared hinge
-        # (their weight 0.1); margins come from the model's own ID logsumexp quantiles, so no per-model tuning.
-        Preset("cifar10-hinge", "hinge", sigma=1.5, rho=0.05, beta=0.1,
-               description="energy preset's noise, squared-hinge objective (Liu et al. 2020), margins from ID"),
-        Preset("cifar100-hinge", "hinge", sigma=0.4, rho=0.1, beta=0.1,
-               description="energy preset's noise, squared-hinge objective (Liu et al. 2020), margins from ID"),
-        # Not in the paper: the hinge presets with each outlier's margin lowered to its own score at w = 0, so that
-        # no surrogate may gain ID-ness (objectives.anchored_term; issue 14's contraction finding).
-        Preset("cifar10-anchored", "anchored", sigma=1.5, rho=0.05, beta=0.1,
-               description="hinge preset; no outlier's logsumexp may rise (ours), margins from ID"),
-        Preset("cifar100-anchored", "anchored", sigma=0.4, rho=0.1, beta=0.1,
-               description="hinge preset; no outlier's logsumexp may rise (ours), margins from ID"),
-        # Not in the paper: a squared hinge on what feature detectors (KNN, Mahalanobis, ViM) read, the cosine
-        # distance of penultimate features to the nearest ID class mean; distances are < 2, hence the larger beta.
-        Preset("cifar10-features", "features", sigma=1.5, rho=0.05, beta=10.0,
-               description="squared hinge on penultimate-feature distance to ID class means (ours)"),
-        Preset("cifar100-features", "features", sigma=0.4, rho=0.1, beta=10.0,
-               description="squared hinge on penultimate-feature distance to ID class means (ours)"),
+        # Not in the paper: bounded objectives with the paper's energy presets' noise and radius (_OURS below).
+        *(Preset(f"{data}-{objective}", objective, **noise, beta=beta, description=description)
+          for objective, beta, description in _OURS for data, noise in _ENERGY_NOISE.items()),
     )
 }
 

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from safetensors.torch import save as save_safetensors_bytes
 
-from watermark_ood.core.errors import WatermarkOODError, describe
-from watermark_ood.core.fileio import atomic_write_bytes, atomic_write_json, read_safetensors
+from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.core.fileio import atomic_write_bytes, atomic_write_json, read_artefact
 from watermark_ood.core.schema import check_float, check_mapping, check_str, check_tensor, fail
 
 TENSOR_KEY = "watermark"
@@ -71,13 +71,8 @@ class Watermark:
     def load(cls, path: str | Path, expected_shape: tuple[int, ...] | None = None) -> "Watermark":
         """Read a file written by :meth:`save`; every failure is a :class:`WatermarkOODError`."""
         path = Path(path)
-        if not path.is_file():
-            raise WatermarkOODError(f"{path}: watermark file not found (expected a .safetensors file written by watermark-ood)")
-        blob = path.read_bytes()
-        try:
-            tensors, header_metadata = read_safetensors(blob)
-        except Exception as error:  # noqa: BLE001 - safetensors/json raise several types on damaged files
-            raise WatermarkOODError(f"{path}: not a valid safetensors watermark file ({describe(error)})") from None
+        tensors, header_metadata = read_artefact(path, "watermark", " (expected a .safetensors file written by "
+                                                 "watermark-ood)")
         if TENSOR_KEY not in tensors:
             raise WatermarkOODError(f"{path}: no tensor named {TENSOR_KEY!r} (found: {', '.join(tensors) or 'none'})")
         try:
