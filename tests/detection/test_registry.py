@@ -1,5 +1,7 @@
 """Every pytorch-ood detector by name: fit, score, save/load without pickle, export equal to the library."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -175,10 +177,22 @@ def _library_outlier_scores(name, head, fit_logits, fit_features, labels, logits
             .predict_feature_maps(maps)
     if name == "ash":
         return pod.ASH(None, head=flat).predict_feature_maps(maps)
+    if name in ("scale", "lts"):
+        built = pod.SCALE(None, head=flat) if name == "scale" else pod.LTS(None, head=flat)
+        return built.predict_feature_maps(maps) if name == "scale" else built.predict_features(features)
+    if name == "vra":
+        return pod.VRA(None, head=flat).fit_feature_maps(fit_features[:, :, None, None], labels) \
+            .predict_feature_maps(maps)
+    if name == "tempscale":
+        return pod.TemperatureScaling(None).fit_logits(fit_logits, labels).predict_logits(logits)
+    if name == "gradnorm":  # the library's own per-image backward pass, on the head alone (features in)
+        return pod.GradNorm(copy.deepcopy(head), param_filter=lambda n: n == "weight").predict(features)
     built = {"mahalanobis": lambda: pod.Mahalanobis(None), "rmd": lambda: pod.RMD(None),
              "knn": lambda: pod.KNN(None, k=50), "vim": lambda: pod.ViM(None, d=features.shape[1] // 2, w=w, b=b),
              "she": lambda: pod.SHE(None, head=flat), "dice": lambda: pod.DICE(None, w=w, b=b, p=0.7),
-             "pnml": lambda: pod.PNML(None, head=flat)}[name]()
+             "pnml": lambda: pod.PNML(None, head=flat), "fdbd": lambda: pod.fDBD(None, head=head),
+             "nci": lambda: pod.NCI(None, head=head), "nnguide": lambda: pod.NNGuide(None, head=flat, k=10),
+             "gmm": lambda: pod.GMM(None)}[name]()
     return built.fit_features(fit_features, labels).predict_features(features)
 
 
@@ -200,3 +214,20 @@ def test_every_wired_detector_equals_pytorch_ood_with_the_sign_flipped(trained_t
                                           features).double()
     assert torch.allclose(ours, -library, rtol=1e-5, atol=1e-6 * float(library.abs().max())), name
     assert float(ours.std()) > 0  # the comparison is not between constants
+
+
+def test_every_installed_pytorch_ood_detector_is_wired_or_excluded_with_a_reason():
+    """Enumerates the installed library: a new detector class fails here until it is wired or listed with why."""
+    import inspect
+
+    from pytorch_ood import detector as pod
+
+    from watermark_ood.detection.registry import NOT_WIRED
+
+    classes = {name for name, obj in vars(pod).items() if inspect.isclass(obj) and obj.__module__.startswith(
+        "pytorch_ood.detector")}
+    wired = {kind.library for kind in DETECTOR_KINDS.values()}
+    assert not wired & set(NOT_WIRED), "a class is both wired and excluded"
+    assert classes == wired | set(NOT_WIRED), (f"neither wired nor excluded: {sorted(classes - wired - set(NOT_WIRED))}"
+                                               f"; listed but not in the library: {sorted((wired | set(NOT_WIRED)) - classes)}")
+    assert all(len(why) > 20 for why in NOT_WIRED.values())

@@ -35,3 +35,13 @@ def test_readme_block_runs(index, tmp_path):
     done = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip()  # each program prints its result
+
+
+def test_the_readme_detector_list_is_the_registry():
+    """The README's table of detectors is written from the registry; regenerate it with
+    ``python -m watermark_ood.reporting.detector_list README.md``."""
+    from watermark_ood.reporting.detector_list import detector_list, replace_block
+
+    text = README.read_text()
+    assert "<!-- DETECTORS -->" in text
+    assert replace_block(text, detector_list()) == text, "README's detector list is stale; regenerate it"

@@ -111,3 +111,45 @@ def test_ctrl_c_under_torchrun_stops_every_rank_with_a_checkpoint_and_resumes(tm
     assert reference.returncode == 0
     assert torch.equal(Watermark.load(out / "watermark.safetensors").tensor,
                        Watermark.load(tmp_path / "reference" / "watermark.safetensors").tensor)
+
+
+INFER_UNDER_TORCHRUN = """
+import sys, torch
+from safetensors.torch import save_file
+from watermark_ood.core import distributed
+from watermark_ood.data.images import ImageSet
+from watermark_ood.data.preprocessing import CIFAR
+from watermark_ood.models.registry import build_model
+from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.runtime.inference import infer
+
+distributed.init_from_environment("cpu")
+torch.manual_seed(0)
+model, _ = build_model("small_cnn", num_classes=4)
+images = ImageSet(torch.randint(0, 256, (37, 3, 8, 8), generator=torch.Generator().manual_seed(1),
+                                dtype=torch.uint8), torch.full((37,), -1), "toy")
+logits, features = infer(model, images, CIFAR, None, ExecutionConfig(device="cpu", threads=1, eval_batch_size=8),
+                         features=True)
+if distributed.is_main_process():
+    save_file({"logits": logits, "features": features}, sys.argv[1])
+distributed.shutdown()
+"""
+
+
+def test_features_are_sharded_and_gathered_in_order_under_torchrun(tmp_path):
+    """infer(features=True) under 2 processes: each rank scores a shard; rank 0 holds every row, in order, equal to
+    one process's (37 rows: the shards are unequal, and the batch of 8 does not divide either)."""
+    from safetensors.torch import load_file
+
+    script = tmp_path / "infer.py"
+    script.write_text(INFER_UNDER_TORCHRUN)
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.safetensors")], capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                          str(script), str(tmp_path / "two.safetensors")], capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
+    assert a["features"].shape[0] == 37 and a["features"].shape[1] > 1
+    for key in ("logits", "features"):
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-5)

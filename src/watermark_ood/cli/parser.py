@@ -4,6 +4,7 @@ each command does is in :mod:`watermark_ood.pipelines`)."""
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from watermark_ood.core.version import __version__
 from watermark_ood.detection.registry import SCORE_NAMES
@@ -116,17 +117,7 @@ def _add_data(p: argparse.ArgumentParser, id_help: str, ood: bool) -> None:
                        help="use every OOD image instead of the paper's |ID test|/5 per set")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="watermark-ood",
-        description="Learn one input-space watermark that makes a fixed, trained classifier better at telling "
-                    "in-distribution inputs from unknown ones (Wang et al., NeurIPS 2022). No weights change.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"watermark-ood {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _demo_command(sub: Any) -> None:
     demo = sub.add_parser("demo", help="offline end-to-end demo on scikit-learn's digits (no download, ~2 min on CPU)",
                           description="Train a small classifier on digits 0-5, fit MSP and energy watermarks, and "
                                       "evaluate against held-out digits, photo patches and noise.")
@@ -137,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the paper's CIFAR-10 presets (default) or auto (chosen on held-out training digits)")
     _add_runtime(demo)
 
+
+def _fit_command(sub: Any) -> None:
     fit = sub.add_parser("fit", help="learn a watermark for a model on an ID training set",
                          description="Fit a watermark and write watermark.safetensors (+ .json), history.json and "
                                      "watermark.png to --out. Re-running the same command resumes.")
@@ -146,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit(fit, multi_objective=False)
     _add_runtime(fit)
 
+
+def _evaluate_command(sub: Any) -> None:
     ev = sub.add_parser("evaluate", help="score ID vs OOD sets: a watermark, a detector file, or every detector",
                         description="Write results.json, report.md, histograms and ROC curves to --out. With "
                                     "--watermark: with and without it; with --detector: the file as shipped; with "
@@ -163,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="output folder")
     _add_runtime(ev)
 
+
+def _bench_command(sub: Any) -> None:
     bench = sub.add_parser("bench", help="the paper's protocol: baseline vs watermark for each objective",
                            description="Fit one watermark per objective and compare with the baseline on every OOD "
                                        "set. Writes results.json, report.md, watermarks and plots; re-running the "
@@ -177,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="--preset auto: binomial standard errors by which a watermark may lose to the zero "
                             "watermark on one validation outlier kind and must beat it overall (0: exact) [0]")
     _add_runtime(bench)
+
+
+def _calibrate_command(sub: Any) -> None:
     cal = sub.add_parser("calibrate", help="build a detector: watermark + score + threshold at a chosen ID acceptance",
                          description="Set the threshold so that --tpr of held-out ID images are accepted, and "
                                      "write a detector file (safetensors + JSON).")
@@ -184,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--watermark", help="watermark file; omit for a plain (unwatermarked) detector")
     _add_data(cal, ID_HELP, ood=False)
     cal.add_argument("--score", default=None,
-                     help="a detector name (msp energy maxlogit entropy gen klmatching odin mahalanobis rmd knn vim "
-                          "she react ash dice pnml), a combination such as knn+vim+energy, or auto: rank them all, "
+                     help=f"a detector name ({' '.join(SCORE_NAMES)}), a combination such as knn+vim+energy, or "
+                          "auto: rank them all, "
                           "with and without --watermark, on held-out ID training data vs synthetic outliers (no OOD "
                           "data) [the watermark's score, else energy]")
     cal.add_argument("--tpr", type=float, default=0.95,
@@ -200,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--out", required=True, help="detector file to write (.safetensors; a .json is written beside it)")
     _add_runtime(cal)
 
+
+def _predict_command(sub: Any) -> None:
     pred = sub.add_parser("predict", help="score inputs with a calibrated detector and decide in/out",
                           description="Write one row per input (score, is_ood) as CSV or JSON.")
     _add_model(pred)
@@ -214,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="write 'unreadable' rows for files that cannot be decoded instead of stopping")
     _add_runtime(pred)
 
+
+def _export_command(sub: Any) -> None:
     exp = sub.add_parser("export", help="export a calibrated detector to TorchScript and/or ONNX",
                          description="One module: raw images in (float in [0, 1], NCHW, any batch size); the model's "
                                      "normalization, watermark, model, score and threshold inside; "
@@ -225,6 +229,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a fourth output: the conformal p-value of each input (the calibration scores inside)")
     exp.add_argument("--out", required=True, help="output folder")
     _add_runtime(exp)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="watermark-ood",
+        description="Learn one input-space watermark that makes a fixed, trained classifier better at telling "
+                    "in-distribution inputs from unknown ones (Wang et al., NeurIPS 2022). No weights change.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"watermark-ood {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for add_command in (_demo_command, _fit_command, _evaluate_command, _bench_command, _calibrate_command,
+                        _predict_command, _export_command):
+        add_command(sub)
     for command in sub.choices.values():  # --debug is accepted before or after the command
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show full tracebacks on errors")

@@ -60,3 +60,25 @@ def mahalanobis_min_distance(features: torch.Tensor, mu: torch.Tensor, precision
     """Half the squared Mahalanobis distance to the closest class mean: pytorch-ood's Mahalanobis score."""
     centered = features[:, None, :] - mu[None, :, :]  # N x K x D
     return 0.5 * ((centered @ precision) * centered).sum(dim=2).min(dim=1).values
+
+
+def gradnorm_outlier(logits: torch.Tensor, features: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """pytorch-ood's GradNorm outlier score of the last linear layer's weights, in closed form (no backward pass).
+
+    The loss is the cross-entropy of ``softmax(z / T)`` to the uniform distribution u; its gradient with respect
+    to the weights W of ``z = W h + b`` is the outer product ``(softmax(z / T) - u) / T`` x ``h``, whose L1 norm
+    is the product of the two vectors' L1 norms. The library negates it (higher = more OOD).
+    """
+    p = (logits.double() / temperature).softmax(dim=1)
+    return -((p - 1.0 / p.shape[1]).abs().sum(dim=1) / temperature) * features.double().abs().sum(dim=1)
+
+
+def nci_outlier(features: torch.Tensor, head: torch.nn.Linear, global_mean: torch.Tensor,
+                alpha: float = 0.0) -> torch.Tensor:
+    """pytorch-ood's NCI outlier score written without its attribute writes inside the forward pass (which neither
+    exporter traces): minus the projection of the centred feature on the predicted class's weight vector (the
+    library's "cosine", whose weight-norm term cancels), minus ``alpha`` times the feature's L1 norm."""
+    centred = features - global_mean
+    weights = head.weight[head(features).argmax(dim=1)]
+    score = (centred * weights).sum(dim=1) / centred.pow(2).sum(dim=1).sqrt()
+    return -score - alpha * features.abs().sum(dim=1) if alpha > 0 else -score

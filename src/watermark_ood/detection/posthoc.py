@@ -85,7 +85,7 @@ class PosthocScore:
         if traceable and kind.traced is not None:
             return kind.traced(self.impl, logits, features)
         if kind.outlier is not None:
-            return kind.outlier(logits)
+            return kind.outlier(logits, features)
         if kind.via == "logits":
             return self.impl.predict_logits(logits.float())
         if kind.via == "feature_maps":

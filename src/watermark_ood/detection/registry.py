@@ -90,12 +90,14 @@ class DetectorKind:
     state: StateSchema = StateSchema()  # what its saved state holds (checked when a file is loaded)
     build: Callable[[Head], Any] | None = None
     via: str = "features"
-    outlier: Callable[[torch.Tensor], torch.Tensor] | None = None
+    outlier: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None  # (logits, features)
     traced: Callable[[Any, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
     protocol: Callable[[torch.Tensor], torch.Tensor] | None = None
     export_refusal: str = ""  # why it cannot be exported; empty when it can
     after_fit: Callable[[Any, torch.Tensor, torch.Tensor], None] | None = None  # keep what saving needs
     after_load: Callable[[Any], None] | None = None  # rebuild what was not saved from what was
+    library: str = ""  # the pytorch_ood.detector class it is (or, for our closed forms, equals)
+    in_auto: bool = True  # a candidate of --score auto (kinds join once measured on the shared models)
 
     @property
     def exports(self) -> bool:
@@ -106,10 +108,10 @@ class DetectorKind:
         return f"{self.name}: reads {self.reads}{fitted}; {'exports' if self.exports else 'no export'} ({self.paper})"
 
 
-def _static(cls: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def _static(cls: str) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
     """The library's static logit score in float64: GEN's p^0.1 (1 - p)^0.1 terms lose ~1e-3 of the score's range
     in float32, which would make any two float32 implementations (library, onnxruntime) disagree at that level."""
-    return lambda logits: getattr(_pod(), cls).score(logits.double())
+    return lambda logits, features: getattr(_pod(), cls).score(logits.double())
 
 
 def _knn(head: Head) -> Any:
@@ -135,50 +137,103 @@ _ODIN_REFUSAL = ("odin cannot be exported: its input perturbation needs a gradie
                  "`calibrate --score auto`)")
 DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
     DetectorKind("msp", "logits", "Hendrycks & Gimpel, ICLR 2017", outlier=_static("MaxSoftmax"),
-                 protocol=F.msp_score),
+                 protocol=F.msp_score, library="MaxSoftmax"),
     DetectorKind("energy", "logits", "Liu et al., NeurIPS 2020", outlier=_static("EnergyBased"),
-                 protocol=F.energy_score),
+                 protocol=F.energy_score, library="EnergyBased"),
     DetectorKind("maxlogit", "logits", "Hendrycks et al., ICML 2022", outlier=_static("MaxLogit"),
-                 protocol=F.max_logit_score),
-    DetectorKind("entropy", "logits", "Chan et al., ICCV 2021 (softmax entropy)", outlier=_static("Entropy")),
+                 protocol=F.max_logit_score, library="MaxLogit"),
+    DetectorKind("entropy", "logits", "Chan et al., ICCV 2021 (softmax entropy)", outlier=_static("Entropy"),
+                 library="Entropy"),
     DetectorKind("gen", "logits", "Liu et al., CVPR 2023", outlier=_static("GEN"),
-                 traced=lambda impl, logits, features: F.gen_outlier(logits)),
+                 traced=lambda impl, logits, features: F.gen_outlier(logits), library="GEN"),
     DetectorKind("klmatching", "logits", "Hendrycks et al., ICML 2022", True,
-                 StateSchema(per_class_tensor=("dists", ("K",))), lambda h: _pod().KLMatching(None), "logits"),
-    DetectorKind("odin", "gradient", "Liang et al., ICLR 2018", export_refusal=_ODIN_REFUSAL),
+                 StateSchema(per_class_tensor=("dists", ("K",))), lambda h: _pod().KLMatching(None), "logits",
+                 library="KLMatching"),
+    DetectorKind("odin", "gradient", "Liang et al., ICLR 2018", export_refusal=_ODIN_REFUSAL, library="ODIN"),
     DetectorKind("mahalanobis", "features", "Lee et al., NeurIPS 2018", True, StateSchema(_GAUSSIAN),
                  lambda h: _pod().Mahalanobis(None),  # the library reads ``features.data``, which a trace freezes
-                 traced=lambda impl, logits, features: F.mahalanobis_min_distance(features, impl.mu, impl.precision)),
+                 traced=lambda impl, logits, features: F.mahalanobis_min_distance(features, impl.mu, impl.precision),
+                 library="Mahalanobis"),
     DetectorKind("rmd", "features", "Ren et al., 2021 (relative Mahalanobis)", True, StateSchema(
         {**_GAUSSIAN, "background_mu": ("D",), "background_cov": ("D", "D"), "background_precision": ("D", "D")}),
-        lambda h: _pod().RMD(None)),
+        lambda h: _pod().RMD(None), library="RMD"),
     DetectorKind("knn", "features", "Sun et al., ICML 2022", True, StateSchema(
         {"bank": ("N", "D")}, {"k": Value("int", 1, "N"), "normalize": Value("bool"), "_is_fitted": Value("bool")}),
         _knn, traced=lambda impl, logits, features: F.knn_kth_distance(features, impl.bank, impl.k),
         after_fit=_keep_bank,
-        after_load=lambda impl: impl.knn.fit(impl.bank.numpy())),
+        after_load=lambda impl: impl.knn.fit(impl.bank.numpy()), library="KNN"),
     DetectorKind("vim", "features", "Wang et al., CVPR 2022", True, StateSchema(
         {"w": ("K", "D"), "b": ("K",), "u": ("D",), "principal_subspace": ("D", "d")},
-        {"d": Value("int", 1, "D"), "alpha": Value("float", 0.0, low_open=True)}), _vim),
+        {"d": Value("int", 1, "D"), "alpha": Value("float", 0.0, low_open=True)}), _vim, library="ViM"),
     DetectorKind("she", "features", "Zhang et al., ICLR 2023", True, StateSchema({"patterns": ("K", "D")}),
-                 lambda h: _pod().SHE(None, head=h.flat)),
+                 lambda h: _pod().SHE(None, head=h.flat), library="SHE"),
     DetectorKind("react", "features", "Sun et al., NeurIPS 2021 (on the penultimate activations)", True, StateSchema(
         {}, {"percentile": Value("float", 0.0, 1.0), "threshold": Value("float"), "_is_fitted": Value("bool")}),
-        lambda h: _pod().ReAct(None, head=h.flat), "feature_maps"),
+        lambda h: _pod().ReAct(None, head=h.flat), "feature_maps", library="ReAct"),
     DetectorKind("ash", "features", "Djurisic et al., ICLR 2023 (ASH-S on the pooled penultimate activations, not "
                  "the last feature map)", False, StateSchema({}, {"percentile": Value("float", 0.0, 1.0)}),
-                 lambda h: _pod().ASH(None, head=h.flat), "feature_maps"),
+                 lambda h: _pod().ASH(None, head=h.flat), "feature_maps", library="ASH"),
     DetectorKind("dice", "features", "Sun & Li, ECCV 2022", True, StateSchema(
         {"weight": ("K", "D"), "bias": ("K",), "masked_w": ("K", "D"), "mean_activation": ("D",)},
         {"p": Value("float", 0.0, 1.0), "_is_fitted": Value("bool"), "threshold": Value("float")}),
-        lambda h: _pod().DICE(None, w=h.weight, b=h.bias, p=0.7)),
+        lambda h: _pod().DICE(None, w=h.weight, b=h.bias, p=0.7), library="DICE"),
     DetectorKind("pnml", "features", "Bibas et al., NeurIPS 2021", True, StateSchema(
         {"_feature_projector": ("D", "D")}, {"eps": Value("float", 0.0, 1.0, low_open=True),
                                              "_log_num_classes": Value("float-or-null", required=False)},
         optional_tensors={"_log_num_classes": ()}),  # log K, cached by the library after its first score
-        lambda h: _pod().PNML(None, head=h.flat)),
+        lambda h: _pod().PNML(None, head=h.flat), library="PNML"),
+    # Issue 26: the rest of pytorch-ood's detectors that a fixed classifier's logits or pooled features feed.
+    # Not yet candidates of --score auto (in_auto=False) until measured on the shared models.
+    DetectorKind("tempscale", "logits", "Guo et al., ICML 2017 (MSP at a temperature fitted on ID labels)", True,
+                 StateSchema({"t": ()}, {"_is_fitted": Value("bool")}), lambda h: _pod().TemperatureScaling(None),
+                 "logits", library="TemperatureScaling", in_auto=False),
+    DetectorKind("gradnorm", "features", "Huang et al., NeurIPS 2021 (of the last layer's weights, in closed "
+                 "form: the L1 norm of softmax - 1/K times the L1 norm of the features)", outlier=lambda logits, features: F.gradnorm_outlier(
+                     logits, features), library="GradNorm", in_auto=False),
+    DetectorKind("fdbd", "features", "Liu & Qin, ICML 2024 (feature distance to the decision boundaries)", True,
+                 StateSchema({"train_mean": ("D",), "_denom_matrix": ("K", "K")}),
+                 lambda h: _pod().fDBD(None, head=h.need()), library="fDBD", in_auto=False),
+    DetectorKind("nci", "features", "Liu et al., CVPR 2025 (neural collapse inspired)", True,
+                 StateSchema({"global_mean": ("D",)}, {"alpha": Value("float", 0.0)}),
+                 lambda h: _pod().NCI(None, head=h.need()), library="NCI", in_auto=False,  # attribute writes in
+                 traced=lambda impl, logits, features: F.nci_outlier(  # its forward pass: exported in torch
+                     features, impl.head, impl.global_mean, impl.alpha)),
+    DetectorKind("nnguide", "features", "Park et al., ICCV 2023 (nearest-neighbour guidance)", True,
+                 StateSchema({"_scaled_features": ("N", "D")}, {"k": Value("int", 1, "N")}),
+                 lambda h: _pod().NNGuide(None, head=h.flat, k=min(10, h.count or 10)), library="NNGuide",
+                 in_auto=False),
+    DetectorKind("gmm", "features", "one Gaussian per class with its own covariance, on the penultimate features (pytorch-ood)", True,
+                 StateSchema({"_mu": ("K", "D"), "_precision": ("K", "D", "D"), "_log_det": ("K",),
+                              "_log_weights": ("K",)}, {"reg": Value("float", 0.0)}),
+                 lambda h: _pod().GMM(None), library="GMM", in_auto=False),
+    DetectorKind("scale", "features", "Xu et al., ICLR 2024 (SCALE on the pooled penultimate activations, not the "
+                 "last feature map)", False, StateSchema({}, {"percentile": Value("float", 0.0, 1.0)}),
+                 lambda h: _pod().SCALE(None, head=h.flat), "feature_maps", library="SCALE", in_auto=False),
+    DetectorKind("lts", "features", "Djurisic et al., Machine Vision and Applications 2025 (logit scaling)", False,
+                 StateSchema({}, {"p": Value("float", 0.0, 1.0)}), lambda h: _pod().LTS(None, head=h.flat),
+                 library="LTS", in_auto=False),
+    DetectorKind("vra", "features", "Xu et al., NeurIPS 2023 (variational rectified activation, on the pooled "
+                 "penultimate activations)", True, StateSchema(
+                     {"_lower_threshold": ("D", 1, 1), "_upper_threshold": ("D", 1, 1)},
+                     {"lower_percentile": Value("float", 0.0, 1.0), "upper_percentile": Value("float", 0.0, 1.0)}),
+                 lambda h: _pod().VRA(None, head=h.flat), "feature_maps", library="VRA", in_auto=False),
 )}
 SCORE_NAMES = tuple(DETECTOR_KINDS)
+AUTO_CANDIDATES = tuple(name for name, kind in DETECTOR_KINDS.items() if kind.in_auto)
+# pytorch-ood detector classes not wired, each with why (tests/detection/test_registry.py enumerates the library)
+NOT_WIRED = {
+    "WeightedEBO": "its class weights come from VOS training (pytorch_ood.loss.VOSRegLoss); a fixed classifier has "
+                   "none, and with equal weights it is the energy score",
+    "OpenMax": "not yet: its fitted Weibull models are Python objects that need a tensor form to be saved",
+    "MahalanobisODIN": "not yet: input perturbation on the Mahalanobis score (a gradient detector, like odin)",
+    "GradUncertainty": "not yet: gradients of all parameters per image",
+    "MultiMahalanobis": "not yet: reads several intermediate layers (issue 26 item 2: layer taps)",
+    "Gram": "not yet: reads several intermediate layers (issue 26 item 2: layer taps)",
+    "NACUE": "not yet: reads intermediate layers and their gradients (issue 26 items 2-3)",
+    "RankFeat": "not yet: reads the last feature map, not the pooled vector (issue 26 item 2: layer taps)",
+    "MCD": "needs dropout at test time: Monte-Carlo dropout (not yet wired for models with dropout layers)",
+    "MCM": "needs a CLIP text encoder (zero-shot vision-language models), not a fixed classifier",
+}
 
 
 def check_name(name: str) -> None:

@@ -33,7 +33,7 @@ from watermark_ood.data.streaming import without_skipped
 from watermark_ood.data.synthetic import (OBJECT_DESTROYING_KINDS, OUTLIER_KINDS, kind_rows, synthesize_outliers,
                                           synthesized_kinds)
 from watermark_ood.detection.detector import FIT_IMAGES, Detector
-from watermark_ood.detection.registry import SCORE_NAMES
+from watermark_ood.detection.registry import AUTO_CANDIDATES
 from watermark_ood.evaluation.metrics import accuracy, auroc, fpr_at_tpr
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.selection.validation import lost_kind, per_kind_fpr
@@ -45,7 +45,7 @@ CLOSE = 0.2  # a candidate better than the chosen one in at least this share of 
 
 @dataclass
 class SelectionSettings:
-    candidates: Sequence[str] = SCORE_NAMES
+    candidates: Sequence[str] = AUTO_CANDIDATES  # the registry's kinds measured on the shared models
     fit_images: int = FIT_IMAGES
     rank_images: int = 3000  # ID images ranked against as many synthetic outliers (600 per kind)
     # the kinds the ranking's FPR95 is taken over: those that destroy the object (benchmarks/README, issue 13: chosen

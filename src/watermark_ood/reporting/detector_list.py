@@ -1,0 +1,36 @@
+"""The README's list of detectors, written from the registry (a test keeps the README's copy equal to it)."""
+
+from __future__ import annotations
+
+from watermark_ood.detection.registry import DETECTOR_KINDS, NOT_WIRED
+
+MARKER = "DETECTORS"
+
+
+def detector_list() -> str:
+    """One Markdown row per score: what it reads, whether it is fitted, exported, ranked by ``--score auto``."""
+    rows = ["| name | reads | fitted on ID data | exports | `--score auto` candidate | pytorch-ood class | paper |",
+            "|---|---|---|---|---|---|---|"]
+    yes = lambda flag: "yes" if flag else "no"  # noqa: E731
+    for kind in DETECTOR_KINDS.values():
+        rows.append(f"| `{kind.name}` | {kind.reads} | {yes(kind.fitted)} | {yes(kind.exports)} | {yes(kind.in_auto)} "
+                    f"| `{kind.library}` | {kind.paper} |")
+    rows += ["", f"Not wired ({len(NOT_WIRED)} of pytorch-ood's detector classes), each with why:", ""]
+    rows += [f"- `{name}`: {why}" for name, why in NOT_WIRED.items()]
+    return "\n".join(rows) + "\n"
+
+
+def replace_block(text: str, body: str, marker: str = MARKER) -> str:
+    """``text`` with the part between ``<!-- marker -->`` and ``<!-- /marker -->`` replaced by ``body``."""
+    start, end = f"<!-- {marker} -->\n", f"<!-- /{marker} -->"
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    return f"{head}{start}{body}{end}{tail}"
+
+
+if __name__ == "__main__":  # python -m watermark_ood.reporting.detector_list README.md
+    import sys
+    from pathlib import Path
+
+    path = Path(sys.argv[1])
+    path.write_text(replace_block(path.read_text(), detector_list()))
