@@ -25,6 +25,7 @@ from torch import nn
 from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.core.schema import StateSchema, Value
 from watermark_ood.detection import functional as F
+from watermark_ood.detection.weiper import WeiPer
 
 
 def _pod() -> Any:
@@ -188,8 +189,9 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
                  StateSchema({"t": ()}, {"_is_fitted": Value("bool")}), lambda h: _pod().TemperatureScaling(None),
                  "logits", library="TemperatureScaling", in_auto=False),
     DetectorKind("gradnorm", "features", "Huang et al., NeurIPS 2021 (of the last layer's weights, in closed "
-                 "form: the L1 norm of softmax - 1/K times the L1 norm of the features)", outlier=lambda logits, features: F.gradnorm_outlier(
-                     logits, features), library="GradNorm", in_auto=False),
+                 "form: the L1 norm of softmax - 1/K times the L1 norm of the features)",
+                 outlier=lambda logits, features: F.gradnorm_outlier(logits, features), library="GradNorm",
+                 in_auto=False),
     DetectorKind("fdbd", "features", "Liu & Qin, ICML 2024 (feature distance to the decision boundaries)", True,
                  StateSchema({"train_mean": ("D",), "_denom_matrix": ("K", "K")}),
                  lambda h: _pod().fDBD(None, head=h.need()), library="fDBD", in_auto=False),
@@ -202,7 +204,8 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
                  StateSchema({"_scaled_features": ("N", "D")}, {"k": Value("int", 1, "N")}),
                  lambda h: _pod().NNGuide(None, head=h.flat, k=min(10, h.count or 10)), library="NNGuide",
                  in_auto=False),
-    DetectorKind("gmm", "features", "one Gaussian per class with its own covariance, on the penultimate features (pytorch-ood)", True,
+    DetectorKind("gmm", "features", "one Gaussian per class with its own covariance, on the penultimate features "
+                 "(pytorch-ood)", True,
                  StateSchema({"_mu": ("K", "D"), "_precision": ("K", "D", "D"), "_log_det": ("K",),
                               "_log_weights": ("K",)}, {"reg": Value("float", 0.0)}),
                  lambda h: _pod().GMM(None), library="GMM", in_auto=False),
@@ -217,6 +220,17 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
                      {"_lower_threshold": ("D", 1, 1), "_upper_threshold": ("D", 1, 1)},
                      {"lower_percentile": Value("float", 0.0, 1.0), "upper_percentile": Value("float", 0.0, 1.0)}),
                  lambda h: _pod().VRA(None, head=h.flat), "feature_maps", library="VRA", in_auto=False),
+    # Published post-hoc detectors in neither library, written here from their papers and authors' code.
+    DetectorKind("weiper", "features", "Granz et al., NeurIPS 2024 (WeiPer+KLD: weight perturbations of the class "
+                 "projections; detection/weiper.py)", True, StateSchema(
+                     {"perturbed_weight": ("M", "D"), "train_histogram": ("B",), "train_histogram_perturbed": ("B",),
+                      "ranges": (4,)},
+                     {"repeats": Value("int", 1), "delta": Value("float", 0.0, low_open=True),
+                      "bins": Value("int", 2),
+                      "smoothing": Value("int", 1), "smoothing_perturbed": Value("int", 1),
+                      "eps": Value("float", 0.0, low_open=True), "eps_perturbed": Value("float", 0.0, low_open=True),
+                      "lambda_1": Value("float"), "lambda_2": Value("float"), "seed": Value("int", 0)}),
+                 lambda h: WeiPer(h.need()), after_load=WeiPer.check_loaded, in_auto=False),
 )}
 SCORE_NAMES = tuple(DETECTOR_KINDS)
 AUTO_CANDIDATES = tuple(name for name, kind in DETECTOR_KINDS.items() if kind.in_auto)

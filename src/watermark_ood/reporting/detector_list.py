@@ -14,7 +14,7 @@ def detector_list() -> str:
     yes = lambda flag: "yes" if flag else "no"  # noqa: E731
     for kind in DETECTOR_KINDS.values():
         rows.append(f"| `{kind.name}` | {kind.reads} | {yes(kind.fitted)} | {yes(kind.exports)} | {yes(kind.in_auto)} "
-                    f"| `{kind.library}` | {kind.paper} |")
+                    f"| {f'`{kind.library}`' if kind.library else 'ours'} | {kind.paper} |")
     rows += ["", f"Not wired ({len(NOT_WIRED)} of pytorch-ood's detector classes), each with why:", ""]
     rows += [f"- `{name}`: {why}" for name, why in NOT_WIRED.items()]
     return "\n".join(rows) + "\n"
