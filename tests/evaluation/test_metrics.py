@@ -63,3 +63,17 @@ def test_mean_metrics():
     per = {"a": {"fpr95": 0.2, "auroc": 0.8, "aupr_in": 0.5, "aupr_out": 0.5},
            "b": {"fpr95": 0.4, "auroc": 0.6, "aupr_in": 0.7, "aupr_out": 0.1}}
     assert mean_metrics(per) == pytest.approx({"fpr95": 0.3, "auroc": 0.7, "aupr_in": 0.6, "aupr_out": 0.3})
+
+
+@pytest.mark.parametrize("tpr", [0.95, 0.9, 0.5, 1.0, 0.3])
+def test_resampled_fpr_equals_one_roc_curve_per_resample(tpr):
+    """Ties included (scores rounded to a few values): the partial-sort FPR equals fpr_at_tpr on every resample."""
+    from watermark_ood.evaluation.metrics import fpr_at_tpr_resampled
+
+    rng = np.random.default_rng(0)
+    ids, outs = np.round(rng.normal(1, 1, 301), 1), np.round(rng.normal(0, 1, 157), 1)
+    id_rows, out_rows = rng.integers(0, 301, (40, 301)), rng.integers(0, 157, (40, 157))
+    fast = fpr_at_tpr_resampled(ids, outs, id_rows, out_rows, tpr)
+    slow = [fpr_at_tpr(ids[i], outs[o], tpr) for i, o in zip(id_rows, out_rows)]
+    assert fast.tolist() == pytest.approx(slow, abs=0)
+    assert len(set(slow)) > 3  # the resamples differ, so the comparison is not between constants

@@ -51,6 +51,28 @@ def fpr_at_tpr(id_scores, ood_scores, tpr: float = 0.95) -> float:
     return float(fprs[index])
 
 
+def fpr_at_tpr_resampled(id_scores, ood_scores, id_rows: np.ndarray, ood_rows: np.ndarray,
+                         tpr: float = 0.95) -> np.ndarray:
+    """:func:`fpr_at_tpr` of many paired resamples at once (row r: ``id_scores[id_rows[r]]`` against
+    ``ood_scores[ood_rows[r]]``), from one partial sort per resample instead of a ROC curve each.
+
+    The first threshold that accepts ``tpr`` of ID is the k-th largest ID score, k = ceil(tpr n), ties accepted
+    together, so the false-positive rate is the share of outliers at or above it.
+
+    >>> ids, outs = np.array([0.9, 0.8, 0.7, 0.6]), np.array([0.1, 0.65])
+    >>> fpr_at_tpr_resampled(ids, outs, np.array([[0, 1, 2, 3], [0, 0, 3, 3]]), np.array([[0, 1], [1, 1]]), 0.75)
+    array([0., 1.])
+    """
+    if not 0.0 < tpr <= 1.0:
+        raise WatermarkOODError(f"tpr must be in (0, 1], got {tpr}")
+    id_scores, ood_scores = _validate(id_scores, ood_scores)
+    n = id_rows.shape[1]
+    k = min(n, max(1, int(np.ceil(n * (tpr - 1e-12)))))
+    drawn = id_scores[id_rows]
+    threshold = np.partition(drawn, n - k, axis=1)[:, n - k]  # the k-th largest of each resample
+    return (ood_scores[ood_rows] >= threshold[:, None]).mean(axis=1)
+
+
 def auroc(id_scores, ood_scores) -> float:
     """Area under the ROC curve, ID as positive (symmetric: same with OOD positive on -score).
 

@@ -34,7 +34,7 @@ from watermark_ood.data.synthetic import (OBJECT_DESTROYING_KINDS, OUTLIER_KINDS
                                           synthesized_kinds)
 from watermark_ood.detection.detector import FIT_IMAGES, Detector
 from watermark_ood.detection.registry import AUTO_CANDIDATES
-from watermark_ood.evaluation.metrics import accuracy, auroc, fpr_at_tpr
+from watermark_ood.evaluation.metrics import accuracy, auroc, fpr_at_tpr, fpr_at_tpr_resampled
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.selection.validation import lost_kind, per_kind_fpr
 from watermark_ood.watermark.file import Watermark
@@ -215,14 +215,14 @@ def chance_better(chosen: tuple[np.ndarray, np.ndarray], others: Sequence[tuple[
     """
     rng = np.random.default_rng(seed)
     n_id, n_out = len(chosen[0]), len(chosen[1])
-    wins = np.zeros(len(others))
-    for _ in range(resamples):
-        i, o = rng.integers(0, n_id, n_id), rng.integers(0, n_out, n_out)
-        reference = fpr_at_tpr(chosen[0][i], chosen[1][o])
-        for k, (s_id, s_out) in enumerate(others):
-            fpr = fpr_at_tpr(s_id[i], s_out[o])
-            wins[k] += 1.0 if fpr < reference else 0.5 if fpr == reference else 0.0
-    return [float(w / resamples) for w in wins]
+    draws = [(rng.integers(0, n_id, n_id), rng.integers(0, n_out, n_out)) for _ in range(resamples)]
+    id_rows, out_rows = np.stack([i for i, _ in draws]), np.stack([o for _, o in draws])
+    reference = fpr_at_tpr_resampled(*chosen, id_rows, out_rows)
+    chances = []
+    for s_id, s_out in others:
+        fpr = fpr_at_tpr_resampled(s_id, s_out, id_rows, out_rows)
+        chances.append(float(((fpr < reference) + 0.5 * (fpr == reference)).mean()))
+    return chances
 
 
 def _key(row: dict[str, Any]) -> tuple[float, float, float, float, float]:
