@@ -82,6 +82,41 @@ class AutoResult:
         }
 
 
+def successive_halving(model: torch.nn.Module, normalization: Normalization, candidates: Sequence[FitConfig],
+                       fit_set: ImageSet, validator: Validator, settings: AutoSettings, final_steps: int,
+                       execution: ExecutionConfig, model_id: str,
+                       log: Callable[[str], None]) -> tuple[list[int], list[dict[str, Any]], float]:
+    """Round r runs len/2^r candidates for s * 2^r steps each (restarting from zero), keeping the better half by
+    validation; returns the survivors (the first is the winner), every trial's record and the search time."""
+    base = candidates[0]
+    per_round_units = sum((len(candidates) >> r) * (1 << r) for r in range(settings.rounds))
+    first_steps = max(3, int(settings.search_budget * final_steps / per_round_units))
+    trials: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    alive = list(range(len(candidates)))
+    for round_index in range(settings.rounds):
+        steps = first_steps << round_index
+        scored = []
+        # A short run is a whole (cosine) schedule over a seeded subset of ``steps`` batches.
+        trial_set = fit_set.sample(steps * base.batch_size, settings.seed + round_index)
+        trial_epochs = max(1, round(steps * base.batch_size / len(trial_set)))
+        for i in alive:
+            cfg = candidates[i].replace(epochs=trial_epochs)
+            learner = WatermarkLearner(model, normalization, cfg, execution, model_id)
+            result = learner.fit(trial_set, progress=False, max_steps=steps)
+            outcome: ValidationOutcome = validator(result.watermark.tensor)
+            trials.append({"round": round_index, "candidate": i, "steps": steps,
+                           "hyperparameters": candidates[i].hyperparameters(), **outcome.to_dict()})
+            scored.append((outcome.key, i))
+            log(f"auto: round {round_index + 1} candidate {i} ({steps} steps): val FPR95 {outcome.fpr95:.3f} "
+                f"AUROC {outcome.auroc:.3f} acc {outcome.accuracy:.3f}")
+        scored.sort()
+        alive = [i for _, i in scored[: max(1, len(alive) // 2)]]
+        if len(alive) == 1:
+            break
+    return alive, trials, time.perf_counter() - t0
+
+
 def auto_fit(
     model: torch.nn.Module,
     normalization: Normalization,
@@ -113,33 +148,8 @@ def auto_fit(
     steps_per_epoch = math.ceil(len(fit_set) / base.batch_size)
     final_steps = settings.epochs * steps_per_epoch
     candidates = candidate_configs(base)
-    # Successive halving: round r runs len/2^r candidates for s * 2^r steps each (restarting from zero).
-    per_round_units = sum((len(candidates) >> r) * (1 << r) for r in range(settings.rounds))
-    first_steps = max(3, int(settings.search_budget * final_steps / per_round_units))
-    trials: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
-    alive = list(range(len(candidates)))
-    for round_index in range(settings.rounds):
-        steps = first_steps << round_index
-        scored = []
-        # A short run is a whole (cosine) schedule over a seeded subset of ``steps`` batches.
-        trial_set = fit_set.sample(steps * base.batch_size, settings.seed + round_index)
-        trial_epochs = max(1, round(steps * base.batch_size / len(trial_set)))
-        for i in alive:
-            cfg = candidates[i].replace(epochs=trial_epochs)
-            learner = WatermarkLearner(model, normalization, cfg, execution, model_id)
-            result = learner.fit(trial_set, progress=False, max_steps=steps)
-            outcome: ValidationOutcome = validator(result.watermark.tensor)
-            trials.append({"round": round_index, "candidate": i, "steps": steps,
-                           "hyperparameters": candidates[i].hyperparameters(), **outcome.to_dict()})
-            scored.append((outcome.key, i))
-            log(f"auto: round {round_index + 1} candidate {i} ({steps} steps): val FPR95 {outcome.fpr95:.3f} "
-                f"AUROC {outcome.auroc:.3f} acc {outcome.accuracy:.3f}")
-        scored.sort()
-        alive = [i for _, i in scored[: max(1, len(alive) // 2)]]
-        if len(alive) == 1:
-            break
-    search_seconds = time.perf_counter() - t0
+    alive, trials, search_seconds = successive_halving(model, normalization, candidates, fit_set, validator,
+                                                       settings, final_steps, execution, model_id, log)
     winner = candidates[alive[0]]
     baseline = validator.baseline.to_dict()
     best_trial = min((t for t in trials if t["candidate"] == alive[0]), key=lambda t: -t["round"])
