@@ -29,6 +29,11 @@ _FlatHead = FlatHead  # its name before the registry was one table
 _REBUILT = {"encoder", "model", "head", "backbone", "detector", "ash", "knn", "criterion", "_device"}
 
 
+def require_fitted(score: "PosthocScore | Combination") -> None:
+    if not score.fitted:
+        raise WatermarkOODError(f"the {score.name} detector is not fitted; fit it on ID training data first")
+
+
 class PosthocScore:
     """One pytorch-ood detector on logits or penultimate features; ``__call__`` gives higher = more ID.
 
@@ -75,8 +80,7 @@ class PosthocScore:
 
     def outlier(self, logits: torch.Tensor, features: torch.Tensor | None, traceable: bool = False) -> torch.Tensor:
         """pytorch-ood's outlier score (higher = more OOD); ``traceable`` uses our torch formula for export."""
-        if not self.fitted:
-            raise WatermarkOODError(f"the {self.name} detector is not fitted; fit it on ID training data first")
+        require_fitted(self)
         kind = self.kind
         if kind.reads == "features":
             if features is None:
@@ -172,8 +176,7 @@ class Combination:
         return self
 
     def __call__(self, logits: torch.Tensor, features: torch.Tensor | None, traceable: bool = False) -> torch.Tensor:
-        if not self.fitted:
-            raise WatermarkOODError(f"the {self.name} detector is not fitted; fit it on ID training data first")
+        require_fitted(self)
         raw = torch.stack([part(logits, features, traceable) for part in self.parts])
         return ((raw - self.mean[:, None]) / self.std[:, None]).mean(dim=0)
 

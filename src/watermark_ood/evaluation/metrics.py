@@ -16,7 +16,9 @@ from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.data.streaming import readable_rows
 
 
-def _validate(id_scores, ood_scores) -> tuple[np.ndarray, np.ndarray]:
+def _validate(id_scores, ood_scores, tpr: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    if not 0.0 < tpr <= 1.0:
+        raise WatermarkOODError(f"tpr must be in (0, 1], got {tpr}")
     id_scores = np.asarray(id_scores, dtype=np.float64).ravel()
     ood_scores = np.asarray(ood_scores, dtype=np.float64).ravel()
     if id_scores.size == 0 or ood_scores.size == 0:
@@ -42,9 +44,7 @@ def fpr_at_tpr(id_scores, ood_scores, tpr: float = 0.95) -> float:
     >>> fpr_at_tpr([0.9, 0.8, 0.7, 0.6], [0.1, 0.65], tpr=1.0)
     0.5
     """
-    if not 0.0 < tpr <= 1.0:
-        raise WatermarkOODError(f"tpr must be in (0, 1], got {tpr}")
-    id_scores, ood_scores = _validate(id_scores, ood_scores)
+    id_scores, ood_scores = _validate(id_scores, ood_scores, tpr)
     labels, scores = _labels_and_scores(id_scores, ood_scores)
     fprs, tprs, _ = roc_curve(labels, scores, drop_intermediate=False)
     index = int(np.searchsorted(tprs, tpr - 1e-12, side="left"))
@@ -63,9 +63,7 @@ def fpr_at_tpr_resampled(id_scores, ood_scores, id_rows: np.ndarray, ood_rows: n
     >>> fpr_at_tpr_resampled(ids, outs, np.array([[0, 1, 2, 3], [0, 0, 3, 3]]), np.array([[0, 1], [1, 1]]), 0.75)
     array([0., 1.])
     """
-    if not 0.0 < tpr <= 1.0:
-        raise WatermarkOODError(f"tpr must be in (0, 1], got {tpr}")
-    id_scores, ood_scores = _validate(id_scores, ood_scores)
+    id_scores, ood_scores = _validate(id_scores, ood_scores, tpr)
     n = id_rows.shape[1]
     k = min(n, max(1, int(np.ceil(n * (tpr - 1e-12)))))
     drawn = id_scores[id_rows]
