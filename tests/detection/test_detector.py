@@ -241,8 +241,27 @@ def test_selection_ranks_on_the_chosen_outlier_kinds_only(trained_toy):
     assert [r["ranking_fpr95"] for r in ok] == sorted(r["ranking_fpr95"] for r in ok)
     summary = selection.detector.selection
     assert summary["ranking_kinds"] == ["flat-colour"] and "flat-colour)" in summary["criterion"]
+    assert 0 < summary["forward_seconds"] < summary["seconds"]  # the forward passes' share of choosing
     with pytest.raises(WatermarkOODError, match="outlier kinds must be some of patch-shuffle"):
         select_detector(model, norm, train, settings=SelectionSettings(ranking_kinds=("sepia",)), execution=CPU)
+
+
+def test_selection_with_class_kinds_ranks_on_them_and_reports_every_kind_made(trained_toy):
+    """The pre-registered class kinds (issue 27): made only when the ranking asks for them; combinations' per-kind
+    figures use the same seven kinds as single detectors'."""
+    from watermark_ood.data.synthetic import CLASS_KINDS
+    from watermark_ood.selection.auto_score import SelectionSettings, select_detector
+
+    model, norm, train = trained_toy
+    settings = SelectionSettings(candidates=("energy", "msp", "knn"), combine=(2,), fit_images=200, rank_images=70,
+                                 calibration_images=20, ranking_kinds=CLASS_KINDS, holdout_fraction=0.3)
+    selection = select_detector(model, norm, train, settings=settings, execution=CPU)
+    ok = [r for r in selection.ranking if r["ok"]]
+    assert any("+" in r["score"] for r in ok)
+    assert all(set(r["per_kind"]) == set(OUTLIER_KINDS + CLASS_KINDS) for r in ok)
+    # one ID threshold: FPR95 over the class kinds' rows is a share-weighted mean of their own two FPR95s
+    assert all(min(r["per_kind"][k] for k in CLASS_KINDS) - 1e-12 <= r["ranking_fpr95"]
+               <= max(r["per_kind"][k] for k in CLASS_KINDS) + 1e-12 for r in ok)
 
 
 def test_exported_knn_is_batch_independent_detached_and_quiet(trained_toy, tmp_path):

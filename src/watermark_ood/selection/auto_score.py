@@ -68,6 +68,7 @@ class Selection:
     seconds: float = 0.0
     ranking_kinds: Sequence[str] = OBJECT_DESTROYING_KINDS
     sizes: dict[str, int] = field(default_factory=dict)  # ranking ID images and ranked outliers
+    forward_seconds: float = 0.0  # of the forward passes alone (logits and features once per set, odin's passes)
 
     def summary(self) -> dict[str, Any]:
         best = self.ranking[0]
@@ -83,7 +84,7 @@ class Selection:
                 "saturated": bool(tied_with(best, self.ranking)) and best.get("ranking_fpr95") == 0.0
                 and best.get("ranking_auroc") == 1.0,
                 "ranking_sizes": self.sizes,
-                "seconds": self.seconds, "ranking": self.ranking}
+                "seconds": self.seconds, "forward_seconds": self.forward_seconds, "ranking": self.ranking}
 
 
 def _outputs(model, normalization, mark, images: ImageSet, execution) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -125,9 +126,12 @@ def select_detector(model: torch.nn.Module, normalization: Normalization, train:
     conditions = [("none", None)] + ([("given", watermark)] if watermark is not None else [])
     ranking: list[dict[str, Any]] = []
     cached: dict[str, dict[str, Any]] = {}
+    forward_seconds = 0.0  # the shared forward passes alone (and odin's own), next to the whole choice's time
     for condition, mark in conditions:
+        t_forward = time.perf_counter()
         outputs = {key: _outputs(model, normalization, mark, images, execution)
                    for key, images in (("fit", fit_set), ("z", z_set), ("id", rank_id), ("out", outliers))}
+        forward_seconds += time.perf_counter() - t_forward
         cached[condition] = outputs
         rows = []
         for name in settings.candidates:
@@ -141,7 +145,7 @@ def select_detector(model: torch.nn.Module, normalization: Normalization, train:
             if len(usable) >= k:
                 name = "+".join(r["score"] for r in usable[:k])
                 ranking.append(_rank_one(model, normalization, mark, name, condition, outputs, fit_set, rank_id,
-                                         outliers, ranked_rows, execution, model_id))
+                                         outliers, ranked_rows, execution, model_id, made))
                 if log is not None:
                     log(_describe(ranking[-1]))
     if watermark is not None:
@@ -171,8 +175,9 @@ def select_detector(model: torch.nn.Module, normalization: Normalization, train:
     detector.input_shape = tuple(train.image_shape)
     detector.calibrate(calibration.sample(settings.calibration_images, settings.seed), tpr, settings.per_class,
                        train.num_classes)
+    forward_seconds += sum(r.get("seconds", 0.0) for r in ranking if r["score"] == "odin")
     selection = Selection(detector, ranking, time.perf_counter() - t0, tuple(settings.ranking_kinds),
-                          {"id": len(rank_id), "outliers": int(len(ranked_rows))})
+                          {"id": len(rank_id), "outliers": int(len(ranked_rows))}, forward_seconds)
     detector.selection = selection.summary()
     return selection
 
