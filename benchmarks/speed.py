@@ -258,7 +258,7 @@ def main() -> None:
     if args.ood_data:
         held_ood = load_npz(args.ood_data).sample(args.held_out, 2)
     else:
-        from watermark_ood.data.images import uniform_set
+        from watermark_ood.data.synthetic import uniform_set
 
         held_ood = uniform_set(args.held_out, test.image_shape, 2)
 

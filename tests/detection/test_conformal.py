@@ -9,7 +9,7 @@ from scipy.stats import kstest
 
 from watermark_ood.cli import main
 from watermark_ood.core.errors import WatermarkOODError
-from watermark_ood.data.images import uniform_set
+from watermark_ood.data.synthetic import uniform_set
 from watermark_ood.detection.conformal import (calibrate, conformal_rank, conformal_threshold, min_calibration_size,
                                                p_values, shift_test)
 from watermark_ood.detection.detector import Detector

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from watermark_ood.core.errors import WatermarkOODError
-from watermark_ood.data.images import gaussian_set, uniform_set
+from watermark_ood.data.synthetic import gaussian_set, uniform_set
 from watermark_ood.evaluation.protocol import evaluate, protocol_subsample
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.runtime.inference import predict_logits

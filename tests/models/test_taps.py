@@ -5,7 +5,7 @@ import torch
 from conftest import write_npz_dataset
 
 from watermark_ood.cli import main
-from watermark_ood.data.images import uniform_set
+from watermark_ood.data.synthetic import uniform_set
 from watermark_ood.evaluation.protocol import evaluate_scores
 from watermark_ood.models.registry import build_model
 from watermark_ood.models.taps import PenultimateHook, last_linear

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from watermark_ood.core.errors import WatermarkOODError
-from watermark_ood.data.images import gaussian_set, uniform_set
+from watermark_ood.data.synthetic import gaussian_set, uniform_set
 from watermark_ood.evaluation.protocol import evaluate
 from watermark_ood.reporting.plots import plot_histograms, plot_roc, plot_watermark
 from watermark_ood.reporting.results import build_run, validate_run, write_results

@@ -3,4 +3,4 @@
 from watermark_ood.core.compat import forwarding
 
 # the flat module this package replaced: its names resolve here, lazily (compatibility for one release)
-__getattr__ = forwarding(__name__, ("watermark_ood.data.images",))
+__getattr__ = forwarding(__name__, ("watermark_ood.data.images", "watermark_ood.data.synthetic"))

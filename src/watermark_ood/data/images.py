@@ -159,20 +159,6 @@ def _npz_failure(path: Path, error: Exception) -> str:
     return describe(error)
 
 
-def gaussian_set(count: int, shape: tuple[int, int, int], seed: int, mean: float = 127.5, std: float = 64.0,
-                 name: str = "gaussian") -> ImageSet:
-    """Gaussian pixel noise clipped to uint8: a synthetic OOD set."""
-    generator = torch.Generator().manual_seed(seed)
-    pixels = torch.randn((count, *shape), generator=generator) * std + mean
-    return ImageSet(pixels.round().clamp(0, 255).to(torch.uint8), torch.full((count,), -1), name)
-
-
-def uniform_set(count: int, shape: tuple[int, int, int], seed: int, name: str = "uniform") -> ImageSet:
-    """Uniform pixel noise: a synthetic OOD set."""
-    generator = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (count, *shape), generator=generator, dtype=torch.int64)
-    return ImageSet(pixels.to(torch.uint8), torch.full((count,), -1), name)
-
 
 def split_classes(images: ImageSet, classes: list[int]) -> tuple[ImageSet, ImageSet]:
     """(known, unknown): the images of ``classes``, relabelled 0..k-1 in the given order, and the rest as OOD.

@@ -27,8 +27,9 @@ import torch
 
 from watermark_ood.core.errors import WatermarkOODError, describe
 from watermark_ood.data.idx import idx_folder, load_idx_splits
-from watermark_ood.data.images import ImageSet, gaussian_set, images_from_array, load_npz, uniform_set
+from watermark_ood.data.images import ImageSet, images_from_array, load_npz
 from watermark_ood.data.streaming import STREAM_ABOVE_BYTES, FileImageSet, ImageTransform
+from watermark_ood.data.synthetic import gaussian_set, uniform_set
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 ID_LAYOUTS = (

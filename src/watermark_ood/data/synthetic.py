@@ -1,5 +1,6 @@
-"""Every synthetic image the package makes, in one place: the learner's surrogate outliers (``mosaic``, the
-flat and grey rows of ``mixed``) and the validation outliers that ``--preset auto`` and ``--score auto`` rank on.
+"""Every synthetic image the package makes, in one place: the noise OOD sets (``synthetic:gaussian`` /
+``synthetic:uniform``), the learner's surrogate outliers (``mosaic``, the flat and grey rows of ``mixed``) and the
+validation outliers that ``--preset auto`` and ``--score auto`` rank on.
 
 The validation outliers are deliberately of a different kind than the Gaussian training surrogates, so that
 selecting on them rewards watermarks and detectors that generalise beyond the training noise: patch-shuffled
@@ -69,6 +70,21 @@ OBJECT_DESTROYING_KINDS = ("patch-shuffle", "low-frequency-noise", "flat-colour"
 # pre-registered in benchmarks/README for near-OOD ranking; made only when asked for, so that the default set stays
 # what it was).
 CLASS_KINDS = ("class-blend", "class-mosaic")
+
+
+def gaussian_set(count: int, shape: tuple[int, int, int], seed: int, mean: float = 127.5, std: float = 64.0,
+                 name: str = "gaussian") -> ImageSet:
+    """Gaussian pixel noise clipped to uint8: a synthetic OOD set."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randn((count, *shape), generator=generator) * std + mean
+    return ImageSet(pixels.round().clamp(0, 255).to(torch.uint8), torch.full((count,), -1), name)
+
+
+def uniform_set(count: int, shape: tuple[int, int, int], seed: int, name: str = "uniform") -> ImageSet:
+    """Uniform pixel noise: a synthetic OOD set."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (count, *shape), generator=generator, dtype=torch.int64)
+    return ImageSet(pixels.to(torch.uint8), torch.full((count,), -1), name)
 
 
 def patch_shuffle(images: torch.Tensor, grid: int, rng: torch.Generator) -> torch.Tensor:

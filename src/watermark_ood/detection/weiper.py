@@ -17,7 +17,7 @@ training images, ``s1``, ``s2`` moving averages over ``smoothing`` / ``smoothing
 with the detector, so a loaded file scores exactly as the fitted one.
 
     >>> head = torch.nn.Linear(8, 3)
-    >>> torch.manual_seed(0); train = torch.randn(200, 8).relu()
+    >>> _ = torch.manual_seed(0); train = torch.randn(200, 8).relu()
     >>> detector = WeiPer(head, repeats=4).fit_features(train, torch.zeros(200, dtype=torch.long))
     >>> detector.predict_features(train[:5]).shape   # outlier scores: higher = more OOD
     torch.Size([5])
