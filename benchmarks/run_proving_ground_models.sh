@@ -21,4 +21,6 @@ train() {  # name model data epochs
 }
 train fmnist-resnet14 resnet14 "$DATA/fashion-mnist" 10
 train cifar6-resnet14 resnet14 "$DATA/cifar10-6v4" 10
+[ -f "$DATA/cifar10-k234567/train.npz" ] || "$PY" "$ROOT/benchmarks/prepare_proving_ground.py" --shared "$ROOT/../shared" --out "$DATA" --classes 2 3 4 5 6 7
+train cifar6b-resnet14 resnet14 "$DATA/cifar10-k234567" 10  # the second near split (issue 27 item 5's deciding cell)
 train cifar10-wrn16_4 wrn16_4 "$ROOT/../shared/data/cifar10" 15

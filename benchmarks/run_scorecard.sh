@@ -25,6 +25,8 @@ cell() {  # name model checkpoint id-data ood...
 cell fmnist-resnet14-grey resnet14 "$RUNS/fmnist-resnet14/resnet14.safetensors" "$RUNS/data/fashion-mnist" $GREY
 cell cifar6-resnet14-near resnet14 "$RUNS/cifar6-resnet14/resnet14.safetensors" "$RUNS/data/cifar10-6v4" \
   "$RUNS/data/cifar10-6v4/ood/cifar10-unknown4.npz"
+cell cifar6b-resnet14-near resnet14 "$RUNS/cifar6b-resnet14/resnet14.safetensors" "$RUNS/data/cifar10-k234567" \
+  "$RUNS/data/cifar10-k234567/ood/cifar10-unknown4.npz"
 cell cifar6-resnet14-far resnet14 "$RUNS/cifar6-resnet14/resnet14.safetensors" "$RUNS/data/cifar10-6v4" $FAR
 cell cifar10-resnet20-far resnet20 "$SHARED/models/cifar10_resnet/resnet20-12fca82f.th" "$SHARED/data/cifar10" $FAR
 cell cifar10-resnet56-far resnet56 "$SHARED/models/cifar10_resnet/resnet56-4bfd9763.th" "$SHARED/data/cifar10" $FAR
