@@ -230,6 +230,8 @@ def test_unknown_score_names_are_one_line_errors(data, tmp_path, capsys):
     ("calibrate", ["--score", "knnn"], "unknown score 'knnn'"),
     ("calibrate", ["--eval-batch-size", "0"], "--eval-batch-size"),
     ("calibrate", ["--watermark", "missing.safetensors"], "watermark file not found"),
+    ("calibrate", ["--score", "energy", "--layers", "bn1"], "--layers is for the detectors on intermediate layers"),
+    ("calibrate", ["--score", "multimahalanobis+msp"], "cannot be part of a combination"),
     ("fit", ["--epochs", "0"], "--epochs"),
     ("evaluate", ["--scores", "knn", "kmeans", "--ood-data", "synthetic:uniform"], "unknown score 'kmeans'"),
 ])
@@ -253,3 +255,28 @@ def test_options_are_checked_before_any_work(tmp_path, capsys, monkeypatch, comm
                  *extra, "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_calibrate_and_predict_with_tapped_layers(data, tmp_path, capsys):
+    import json
+
+    from safetensors.torch import save_file
+
+    from watermark_ood.models.architectures import SmallCNN
+
+    id_data, noise = data
+    save_file(SmallCNN(num_classes=3, in_channels=3).state_dict(), str(tmp_path / "m.safetensors"))
+    model = ["--model", "small_cnn", "--checkpoint", str(tmp_path / "m.safetensors"), "--device", "cpu",
+             "--no-progress"]
+    base = ["calibrate", *model, "--id-data", str(id_data), "--score", "multimahalanobis", "--split", "test"]
+    never = tmp_path / "never.safetensors"
+    assert main([*base, "--layers", "bn9", "--out", str(never)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "SmallCNN has no layer 'bn9'; it has e.g. conv1, bn1" in err and len(err.splitlines()) == 1
+    assert not never.exists() and not never.with_suffix(".json").exists()
+    out = tmp_path / "d.safetensors"
+    assert main([*base, "--layers", "bn2", "bn3", "--out", str(out)]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["layers"] == ["bn2", "bn3"]
+    assert main(["predict", *model, "--detector", str(out),
+                 "--input", str(noise), "--out", str(tmp_path / "p.json")]) == 0
+    assert len(json.loads((tmp_path / "p.json").read_text())["rows"]) == 40

@@ -12,7 +12,7 @@ from watermark_ood.data.synthetic import low_frequency_noise
 from watermark_ood.detection.detector import Detector
 from watermark_ood.detection.functional import gen_outlier, knn_kth_distance, mahalanobis_min_distance
 from watermark_ood.detection.posthoc import PosthocScore
-from watermark_ood.detection.registry import DETECTOR_KINDS, SCORE_NAMES, check_name
+from watermark_ood.detection.registry import DETECTOR_KINDS, SCORE_NAMES, check_name, export_refusal
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.watermark.file import Watermark
 
@@ -99,8 +99,8 @@ def test_fit_save_load_export_for_every_detector(name, trained_toy, tmp_path):
     assert np.array_equal(loaded.scores(test), lib)  # state round trip is exact
     outliers = low_frequency_noise(40, (3, 8, 8), torch.Generator().manual_seed(0))
     assert not np.allclose(lib.mean(), detector.scores(outliers).mean())  # the score reacts to its input
-    if name == "odin":
-        with pytest.raises(WatermarkOODError, match="odin cannot be exported"):
+    if export_refusal(name):  # odin, detectors on intermediate layers: one line saying why
+        with pytest.raises(WatermarkOODError, match="cannot be exported"):
             export_onnx(loaded, tmp_path / "d.onnx")
         return
     session = ort.InferenceSession(str(export_onnx(loaded, tmp_path / "d.onnx")))
@@ -196,7 +196,8 @@ def _library_outlier_scores(name, head, fit_logits, fit_features, labels, logits
     return built.fit_features(fit_features, labels).predict_features(features)
 
 
-@pytest.mark.parametrize("name", [n for n in SCORE_NAMES if n != "odin" and DETECTOR_KINDS[n].library])
+@pytest.mark.parametrize("name", [n for n in SCORE_NAMES if DETECTOR_KINDS[n].reads in ("logits", "features")
+                                  and DETECTOR_KINDS[n].library])
 def test_every_wired_detector_equals_pytorch_ood_with_the_sign_flipped(trained_toy, name):
     """Value and direction: our score is exactly minus the library's outlier score (a flipped sign fails)."""
     from watermark_ood.models.taps import last_linear
@@ -231,3 +232,55 @@ def test_every_installed_pytorch_ood_detector_is_wired_or_excluded_with_a_reason
     assert classes == wired | set(NOT_WIRED), (f"neither wired nor excluded: {sorted(classes - wired - set(NOT_WIRED))}"
                                                f"; listed but not in the library: {sorted((wired | set(NOT_WIRED)) - classes)}")
     assert all(len(why) > 20 for why in NOT_WIRED.values())
+
+
+def test_multimahalanobis_equals_pytorch_ood_on_the_stages_of_a_resnet(tmp_path):
+    """Our taps + packed state against the library's own MultiMahalanobis run on the model's consecutive stages."""
+    from pytorch_ood.detector import MultiMahalanobis
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from watermark_ood.data.images import ImageSet
+    from watermark_ood.data.preprocessing import Normalization
+    from watermark_ood.models.architectures import cifar_resnet
+
+    torch.manual_seed(0)
+    model, norm = cifar_resnet(8).eval(), Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    train = ImageSet((torch.rand(120, 3, 16, 16) * 255).to(torch.uint8), torch.arange(120) % 10, "train")
+    test = (torch.rand(30, 3, 16, 16) * 255).to(torch.uint8)
+    detector = Detector(model, norm, None, "multimahalanobis", execution=CPU).fit(train)
+    assert detector.layers == ("layer1", "layer2", "layer3") and detector.scorer.widths == (16, 32, 64)
+    stem = torch.nn.Sequential(model.conv1, model.bn1, torch.nn.ReLU())
+    library = MultiMahalanobis([torch.nn.Sequential(stem, model.layer1), model.layer2, model.layer3])
+    library.fit(DataLoader(TensorDataset(norm(train.images), train.labels), batch_size=50))
+    with torch.no_grad():
+        expected = -library.predict(norm(test)).double()
+    ours = torch.from_numpy(detector.scores(test).astype(np.float64))
+    assert torch.allclose(ours, expected, rtol=1e-5) and float(ours.std()) > 0
+    detector.calibrate(ImageSet(test, torch.zeros(30, dtype=torch.long)))
+    loaded = Detector.load(detector.save(tmp_path / "m.safetensors"), model, CPU)
+    assert loaded.layers == detector.layers and np.array_equal(loaded.scores(test), detector.scores(test))
+    two = Detector(model, norm, None, "multimahalanobis", execution=CPU, layers=["layer2", "layer3"]).fit(train)
+    assert two.scorer.widths == (32, 64) and not np.allclose(two.scores(test), detector.scores(test))
+
+
+def test_layer_detectors_refuse_bad_layers_combinations_and_mismatched_files(trained_toy, tmp_path):
+    import json
+
+    model, norm, train = trained_toy
+    with pytest.raises(WatermarkOODError, match="SmallCNN has no layer 'nope'; it has e.g. conv1, bn1"):
+        Detector(model, norm, None, "multimahalanobis", layers=["nope"])
+    with pytest.raises(WatermarkOODError, match="energy reads no intermediate layers"):
+        Detector(model, norm, None, "energy", layers=["bn1"])
+    with pytest.raises(WatermarkOODError, match="multimahalanobis reads intermediate layers and cannot be part"):
+        check_name("multimahalanobis+energy")
+    detector = Detector(model, norm, None, "multimahalanobis", execution=CPU, layers=["bn2", "bn3"]).fit(train)
+    path = detector.calibrate(make_images(60, seed=5)).save(tmp_path / "d.safetensors")
+    from safetensors.torch import load_file, save_file
+
+    meta = json.loads(path.with_suffix(".json").read_text())
+    for layers, message in ((["bn1", "bn3"], r"have \[8, 16\] channels, the file was fitted on \[16, 16\]"),
+                            (["conv9", "bn3"], "has no layer 'conv9'")):
+        bad = tmp_path / "bad.safetensors"
+        save_file(load_file(str(path)), str(bad), metadata={"detector": json.dumps({**meta, "layers": layers})})
+        with pytest.raises(WatermarkOODError, match=message):
+            Detector.load(bad, model, CPU)

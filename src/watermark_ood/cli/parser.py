@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from watermark_ood.core.version import __version__
-from watermark_ood.detection.registry import SCORE_NAMES
+from watermark_ood.detection.registry import LAYER_SCORES, SCORE_NAMES
 from watermark_ood.watermark.config import OBJECTIVES, PRESETS
 
 EPILOG = """examples:
@@ -188,6 +188,9 @@ def _calibrate_command(sub: Any) -> None:
                           "auto: rank them all, "
                           "with and without --watermark, on held-out ID training data vs synthetic outliers (no OOD "
                           "data) [the watermark's score, else energy]")
+    cal.add_argument("--layers", nargs="+", metavar="NAME", default=None,
+                     help="the layers a detector on intermediate layers taps, named as in model.named_modules() "
+                          f"(for {' '.join(LAYER_SCORES)}) [each stage's output of a registered architecture]")
     cal.add_argument("--tpr", type=float, default=0.95,
                      help="share of ID inputs to accept, in (0, 1): the split-conformal threshold guarantees that an "
                           "ID input is rejected with probability at most 1 - tpr [0.95]")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -35,7 +35,8 @@ from watermark_ood.detection.detector_file import (FORMAT, FORMAT_VERSION, check
                                                    check_metadata, check_score_state, model_fingerprint,
                                                    read_detector_file)
 from watermark_ood.detection.posthoc import Combination, PosthocScore, build_score
-from watermark_ood.detection.registry import check_name, reads_features
+from watermark_ood.detection.registry import LAYER_SCORES, check_name, reads_features, reads_layers
+from watermark_ood.models.layers import check_layers, default_layers, layer_widths
 from watermark_ood.models.taps import last_linear
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.watermark.config import FitConfig, get_preset
@@ -103,7 +104,7 @@ class Detector:
 
     def __init__(self, model: torch.nn.Module, normalization: Normalization, watermark: Watermark | None = None,
                  score: str = "energy", config: FitConfig | None = None, execution: ExecutionConfig | None = None,
-                 model_id: str = "model") -> None:
+                 model_id: str = "model", layers: Sequence[str] | None = None) -> None:
         check_name(score)
         self.model, self.normalization, self.watermark = model, normalization, watermark
         self.score, self.config = score, config
@@ -111,6 +112,12 @@ class Detector:
         self.model_id = model_id
         head = last_linear(model) if reads_features(score) else None
         self.scorer = build_score(score, head)
+        # the layers a detector on intermediate layers taps: as named, else the architecture's stage outputs
+        self.layers: tuple[str, ...] | None = None
+        if reads_layers(score):
+            self.layers = check_layers(model, layers) if layers is not None else default_layers(model)
+        elif layers is not None:
+            raise WatermarkOODError(f"{score} reads no intermediate layers; --layers is for {', '.join(LAYER_SCORES)}")
         self.threshold: float | None = None
         self.tpr: float | None = None
         self.input_shape: tuple[int, ...] | None = None if watermark is None else tuple(watermark.image_shape)
@@ -130,9 +137,11 @@ class Detector:
     # ------------------------------------------------------------------ forward passes
     def outputs(self, images: ImageSet | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits and (when the score reads them) penultimate features of ``images`` under the watermark."""
-        from watermark_ood.runtime.inference import logits_and_features, predict_logits
+        from watermark_ood.runtime.inference import infer, logits_and_features, predict_logits
 
         images = as_images(images)
+        if self.reads == "layers":
+            return infer(self.model, images, self.normalization, self.watermark, self.execution, layers=self.layers)
         if self.reads == "features":
             return logits_and_features(self.model, images, self.normalization, self.watermark, self.execution)
         return predict_logits(self.model, images, self.normalization, self.watermark, self.execution), None
@@ -197,8 +206,16 @@ class Detector:
                 raise WatermarkOODError("a combination of scores needs held-out ID outputs for its z-scores")
             self.scorer.fit(logits, features, labels, *held)
         elif self.scorer is not None:
+            if self.layers is not None:
+                self.scorer.widths = self.layer_widths()
             self.scorer.fit(logits, features, labels)
         return self
+
+    def layer_widths(self) -> tuple[int, ...]:
+        """The channels of each tapped layer (one forward pass of a blank image of the detector's input shape)."""
+        if self.layers is None or self.input_shape is None:
+            raise WatermarkOODError(f"{self.score}: the input shape is not known; fit with fit(), not fit_outputs()")
+        return layer_widths(self.model, self.layers, self.input_shape)
 
     def calibrate(self, id_validation: ImageSet, tpr: float = 0.95, per_class: bool = False,
                   num_classes: int | None = None) -> "Detector":
@@ -265,6 +282,7 @@ class Detector:
             "input_shape": None if self.input_shape is None else list(self.input_shape),
             "selection": self.selection, "class_names": self.class_names,
             "calibration": None if self.calibration is None else self.calibration.summary(),
+            **({} if self.layers is None else {"layers": list(self.layers)}),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -301,7 +319,7 @@ class Detector:
             raise WatermarkOODError(f"{path}: this detector was made for model {meta['model']!r} (head fingerprint "
                                     f"{recorded}), not for the model given (fingerprint {model_fingerprint(model)})")
         detector = cls(model, meta["normalization"], watermark, meta["score"], execution=execution,
-                       model_id=meta["model"])
+                       model_id=meta["model"], layers=meta.get("layers"))
         try:
             check_score_state(meta, detector.scorer, model)
         except WatermarkOODError as error:
@@ -324,6 +342,10 @@ class Detector:
         if watermark is not None and detector.input_shape and tuple(watermark.image_shape) != detector.input_shape:
             raise WatermarkOODError(f"{path}: watermark shape {tuple(watermark.image_shape)} does not match the "
                                     f"detector's input shape {detector.input_shape}")
+        if detector.layers is not None and tuple(detector.scorer.widths or ()) != detector.layer_widths():
+            raise WatermarkOODError(f"{path}: the tapped layers {', '.join(detector.layers)} of this model have "
+                                    f"{list(detector.layer_widths())} channels, the file was fitted on "
+                                    f"{list(detector.scorer.widths or ())}")
         return detector
 
 

@@ -21,7 +21,7 @@ from watermark_ood.core.schema import check_float, check_int, check_list, check_
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.detection.conformal import Calibration, conformal_threshold
 from watermark_ood.detection.posthoc import Combination, check_state
-from watermark_ood.detection.registry import check_name
+from watermark_ood.detection.registry import check_name, reads_layers
 from watermark_ood.models.taps import last_linear
 from watermark_ood.watermark.file import Watermark, check_watermark_metadata
 
@@ -73,6 +73,21 @@ def _refuse_constant(name: str) -> float:
     raise WatermarkOODError(f"the JSON header holds {name}, which no field may be")
 
 
+def _check_layers_field(meta: dict[str, Any]) -> None:
+    """The tapped layers' names: present exactly for a score on intermediate layers (checked on the model later)."""
+    layered = reads_layers(meta["score"])
+    if meta.get("layers") is None:
+        if layered:
+            raise fail("layers", f"the names of the layers {meta['score']} taps", None)
+        return
+    if not layered:
+        raise fail("layers", f"nothing ({meta['score']} reads no intermediate layers)", meta["layers"])
+    for i, name in enumerate(check_list("layers", meta["layers"])):
+        check_str(f"layers[{i}]", name)
+    if not meta["layers"]:
+        raise fail("layers", "at least one layer name", meta["layers"])
+
+
 def check_metadata(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Normalization:
     """Every JSON field of a detector file (formats 1 and 2) and its watermark tensor, before anything is built.
 
@@ -113,6 +128,7 @@ def check_metadata(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> No
         check_mapping("selection", meta["selection"])
     if meta.get("watermark") is not None:
         check_watermark_metadata("watermark", meta["watermark"])
+    _check_layers_field(meta)
     names = meta.get("class_names")
     if names is not None:
         for i, name in enumerate(check_list("class_names", names)):

@@ -45,6 +45,7 @@ class PosthocScore:
         if "+" in name or DETECTOR_KINDS[name].reads == "gradient":
             raise WatermarkOODError(f"{name!r} is not a single logit or feature score")
         self.name, self.kind, self.head = name, DETECTOR_KINDS[name], head
+        self.widths: tuple[int, ...] | None = None  # channels per tapped layer (kinds that read layers)
         self.fitted = not self.kind.fitted
         self.impl = self._build()
 
@@ -53,7 +54,8 @@ class PosthocScore:
         return self.kind.reads
 
     def _build(self, dim: int | None = None, count: int | None = None) -> Any:
-        return None if self.kind.build is None else self.kind.build(Head(self.name, self.head, dim, count))
+        return None if self.kind.build is None else self.kind.build(Head(self.name, self.head, dim, count,
+                                                                          self.widths))
 
     # ------------------------------------------------------------------ fit / score
     def fit(self, logits: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> "PosthocScore":
@@ -82,9 +84,10 @@ class PosthocScore:
         """pytorch-ood's outlier score (higher = more OOD); ``traceable`` uses our torch formula for export."""
         require_fitted(self)
         kind = self.kind
-        if kind.reads == "features":
+        if kind.reads in ("features", "layers"):
             if features is None:
-                raise WatermarkOODError(f"{self.name} reads penultimate features; none were given")
+                what = "penultimate features" if kind.reads == "features" else "the tapped layers' features"
+                raise WatermarkOODError(f"{self.name} reads {what}; none were given")
             features = features.float()
         if traceable and kind.traced is not None:
             return kind.traced(self.impl, logits, features)
@@ -130,6 +133,8 @@ class PosthocScore:
         score = cls(name, head)
         if score.impl is not None:
             dim = tensors["bank"].shape[1] if "bank" in tensors else (head.in_features if head is not None else None)
+            if "widths" in tensors:  # a detector on intermediate layers
+                score.widths = tuple(int(w) for w in tensors["widths"].tolist())
             score.impl = score._build(dim)
             for key, value in values.items():
                 if key == "fitted":

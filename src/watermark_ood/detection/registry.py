@@ -25,6 +25,7 @@ from torch import nn
 from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.core.schema import StateSchema, Value
 from watermark_ood.detection import functional as F
+from watermark_ood.detection.layer_mahalanobis import LayerMahalanobis
 from watermark_ood.detection.weiper import WeiPer
 
 
@@ -54,6 +55,7 @@ class Head:
     linear: nn.Linear | None
     dim: int | None = None
     count: int | None = None  # how many ID images it is fitted on
+    widths: tuple[int, ...] | None = None  # channels of each tapped layer (detectors on intermediate layers)
 
     def need(self) -> nn.Linear:
         if self.linear is None:
@@ -85,7 +87,7 @@ class DetectorKind:
     """
 
     name: str
-    reads: str  # "logits" | "features" | "gradient"
+    reads: str  # "logits" | "features" | "layers" (spatial means of tapped layers) | "gradient"
     paper: str
     fitted: bool = False
     state: StateSchema = StateSchema()  # what its saved state holds (checked when a file is loaded)
@@ -136,6 +138,8 @@ _GAUSSIAN = {"mu": ("K", "D"), "cov": ("D", "D"), "precision": ("D", "D")}  # cl
 _ODIN_REFUSAL = ("odin cannot be exported: its input perturbation needs a gradient pass at inference, which neither "
                  "TorchScript traces nor ONNX carry; use `watermark-ood predict`, or calibrate another score (see "
                  "`calibrate --score auto`)")
+_LAYERS_REFUSAL = ("detectors on intermediate layers cannot be exported yet: the exported module carries the "
+                   "classifier and its head only; use `watermark-ood predict`, or calibrate another score")
 DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
     DetectorKind("msp", "logits", "Hendrycks & Gimpel, ICLR 2017", outlier=_static("MaxSoftmax"),
                  protocol=F.msp_score, library="MaxSoftmax"),
@@ -231,8 +235,15 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
                       "eps": Value("float", 0.0, low_open=True), "eps_perturbed": Value("float", 0.0, low_open=True),
                       "lambda_1": Value("float"), "lambda_2": Value("float"), "seed": Value("int", 0)}),
                  lambda h: WeiPer(h.need()), after_load=WeiPer.check_loaded, in_auto=False),
+    # Issue 26 item 2: detectors on intermediate layers (models/layers.py taps them; --layers names them).
+    DetectorKind("multimahalanobis", "layers", "Lee et al., NeurIPS 2018 (Mahalanobis summed over layers: reads "
+                 "the spatial mean of each tapped layer, by default each stage's output)", True,
+                 StateSchema({"mu": ("K", "S"), "precision": ("S", "S"), "widths": ("L",)}),
+                 lambda h: LayerMahalanobis(h.widths), after_load=LayerMahalanobis.rebuild,
+                 export_refusal=_LAYERS_REFUSAL, library="MultiMahalanobis", in_auto=False),
 )}
 SCORE_NAMES = tuple(DETECTOR_KINDS)
+LAYER_SCORES = tuple(name for name, kind in DETECTOR_KINDS.items() if kind.reads == "layers")
 AUTO_CANDIDATES = tuple(name for name, kind in DETECTOR_KINDS.items() if kind.in_auto)
 # pytorch-ood detector classes not wired, each with why (tests/detection/test_registry.py enumerates the library)
 NOT_WIRED = {
@@ -241,10 +252,11 @@ NOT_WIRED = {
     "OpenMax": "not yet: its fitted Weibull models are Python objects that need a tensor form to be saved",
     "MahalanobisODIN": "not yet: input perturbation on the Mahalanobis score (a gradient detector, like odin)",
     "GradUncertainty": "not yet: gradients of all parameters per image",
-    "MultiMahalanobis": "not yet: reads several intermediate layers (issue 26 item 2: layer taps)",
-    "Gram": "not yet: reads several intermediate layers (issue 26 item 2: layer taps)",
+    "Gram": "not yet: its fit reads whole feature maps of several layers through a data loader (the taps keep "
+            "spatial means only)",
     "NACUE": "not yet: reads intermediate layers and their gradients (issue 26 items 2-3)",
-    "RankFeat": "not yet: reads the last feature map, not the pooled vector (issue 26 item 2: layer taps)",
+    "RankFeat": "not yet: removes the rank-1 part of the last feature map and runs the rest of the network on it; "
+                "needs the network split after that map (the taps keep spatial means only)",
     "MCD": "needs dropout at test time: Monte-Carlo dropout (not yet wired for models with dropout layers)",
     "MCM": "needs a CLIP text encoder (zero-shot vision-language models), not a fixed classifier",
 }
@@ -258,11 +270,19 @@ def check_name(name: str) -> None:
                                 f"{', '.join(SCORE_NAMES)} (combine several with '+', e.g. knn+vim+energy)")
     if "+" in name and any(DETECTOR_KINDS[p].reads == "gradient" for p in name.split("+")):
         raise WatermarkOODError("odin needs input gradients and cannot be part of a combination")
+    if "+" in name and any(DETECTOR_KINDS[p].reads == "layers" for p in name.split("+")):
+        layered = next(p for p in name.split("+") if DETECTOR_KINDS[p].reads == "layers")
+        raise WatermarkOODError(f"{layered} reads intermediate layers and cannot be part of a combination yet")
 
 
 def reads_features(name: str) -> bool:
     """Whether a score (or any part of a combination) reads the penultimate features."""
     return any(DETECTOR_KINDS[part].reads == "features" for part in name.split("+"))
+
+
+def reads_layers(name: str) -> bool:
+    """Whether a score reads intermediate layers (then it is never part of a combination)."""
+    return any(DETECTOR_KINDS[part].reads == "layers" for part in name.split("+"))
 
 
 def export_refusal(name: str) -> str:

@@ -17,7 +17,7 @@ from watermark_ood.data.images import ImageSet
 from watermark_ood.data.readers import DataOptions, load_id_data
 from watermark_ood.detection.detector import Detector
 from watermark_ood.detection.logit_scores import score_for_objective
-from watermark_ood.detection.registry import check_name
+from watermark_ood.detection.registry import LAYER_SCORES, check_name, reads_layers
 from watermark_ood.pipelines.source import ModelSource
 from watermark_ood.reporting.selection import write_selection_report
 from watermark_ood.runtime.device import ExecutionConfig
@@ -41,6 +41,7 @@ class CalibrateSettings:
     image_size: int | None = None
     data: DataOptions = field(default_factory=DataOptions)
     seed: int = 0
+    layers: tuple[str, ...] | None = None  # the layers a detector on intermediate layers taps [the stage outputs]
 
 
 @dataclass
@@ -81,6 +82,9 @@ def check_calibrate(settings: CalibrateSettings) -> None:
         raise WatermarkOODError(f"split must be one of {SPLITS}, got {settings.split!r}")
     if settings.score == "auto" and settings.split == "test":
         raise WatermarkOODError("--score auto chooses and calibrates on held-out training data; drop --split test")
+    if settings.layers is not None and (settings.score in (None, "auto") or not reads_layers(settings.score)):
+        raise WatermarkOODError(f"--layers is for the detectors on intermediate layers ({', '.join(LAYER_SCORES)}), "
+                                f"not for --score {settings.score or 'default'}")
 
 
 def calibrate(settings: CalibrateSettings, source: ModelSource, execution: ExecutionConfig | None = None,
@@ -103,7 +107,7 @@ def calibrate(settings: CalibrateSettings, source: ModelSource, execution: Execu
         fit_split, holdout = train.split(0.1, settings.seed)
         calibration = holdout.sample(CALIBRATION_IMAGES, settings.seed) if settings.split == "holdout" else test
         detector = Detector(model.module, model.normalization, watermark, score, execution=execution,
-                            model_id=model.model_id).fit(fit_split, seed=settings.seed).calibrate(
+                            model_id=model.model_id, layers=settings.layers).fit(fit_split, seed=settings.seed).calibrate(
                                 calibration, settings.tpr, settings.per_class, train.num_classes)
     detector.class_names = getattr(train, "class_names", None)
     path = Path(detector.save(settings.out))

@@ -4,7 +4,7 @@ order. Every caller (the paper's protocol, detectors, selection, predict) goes t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from watermark_ood.core.progress import bar as progress_bar
 from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.data.streaming import place_rows
+from watermark_ood.models.layers import LayerTaps
 from watermark_ood.models.taps import PenultimateHook
 from watermark_ood.runtime.device import ExecutionConfig, prepare_model
 
@@ -45,9 +46,10 @@ def logits_and_features(model: nn.Module, images: ImageSet, normalization: Norma
 
 
 def infer(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None = None,
-          execution: ExecutionConfig | None = None, progress: bool = False,
-          features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits and, with ``features``, the input of the model's last linear layer, of every row of ``images``.
+          execution: ExecutionConfig | None = None, progress: bool = False, features: bool = False,
+          layers: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits and, with ``features``, the input of the model's last linear layer, of every row of ``images``;
+    with ``layers``, instead, the spatial means of those layers side by side (:class:`LayerTaps`).
 
     With features the model runs as it is (a hook on its head; no BatchNorm fusion, which would move the head);
     without, it is prepared by :func:`prepare_model` outside inference mode (new parameters would otherwise
@@ -56,10 +58,11 @@ def infer(model: nn.Module, images: ImageSet, normalization: Normalization, wate
     execution = execution or ExecutionConfig()
     device = execution.torch_device()
     normalization.check_channels(images.image_shape[0])
+    features = features or layers is not None
     model = model.eval().to(device) if features else prepare_model(model, execution, device)
     rows = torch.arange(len(images))
     part, total = distributed.shard(rows)
-    hook = PenultimateHook(model) if features else None
+    hook = (LayerTaps(model, layers) if layers is not None else PenultimateHook(model)) if features else None
     try:
         with torch.no_grad() if features else torch.inference_mode():  # features feed fits that write in place
             logits, feats = _infer_rows(model, hook, images, rows[part], normalization, watermark, execution,

@@ -1,0 +1,124 @@
+"""Taps on named intermediate layers of any ``nn.Module`` (forward hooks; the model is not changed): what the
+detectors on intermediate layers read (Lee et al.'s multi-layer Mahalanobis reads each stage's spatial mean).
+
+A layer is named as in ``model.named_modules()`` (``layer2``, ``block3``, ``features.6``). The registered
+architectures have defaults, the output of each stage; other models name theirs (``--layers NAME ...``).
+
+    >>> from watermark_ood.models.architectures import cifar_resnet
+    >>> model = cifar_resnet(20).eval()
+    >>> default_layers(model)
+    ('layer1', 'layer2', 'layer3')
+    >>> taps = LayerTaps(model, default_layers(model))
+    >>> _ = model(torch.zeros(2, 3, 32, 32))
+    >>> taps.close().shape, taps.widths   # per image: the spatial means of the three stages, side by side
+    (torch.Size([2, 112]), (16, 32, 64))
+    >>> check_layers(model, ["layer9"])
+    Traceback (most recent call last):
+    ...
+    watermark_ood.core.errors.WatermarkOODError: CifarResNet has no layer 'layer9'; it has e.g. conv1, bn1, layer1, layer1.0, layer1.0.conv1, layer1.0.bn1, ... (names as in model.named_modules())
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from watermark_ood.core.errors import WatermarkOODError
+
+# The output of each stage, by architecture class (registry and torchvision models); data, not code.
+DEFAULT_LAYERS: dict[str, tuple[str, ...]] = {
+    "CifarResNet": ("layer1", "layer2", "layer3"),
+    "WideResNet": ("block1", "block2", "block3"),
+    "SmallCNN": ("bn1", "bn2", "bn3"),
+    "ResNet": ("layer1", "layer2", "layer3", "layer4"),  # torchvision
+}
+
+
+def default_layers(model: nn.Module) -> tuple[str, ...]:
+    """The stage outputs of a registered architecture; other models must name their layers."""
+    inner = getattr(model, "model", model)  # a WatermarkedModel wraps the classifier
+    names = DEFAULT_LAYERS.get(type(inner).__name__)
+    if names is None:
+        raise WatermarkOODError(f"{type(inner).__name__} has no default layers to tap; name them with --layers "
+                                f"(it has e.g. {_some_names(inner)})")
+    return names
+
+
+def _some_names(model: nn.Module, count: int = 6) -> str:
+    names = [name for name, _ in model.named_modules() if name]
+    return ", ".join(names[:count]) + (", ..." if len(names) > count else "")
+
+
+def check_layers(model: nn.Module, names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` if ``model`` has each of them (and they are distinct); one line listing some it has if not."""
+    names = tuple(names)
+    if not names:
+        raise WatermarkOODError("no layers named; give at least one (--layers NAME ...)")
+    if len(set(names)) != len(names):
+        raise WatermarkOODError(f"layers named twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+    known = dict(model.named_modules())
+    for name in names:
+        if not name or name not in known:
+            raise WatermarkOODError(f"{type(model).__name__} has no layer {name!r}; it has e.g. {_some_names(model)} "
+                                    "(names as in model.named_modules())")
+    return names
+
+
+def spatial_mean(output: torch.Tensor) -> torch.Tensor:
+    """(N, C, ...) -> (N, C): the mean over every axis after the channels (a vector layer is kept as it is)."""
+    return output.flatten(2).mean(dim=2) if output.ndim > 2 else output
+
+
+class LayerTaps:
+    """Records the spatial mean of each named layer's output during forward passes.
+
+    Same interface as :class:`watermark_ood.models.taps.PenultimateHook`: after each forward pass ``features``
+    holds one (N, sum of channels) tensor more; ``widths`` are the channels per layer, in the order named.
+    """
+
+    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+        self.names = check_layers(model, names)
+        self.features: list[torch.Tensor] = []
+        self.widths: tuple[int, ...] = ()
+        self._pending: dict[str, torch.Tensor] = {}
+        modules = dict(model.named_modules())
+        self.handles = [modules[name].register_forward_hook(self._keeper(name)) for name in self.names]
+        self.handles.append(model.register_forward_hook(self._collect))
+
+    def _keeper(self, name: str):
+        def keep(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            if not isinstance(output, torch.Tensor):
+                raise WatermarkOODError(f"layer {name!r} does not return one tensor ({type(output).__name__}); "
+                                        "tap a layer that does")
+            self._pending[name] = spatial_mean(output.detach().float()).cpu()
+        return keep
+
+    def _collect(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        missing = [name for name in self.names if name not in self._pending]
+        if missing:
+            raise WatermarkOODError(f"layer {missing[0]!r} was not run by the model's forward pass; tap another")
+        parts = [self._pending.pop(name) for name in self.names]
+        self.widths = tuple(part.shape[1] for part in parts)
+        self.features.append(torch.cat(parts, dim=1))
+
+    def close(self) -> torch.Tensor:
+        for handle in self.handles:
+            handle.remove()
+        return torch.cat(self.features) if self.features else torch.zeros(0)
+
+
+def layer_widths(model: nn.Module, names: Sequence[str], image_shape: Sequence[int]) -> tuple[int, ...]:
+    """The channels of each named layer, from one forward pass of a blank image (checks a file's taps on load)."""
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    taps = LayerTaps(model, names)
+    try:
+        with torch.no_grad():
+            was_training = model.training
+            model.eval()(torch.zeros((1, *image_shape), device=device))
+            model.train(was_training)
+    finally:
+        taps.close()
+    return taps.widths
