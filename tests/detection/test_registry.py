@@ -284,3 +284,34 @@ def test_layer_detectors_refuse_bad_layers_combinations_and_mismatched_files(tra
         save_file(load_file(str(path)), str(bad), metadata={"detector": json.dumps({**meta, "layers": layers})})
         with pytest.raises(WatermarkOODError, match=message):
             Detector.load(bad, model, CPU)
+
+
+@pytest.mark.parametrize("name, cls", [("ash-map", "ASH"), ("scale-map", "SCALE"), ("rankfeat", "RankFeat")])
+def test_feature_map_detectors_equal_pytorch_ood_on_a_resnets_last_map(name, cls, tmp_path):
+    """The rest of the model runs on the changed map: equal to the library's class on an explicit backbone/head."""
+    from pytorch_ood import detector as pod
+
+    from watermark_ood.data.images import ImageSet
+    from watermark_ood.data.preprocessing import Normalization
+    from watermark_ood.models.architectures import cifar_resnet
+
+    torch.manual_seed(0)
+    model, norm = cifar_resnet(8).eval(), Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    test = (torch.rand(24, 3, 16, 16) * 255).to(torch.uint8)
+    detector = Detector(model, norm, None, name, execution=CPU).fit(ImageSet(test, torch.arange(24) % 10))
+    assert detector.layers == ("layer3",)
+    backbone = torch.nn.Sequential(model.conv1, model.bn1, torch.nn.ReLU(), model.layer1, model.layer2, model.layer3)
+    head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), model.linear)
+    with torch.no_grad():
+        expected = -getattr(pod, cls)(backbone, head).predict(norm(test)).double()
+    ours = torch.from_numpy(detector.scores(test).astype(np.float64))
+    assert torch.allclose(ours, expected, rtol=1e-5, atol=1e-6) and float(ours.std()) > 0
+    energy = Detector(model, norm, None, "energy", execution=CPU).scores(test)
+    assert not np.allclose(ours.numpy(), energy)  # the map was changed
+    detector.calibrate(ImageSet(test, torch.zeros(24, dtype=torch.long)))
+    loaded = Detector.load(detector.save(tmp_path / "m.safetensors"), model, CPU)
+    assert loaded.layers == ("layer3",) and np.array_equal(loaded.scores(test), detector.scores(test))
+    with pytest.raises(WatermarkOODError, match=f"{name} changes one feature map; name one layer, not 2"):
+        Detector(model, norm, None, name, layers=["layer2", "layer3"])
+    with pytest.raises(WatermarkOODError, match="not an N x C x H x W feature map"):
+        Detector(model, norm, None, name, layers=["linear"], execution=CPU).scores(test)

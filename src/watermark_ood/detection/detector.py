@@ -35,8 +35,8 @@ from watermark_ood.detection.detector_file import (FORMAT, FORMAT_VERSION, check
                                                    check_metadata, check_score_state, model_fingerprint,
                                                    read_detector_file)
 from watermark_ood.detection.posthoc import Combination, PosthocScore, build_score
-from watermark_ood.detection.registry import LAYER_SCORES, check_name, reads_features, reads_layers
-from watermark_ood.models.layers import check_layers, default_layers, layer_widths
+from watermark_ood.detection.registry import DETECTOR_KINDS, LAYER_SCORES, check_name, reads_features, reads_layers
+from watermark_ood.models.layers import check_layers, default_layers, default_map_layer, layer_widths
 from watermark_ood.models.taps import last_linear
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.watermark.config import FitConfig, get_preset
@@ -115,7 +115,7 @@ class Detector:
         # the layers a detector on intermediate layers taps: as named, else the architecture's stage outputs
         self.layers: tuple[str, ...] | None = None
         if reads_layers(score):
-            self.layers = check_layers(model, layers) if layers is not None else default_layers(model)
+            self.layers = self._layers_for(score, model, layers)
         elif layers is not None:
             raise WatermarkOODError(f"{score} reads no intermediate layers; --layers is for {', '.join(LAYER_SCORES)}")
         self.threshold: float | None = None
@@ -125,6 +125,14 @@ class Detector:
         self.class_names: list[str] | None = None  # the ID classes' names, where the data had them
         self.calibration: Calibration | None = None  # the sorted calibration scores (p-values, guarantees)
         self.fit_seconds: float | None = None
+
+    @staticmethod
+    def _layers_for(score: str, model: torch.nn.Module, layers: Sequence[str] | None) -> tuple[str, ...]:
+        if DETECTOR_KINDS[score].reads == "layers":
+            return check_layers(model, layers) if layers is not None else default_layers(model)
+        if layers is not None and len(layers) != 1:
+            raise WatermarkOODError(f"{score} changes one feature map; name one layer, not {len(layers)}")
+        return check_layers(model, layers) if layers is not None else (default_map_layer(model),)
 
     @property
     def reads(self) -> str:
@@ -142,6 +150,10 @@ class Detector:
         images = as_images(images)
         if self.reads == "layers":
             return infer(self.model, images, self.normalization, self.watermark, self.execution, layers=self.layers)
+        if self.reads == "map":  # the plain logits (for the classes), then those of the changed map (the score)
+            change = (self.layers[0], self.scorer.kind.change_map())
+            return (predict_logits(self.model, images, self.normalization, self.watermark, self.execution),
+                    infer(self.model, images, self.normalization, self.watermark, self.execution, rewrite=change)[0])
         if self.reads == "features":
             return logits_and_features(self.model, images, self.normalization, self.watermark, self.execution)
         return predict_logits(self.model, images, self.normalization, self.watermark, self.execution), None
@@ -206,7 +218,7 @@ class Detector:
                 raise WatermarkOODError("a combination of scores needs held-out ID outputs for its z-scores")
             self.scorer.fit(logits, features, labels, *held)
         elif self.scorer is not None:
-            if self.layers is not None:
+            if self.reads == "layers":
                 self.scorer.widths = self.layer_widths()
             self.scorer.fit(logits, features, labels)
         return self
@@ -342,7 +354,7 @@ class Detector:
         if watermark is not None and detector.input_shape and tuple(watermark.image_shape) != detector.input_shape:
             raise WatermarkOODError(f"{path}: watermark shape {tuple(watermark.image_shape)} does not match the "
                                     f"detector's input shape {detector.input_shape}")
-        if detector.layers is not None and tuple(detector.scorer.widths or ()) != detector.layer_widths():
+        if detector.reads == "layers" and tuple(detector.scorer.widths or ()) != detector.layer_widths():
             raise WatermarkOODError(f"{path}: the tapped layers {', '.join(detector.layers)} of this model have "
                                     f"{list(detector.layer_widths())} channels, the file was fitted on "
                                     f"{list(detector.scorer.widths or ())}")

@@ -84,9 +84,10 @@ class PosthocScore:
         """pytorch-ood's outlier score (higher = more OOD); ``traceable`` uses our torch formula for export."""
         require_fitted(self)
         kind = self.kind
-        if kind.reads in ("features", "layers"):
+        if kind.reads in ("features", "layers", "map"):
             if features is None:
-                what = "penultimate features" if kind.reads == "features" else "the tapped layers' features"
+                what = {"features": "penultimate features", "layers": "the tapped layers' features",
+                        "map": "the logits of the model with its feature map changed"}[kind.reads]
                 raise WatermarkOODError(f"{self.name} reads {what}; none were given")
             features = features.float()
         if traceable and kind.traced is not None:

@@ -87,7 +87,7 @@ class DetectorKind:
     """
 
     name: str
-    reads: str  # "logits" | "features" | "layers" (spatial means of tapped layers) | "gradient"
+    reads: str  # "logits" | "features" | "layers" (spatial means of tapped layers) | "map" | "gradient"
     paper: str
     fitted: bool = False
     state: StateSchema = StateSchema()  # what its saved state holds (checked when a file is loaded)
@@ -101,6 +101,7 @@ class DetectorKind:
     after_load: Callable[[Any], None] | None = None  # rebuild what was not saved from what was
     library: str = ""  # the pytorch_ood.detector class it is (or, for our closed forms, equals)
     in_auto: bool = True  # a candidate of --score auto (kinds join once measured on the shared models)
+    change_map: Callable[[], Callable[[torch.Tensor], torch.Tensor]] | None = None  # reads "map": the change made
 
     @property
     def exports(self) -> bool:
@@ -132,6 +133,20 @@ def _keep_bank(impl: Any, features: torch.Tensor, labels: torch.Tensor) -> None:
 def _vim(head: Head) -> Any:
     d = 64 if head.dim is None or head.dim > 128 else max(1, head.dim // 2)
     return _pod().ViM(None, d=d, w=head.weight, b=head.bias)
+
+
+def _changed_map(cls: str) -> Callable[[], Callable[[torch.Tensor], torch.Tensor]]:
+    """The library's own change of a feature map (its ``predict_feature_maps`` with identity head and score): the
+    model's remaining layers then run on the changed map, and the energy of its logits is the score."""
+    def build() -> Callable[[torch.Tensor], torch.Tensor]:
+        same = lambda x: x  # noqa: E731
+        detector = getattr(_pod(), cls)(None, head=same, detector=same)
+        return lambda maps: detector.predict_feature_maps(maps.contiguous())
+    return build
+
+
+def _energy_of_changed(logits: torch.Tensor, changed: torch.Tensor | None) -> torch.Tensor:
+    return _pod().EnergyBased.score(changed)
 
 
 _GAUSSIAN = {"mu": ("K", "D"), "cov": ("D", "D"), "precision": ("D", "D")}  # class means, shared covariance
@@ -241,9 +256,16 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
                  StateSchema({"mu": ("K", "S"), "precision": ("S", "S"), "widths": ("L",)}),
                  lambda h: LayerMahalanobis(h.widths), after_load=LayerMahalanobis.rebuild,
                  export_refusal=_LAYERS_REFUSAL, library="MultiMahalanobis", in_auto=False),
+    *(DetectorKind(name, "map", paper, outlier=_energy_of_changed, export_refusal=_LAYERS_REFUSAL, library=cls,
+                   in_auto=False, change_map=_changed_map(cls)) for name, cls, paper in (
+        ("ash-map", "ASH", "Djurisic et al., ICLR 2023 (ASH-S on the last feature map, as the paper applies it; the "
+                           "rest of the model runs on the pruned map, then its energy)"),
+        ("scale-map", "SCALE", "Xu et al., ICLR 2024 (SCALE on the last feature map, then the energy)"),
+        ("rankfeat", "RankFeat", "Song et al., NeurIPS 2022 (the last feature map without its rank-1 part, then the "
+                                 "energy)"))),
 )}
 SCORE_NAMES = tuple(DETECTOR_KINDS)
-LAYER_SCORES = tuple(name for name, kind in DETECTOR_KINDS.items() if kind.reads == "layers")
+LAYER_SCORES = tuple(name for name, kind in DETECTOR_KINDS.items() if kind.reads in ("layers", "map"))
 AUTO_CANDIDATES = tuple(name for name, kind in DETECTOR_KINDS.items() if kind.in_auto)
 # pytorch-ood detector classes not wired, each with why (tests/detection/test_registry.py enumerates the library)
 NOT_WIRED = {
@@ -255,8 +277,6 @@ NOT_WIRED = {
     "Gram": "not yet: its fit reads whole feature maps of several layers through a data loader (the taps keep "
             "spatial means only)",
     "NACUE": "not yet: reads intermediate layers and their gradients (issue 26 items 2-3)",
-    "RankFeat": "not yet: removes the rank-1 part of the last feature map and runs the rest of the network on it; "
-                "needs the network split after that map (the taps keep spatial means only)",
     "MCD": "needs dropout at test time: Monte-Carlo dropout (not yet wired for models with dropout layers)",
     "MCM": "needs a CLIP text encoder (zero-shot vision-language models), not a fixed classifier",
 }
@@ -270,8 +290,8 @@ def check_name(name: str) -> None:
                                 f"{', '.join(SCORE_NAMES)} (combine several with '+', e.g. knn+vim+energy)")
     if "+" in name and any(DETECTOR_KINDS[p].reads == "gradient" for p in name.split("+")):
         raise WatermarkOODError("odin needs input gradients and cannot be part of a combination")
-    if "+" in name and any(DETECTOR_KINDS[p].reads == "layers" for p in name.split("+")):
-        layered = next(p for p in name.split("+") if DETECTOR_KINDS[p].reads == "layers")
+    if "+" in name and reads_layers(name):
+        layered = next(p for p in name.split("+") if p in LAYER_SCORES)
         raise WatermarkOODError(f"{layered} reads intermediate layers and cannot be part of a combination yet")
 
 
@@ -281,8 +301,8 @@ def reads_features(name: str) -> bool:
 
 
 def reads_layers(name: str) -> bool:
-    """Whether a score reads intermediate layers (then it is never part of a combination)."""
-    return any(DETECTOR_KINDS[part].reads == "layers" for part in name.split("+"))
+    """Whether a score reads or changes intermediate layers (then it is never part of a combination)."""
+    return any(part in LAYER_SCORES for part in name.split("+"))
 
 
 def export_refusal(name: str) -> str:

@@ -109,6 +109,39 @@ class LayerTaps:
         return torch.cat(self.features) if self.features else torch.zeros(0)
 
 
+# The last feature map of a registered architecture: the map the feature-map forms of ASH, SCALE and RankFeat
+# change before the rest of the model runs on it (in WRN and SmallCNN the output of the last BatchNorm, before the
+# ReLU and pooling that follow it in their forward pass).
+LAST_MAP: dict[str, str] = {"CifarResNet": "layer3", "WideResNet": "bn1", "SmallCNN": "bn3", "ResNet": "layer4"}
+
+
+def default_map_layer(model: nn.Module) -> str:
+    name = LAST_MAP.get(type(getattr(model, "model", model)).__name__)
+    if name is None:
+        raise WatermarkOODError(f"{type(model).__name__} has no default feature map to change; name it with "
+                                f"--layers (it has e.g. {_some_names(model)})")
+    return name
+
+
+class LayerRewrite:
+    """Replaces one named layer's output by ``change(output)`` during forward passes (a forward hook that returns
+    a value), so the rest of the model runs on the changed map, whatever its forward pass does after it."""
+
+    def __init__(self, model: nn.Module, name: str, change) -> None:
+        (self.name,) = check_layers(model, [name])
+        self.change = change
+        self.handle = dict(model.named_modules())[name].register_forward_hook(self._rewrite)
+
+    def _rewrite(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor) or output.ndim != 4:
+            raise WatermarkOODError(f"layer {self.name!r} gives {getattr(output, 'shape', type(output).__name__)}, "
+                                    "not an N x C x H x W feature map; name a convolutional layer")
+        return self.change(output)
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
 def layer_widths(model: nn.Module, names: Sequence[str], image_shape: Sequence[int]) -> tuple[int, ...]:
     """The channels of each named layer, from one forward pass of a blank image (checks a file's taps on load)."""
     parameter = next(model.parameters(), None)

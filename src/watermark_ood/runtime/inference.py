@@ -4,7 +4,7 @@ order. Every caller (the paper's protocol, detectors, selection, predict) goes t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from watermark_ood.core.progress import bar as progress_bar
 from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.data.streaming import place_rows
-from watermark_ood.models.layers import LayerTaps
+from watermark_ood.models.layers import LayerRewrite, LayerTaps
 from watermark_ood.models.taps import PenultimateHook
 from watermark_ood.runtime.device import ExecutionConfig, prepare_model
 
@@ -47,9 +47,12 @@ def logits_and_features(model: nn.Module, images: ImageSet, normalization: Norma
 
 def infer(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None = None,
           execution: ExecutionConfig | None = None, progress: bool = False, features: bool = False,
-          layers: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+          layers: Sequence[str] | None = None,
+          rewrite: tuple[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+          ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits and, with ``features``, the input of the model's last linear layer, of every row of ``images``;
-    with ``layers``, instead, the spatial means of those layers side by side (:class:`LayerTaps`).
+    with ``layers``, instead, the spatial means of those layers side by side (:class:`LayerTaps`); with
+    ``rewrite`` = (layer, change), the logits of the model whose layer output is changed (:class:`LayerRewrite`).
 
     With features the model runs as it is (a hook on its head; no BatchNorm fusion, which would move the head);
     without, it is prepared by :func:`prepare_model` outside inference mode (new parameters would otherwise
@@ -59,9 +62,11 @@ def infer(model: nn.Module, images: ImageSet, normalization: Normalization, wate
     device = execution.torch_device()
     normalization.check_channels(images.image_shape[0])
     features = features or layers is not None
-    model = model.eval().to(device) if features else prepare_model(model, execution, device)
+    as_it_is = features or rewrite is not None  # hooks need the model's own modules (no BatchNorm fusion)
+    model = model.eval().to(device) if as_it_is else prepare_model(model, execution, device)
     rows = torch.arange(len(images))
     part, total = distributed.shard(rows)
+    rewriter = LayerRewrite(model, *rewrite) if rewrite is not None else None
     hook = (LayerTaps(model, layers) if layers is not None else PenultimateHook(model)) if features else None
     try:
         with torch.no_grad() if features else torch.inference_mode():  # features feed fits that write in place
@@ -70,6 +75,8 @@ def infer(model: nn.Module, images: ImageSet, normalization: Normalization, wate
     finally:
         if hook is not None:
             hook.close()
+        if rewriter is not None:
+            rewriter.close()
     return (distributed.gather_rows(logits, total),
             distributed.gather_rows(feats, total) if feats is not None else None)
 
