@@ -52,3 +52,20 @@ def test_evaluate_rejects_bad_sets(toy_model, toy_test, norm3):
     with pytest.raises(WatermarkOODError, match="unique"):
         evaluate(toy_model, norm3, toy_test, [gaussian_set(5, (3, 8, 8), 0, name="a")] * 2, None, CPU,
                  protocol=False)
+
+
+def test_leaderboards_give_detectors_on_layers_their_own_passes(toy_model, toy_train, toy_test, norm3):
+    """A leaderboard row of a layer or map detector equals that detector fitted and scored on its own."""
+    from watermark_ood.data.synthetic import uniform_set
+    from watermark_ood.detection.detector import Detector
+    from watermark_ood.evaluation.metrics import ood_metrics
+    from watermark_ood.evaluation.protocol import evaluate_scores
+    from watermark_ood.runtime.device import ExecutionConfig
+
+    cpu = ExecutionConfig(device="cpu")
+    sets = [uniform_set(20, (3, 8, 8), 0, name="u")]
+    table = evaluate_scores(toy_model, norm3, toy_train, toy_test, sets, None, ["multimahalanobis", "rankfeat"], cpu)
+    for name in ("multimahalanobis", "rankfeat"):
+        alone = Detector(toy_model, norm3, None, name, execution=cpu).fit(toy_train)
+        expected = ood_metrics(alone.scores(toy_test), alone.scores(sets[0]))
+        assert all(abs(table[name]["baseline"]["u"][m] - v) < 1e-6 for m, v in expected.items()), name

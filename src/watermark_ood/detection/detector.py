@@ -36,7 +36,7 @@ from watermark_ood.detection.detector_file import (FORMAT, FORMAT_VERSION, check
                                                    read_detector_file)
 from watermark_ood.detection.posthoc import Combination, PosthocScore, build_score
 from watermark_ood.detection.registry import DETECTOR_KINDS, LAYER_SCORES, check_name, reads_features, reads_layers
-from watermark_ood.models.layers import check_layers, default_layers, default_map_layer, layer_widths
+from watermark_ood.models.layers import check_layers, default_layers, default_map_layer, has_dropout, layer_widths
 from watermark_ood.models.taps import last_linear
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.watermark.config import FitConfig, get_preset
@@ -112,6 +112,9 @@ class Detector:
         self.model_id = model_id
         head = last_linear(model) if reads_features(score) else None
         self.scorer = build_score(score, head)
+        if "+" not in score and DETECTOR_KINDS[score].reads == "sampling" and not has_dropout(model):
+            raise WatermarkOODError(f"{score} needs dropout at test time; {type(model).__name__} has no dropout layer "
+                                    "(pick another score)")
         # the layers a detector on intermediate layers taps: as named, else the architecture's stage outputs
         self.layers: tuple[str, ...] | None = None
         if reads_layers(score):
@@ -136,7 +139,7 @@ class Detector:
 
     @property
     def reads(self) -> str:
-        return "gradient" if self.scorer is None else self.scorer.reads
+        return DETECTOR_KINDS[self.score].reads if self.scorer is None else self.scorer.reads
 
     @property
     def fitted(self) -> bool:
@@ -165,7 +168,8 @@ class Detector:
         some detectors (scikit-learn's KNN) refuse a NaN anywhere in the batch.
         """
         if self.scorer is None:
-            raise WatermarkOODError("odin perturbs the inputs; score images with scores(), not precomputed outputs")
+            raise WatermarkOODError(f"{self.score} makes its own passes over the inputs; score images with scores(), "
+                                    "not precomputed outputs")
         rows = readable_rows(logits)
         if bool(rows.all()):
             return self.scorer(logits, features).numpy()
@@ -179,10 +183,9 @@ class Detector:
     def scores(self, images: ImageSet | torch.Tensor) -> np.ndarray:
         """Higher = more in-distribution."""
         images = as_images(images)
-        if self.scorer is None:
-            from watermark_ood.runtime.inference import odin_scores
-
-            return odin_scores(self.model, images, self.normalization, self.watermark, self.execution)
+        if self.scorer is None:  # odin, mcd: their own passes over the images
+            return DETECTOR_KINDS[self.score].score_images(self.model, images, self.normalization, self.watermark,
+                                                           self.execution)
         return self.scores_from(*self.outputs(images))
 
     # ------------------------------------------------------------------ fitting

@@ -194,9 +194,9 @@ def check_score_state(meta: dict[str, Any], scorer: Any, model: torch.nn.Module)
     """The fitted state against the score's schema and this model's feature and class counts."""
     name, tensors = meta["score"], meta["score_tensors"]
     values = meta.get("score_state")
-    if scorer is None:  # odin: nothing fitted, nothing stored
+    if scorer is None:  # odin, mcd: nothing fitted, nothing stored
         if tensors or values not in (None, {}, {"fitted": True}):
-            raise fail("score_state", "nothing for odin, which is not fitted", values)
+            raise fail("score_state", f"nothing for {name}, which is not fitted", values)
         return
     if values is None and int(meta.get("format_version", 1)) == 1:
         values = {"fitted": True}  # format 1: logit scores, no state

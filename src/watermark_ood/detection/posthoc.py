@@ -42,7 +42,7 @@ class PosthocScore:
 
     def __init__(self, name: str, head: nn.Linear | None = None) -> None:
         check_name(name)
-        if "+" in name or DETECTOR_KINDS[name].reads == "gradient":
+        if "+" in name or DETECTOR_KINDS[name].score_images is not None:
             raise WatermarkOODError(f"{name!r} is not a single logit or feature score")
         self.name, self.kind, self.head = name, DETECTOR_KINDS[name], head
         self.widths: tuple[int, ...] | None = None  # channels per tapped layer (kinds that read layers)
@@ -243,6 +243,6 @@ def build_score(name: str, head: nn.Linear | None) -> PosthocScore | Combination
     check_name(name)
     if "+" in name:
         return Combination(name, head)
-    if DETECTOR_KINDS[name].reads == "gradient":
+    if DETECTOR_KINDS[name].score_images is not None:  # odin, mcd: they score the images themselves
         return None
     return PosthocScore(name, head)

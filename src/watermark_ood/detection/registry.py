@@ -27,6 +27,7 @@ from watermark_ood.core.schema import StateSchema, Value
 from watermark_ood.detection import functional as F
 from watermark_ood.detection.layer_mahalanobis import LayerMahalanobis
 from watermark_ood.detection.weiper import WeiPer
+from watermark_ood.runtime.inference import mcd_scores, odin_scores
 
 
 def _pod() -> Any:
@@ -87,7 +88,7 @@ class DetectorKind:
     """
 
     name: str
-    reads: str  # "logits" | "features" | "layers" (spatial means of tapped layers) | "map" | "gradient"
+    reads: str  # "logits" | "features" | "layers" (tapped layers' spatial means) | "map" | "gradient" | "sampling"
     paper: str
     fitted: bool = False
     state: StateSchema = StateSchema()  # what its saved state holds (checked when a file is loaded)
@@ -102,6 +103,7 @@ class DetectorKind:
     library: str = ""  # the pytorch_ood.detector class it is (or, for our closed forms, equals)
     in_auto: bool = True  # a candidate of --score auto (kinds join once measured on the shared models)
     change_map: Callable[[], Callable[[torch.Tensor], torch.Tensor]] | None = None  # reads "map": the change made
+    score_images: Callable[..., Any] | None = None  # reads "gradient" / "sampling": scores the images themselves
 
     @property
     def exports(self) -> bool:
@@ -153,6 +155,8 @@ _GAUSSIAN = {"mu": ("K", "D"), "cov": ("D", "D"), "precision": ("D", "D")}  # cl
 _ODIN_REFUSAL = ("odin cannot be exported: its input perturbation needs a gradient pass at inference, which neither "
                  "TorchScript traces nor ONNX carry; use `watermark-ood predict`, or calibrate another score (see "
                  "`calibrate --score auto`)")
+_MCD_REFUSAL = ("mcd cannot be exported: its 30 passes with random dropout masks are not one traced function; use "
+                "`watermark-ood predict`, or calibrate another score")
 _LAYERS_REFUSAL = ("detectors on intermediate layers cannot be exported yet: the exported module carries the "
                    "classifier and its head only; use `watermark-ood predict`, or calibrate another score")
 DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
@@ -169,7 +173,8 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
     DetectorKind("klmatching", "logits", "Hendrycks et al., ICML 2022", True,
                  StateSchema(per_class_tensor=("dists", ("K",))), lambda h: _pod().KLMatching(None), "logits",
                  library="KLMatching"),
-    DetectorKind("odin", "gradient", "Liang et al., ICLR 2018", export_refusal=_ODIN_REFUSAL, library="ODIN"),
+    DetectorKind("odin", "gradient", "Liang et al., ICLR 2018", export_refusal=_ODIN_REFUSAL, library="ODIN",
+                 score_images=odin_scores),
     DetectorKind("mahalanobis", "features", "Lee et al., NeurIPS 2018", True, StateSchema(_GAUSSIAN),
                  lambda h: _pod().Mahalanobis(None),  # the library reads ``features.data``, which a trace freezes
                  traced=lambda impl, logits, features: F.mahalanobis_min_distance(features, impl.mu, impl.precision),
@@ -256,6 +261,9 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
                  StateSchema({"mu": ("K", "S"), "precision": ("S", "S"), "widths": ("L",)}),
                  lambda h: LayerMahalanobis(h.widths), after_load=LayerMahalanobis.rebuild,
                  export_refusal=_LAYERS_REFUSAL, library="MultiMahalanobis", in_auto=False),
+    DetectorKind("mcd", "sampling", "Gal & Ghahramani, ICML 2016 (Monte-Carlo dropout: the softmax's variance "
+                 "over 30 passes with dropout on; models with dropout only)", export_refusal=_MCD_REFUSAL,
+                 library="MCD", in_auto=False, score_images=mcd_scores),
     *(DetectorKind(name, "map", paper, outlier=_energy_of_changed, export_refusal=_LAYERS_REFUSAL, library=cls,
                    in_auto=False, change_map=_changed_map(cls)) for name, cls, paper in (
         ("ash-map", "ASH", "Djurisic et al., ICLR 2023 (ASH-S on the last feature map, as the paper applies it; the "
@@ -277,7 +285,6 @@ NOT_WIRED = {
     "Gram": "not yet: its fit reads whole feature maps of several layers through a data loader (the taps keep "
             "spatial means only)",
     "NACUE": "not yet: reads intermediate layers and their gradients (issue 26 items 2-3)",
-    "MCD": "needs dropout at test time: Monte-Carlo dropout (not yet wired for models with dropout layers)",
     "MCM": "needs a CLIP text encoder (zero-shot vision-language models), not a fixed classifier",
 }
 
@@ -288,8 +295,10 @@ def check_name(name: str) -> None:
     if unknown or not name:
         raise WatermarkOODError(f"unknown score {unknown[0] if unknown else name!r}; known scores: "
                                 f"{', '.join(SCORE_NAMES)} (combine several with '+', e.g. knn+vim+energy)")
-    if "+" in name and any(DETECTOR_KINDS[p].reads == "gradient" for p in name.split("+")):
-        raise WatermarkOODError("odin needs input gradients and cannot be part of a combination")
+    if "+" in name and any(DETECTOR_KINDS[p].reads in ("gradient", "sampling") for p in name.split("+")):
+        own = next(p for p in name.split("+") if DETECTOR_KINDS[p].reads in ("gradient", "sampling"))
+        why = "needs input gradients" if DETECTOR_KINDS[own].reads == "gradient" else "samples dropout masks"
+        raise WatermarkOODError(f"{own} {why} and cannot be part of a combination")
     if "+" in name and reads_layers(name):
         layered = next(p for p in name.split("+") if p in LAYER_SCORES)
         raise WatermarkOODError(f"{layered} reads intermediate layers and cannot be part of a combination yet")

@@ -164,13 +164,16 @@ def evaluate_scores(
             fit_forward_seconds = time.perf_counter() - t0  # part of every fitted detector's fit time
             for score in scores:
                 detector = Detector(model, normalization, mark, score, execution=execution)
+                own = detector.reads not in ("logits", "features")  # odin, mcd, layer and map kinds: own passes
                 t0 = time.perf_counter()
-                if score != "odin":
+                if not own:
                     detector.fit_outputs(*fit_out, fit_part.labels, z_out)
-                fit_seconds = time.perf_counter() - t0 + (fit_forward_seconds if detector.scorer is not None
-                                                          and _is_fitted_kind(score) else 0.0)
+                elif detector.scorer is not None and _is_fitted_kind(score):
+                    detector.fit(fit_part, limit=len(fit_part))
+                fit_seconds = time.perf_counter() - t0 + (fit_forward_seconds if not own and detector.scorer is not
+                                                          None and _is_fitted_kind(score) else 0.0)
                 t0 = time.perf_counter()
-                if score == "odin":
+                if own:
                     s_id = detector.scores(id_test)
                     s_ood = {s.name: detector.scores(s) for s in ood_sets}
                     seconds = time.perf_counter() - t0

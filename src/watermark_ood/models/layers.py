@@ -155,3 +155,10 @@ def layer_widths(model: nn.Module, names: Sequence[str], image_shape: Sequence[i
     finally:
         taps.close()
     return taps.widths
+
+
+def has_dropout(model: nn.Module) -> bool:
+    """Whether test-time dropout changes anything: a dropout module with p > 0, or a block with a positive
+    ``drop_rate`` (the WideResNets' and torchvision's convention for functional dropout)."""
+    return any((isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0) or float(getattr(m, "drop_rate", 0) or 0) > 0
+               for m in model.modules())

@@ -46,12 +46,14 @@ class EvaluateSettings:
 
 
 def expand_scores(names: Sequence[str] | None) -> list[str]:
-    """``--scores``: names and combinations, ``all`` for every detector; unknown names are one-line errors."""
-    from watermark_ood.detection.registry import SCORE_NAMES, check_name
+    """``--scores``: names and combinations, ``all`` for every detector that runs on any classifier (mcd, which
+    needs dropout layers, only by name); unknown names are one-line errors."""
+    from watermark_ood.detection.registry import DETECTOR_KINDS, SCORE_NAMES, check_name
 
+    every = [n for n in SCORE_NAMES if DETECTOR_KINDS[n].reads != "sampling"]
     out: list[str] = []
     for name in names or ():
-        for item in (SCORE_NAMES if name == "all" else [name]):
+        for item in (every if name == "all" else [name]):
             check_name(item)
             if item not in out:
                 out.append(item)

@@ -13,6 +13,7 @@ from torch import nn
 from watermark_ood.core import distributed
 from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.core.progress import bar as progress_bar
+from watermark_ood.core.randomness import derived_seed
 from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.data.streaming import place_rows
@@ -139,3 +140,25 @@ def odin_scores(model: nn.Module, images: ImageSet, normalization: Normalization
         scores = -detector.predict(normalization(pixels.to(device))).detach().float().cpu() if len(pixels) else None
         out.append((kept, None if scores is None else scores[:, None]))
     return place_rows(out, len(images), execution.eval_batch_size)[:, 0].numpy()
+
+
+def mcd_scores(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
+               execution: ExecutionConfig, samples: int = 30, seed: int = 0) -> np.ndarray:
+    """Monte-Carlo dropout via pytorch-ood's ``MCD`` (``samples`` passes with dropout on, BatchNorm in eval mode;
+    the variance of the softmax averaged over classes); higher = more ID. The dropout masks of each batch come from
+    (seed, the batch's first row), so a set scores the same every time; the model is left in eval mode."""
+    from pytorch_ood.detector import MCD
+
+    device = execution.torch_device()
+    module = WatermarkedModel(model, watermark).eval().to(device)
+    detector = MCD(module, samples=samples)
+    out, size = [], execution.eval_batch_size
+    for start, (kept, pixels) in zip(range(0, len(images), size), images.batches(size)):
+        scores = None
+        if len(pixels):
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(derived_seed(seed, start))
+                scores = -detector.predict(normalization(pixels.to(device))).detach().float().cpu()
+        out.append((kept, None if scores is None else scores[:, None]))
+    module.eval()
+    return place_rows(out, len(images), size)[:, 0].numpy()
