@@ -30,8 +30,10 @@ from scipy.stats import spearmanr
 from watermark_ood.data.readers import load_id_data, load_ood_data
 from watermark_ood.data.synthetic import CLASS_KINDS, OBJECT_DESTROYING_KINDS, OUTLIER_KINDS
 from watermark_ood.detection.detector import Detector
+from watermark_ood.detection.registry import DETECTOR_KINDS
 from watermark_ood.evaluation.metrics import mean_metrics, ood_metrics
 from watermark_ood.evaluation.protocol import protocol_subsample
+from watermark_ood.models.layers import has_dropout
 from watermark_ood.models.registry import load_model
 from watermark_ood.pipelines.bench import fit_config_for
 from watermark_ood.runtime.device import ExecutionConfig
@@ -53,6 +55,8 @@ def main() -> None:
                    help="only time the shipped selection against one watermark fit (no OOD data, one rule)")
     p.add_argument("--rules", nargs="+", choices=list(RULES), help="ranking rules to run besides the shipped "
                    "one [all of RULES]")
+    p.add_argument("--candidates", choices=["shipped", "all"], default="shipped",
+                   help="the shipped candidates of --score auto, or every detector the model runs (issue 26)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     if not args.cost_only and not args.ood_data:
@@ -75,8 +79,9 @@ def main() -> None:
              or kinds == shipped_kinds}
     for rule, kinds in sorted(rules.items(), key=lambda item: item[1] != shipped_kinds):  # the shipped rule first
         t0 = time.perf_counter()
-        selections[rule] = select_detector(model.module, model.normalization, train, watermark, 0.95,
-                                           SelectionSettings(ranking_kinds=kinds), execution, model.model_id, log=print)
+        settings = SelectionSettings(ranking_kinds=kinds, candidates=candidates_for(args.candidates, model.module))
+        selections[rule] = select_detector(model.module, model.normalization, train, watermark, 0.95, settings,
+                                           execution, model.model_id, log=print)
         seconds = time.perf_counter() - t0
         choose_seconds = choose_seconds or seconds  # the shipped rule's time
         print(f"{rule}: chose {selections[rule].detector.score} (watermark: {selections[rule].ranking[0]['watermark']})"
@@ -102,10 +107,10 @@ def main() -> None:
                           "ood": {s.name: probe.outputs(s) for s in ood}}
         c = cache[key]
         detector = Detector(model.module, model.normalization, mark, row["score"], execution=execution)
-        if row["score"] == "odin":
+        detector.fit_shared(fit_set, c["fit"], c["z"])
+        if detector.own_passes:
             s_id, s_ood = detector.scores(test), {s.name: detector.scores(s) for s in ood}
         else:
-            detector.fit_outputs(*c["fit"], fit_set.labels, c["z"])
             s_id, s_ood = detector.scores_from(*c["test"]), {k: detector.scores_from(*v) for k, v in c["ood"].items()}
         per = {k: ood_metrics(s_id, v) for k, v in s_ood.items()}
         (rows if (row["score"], row["watermark"]) in seen else extra).append({**row, "real": {**per, "mean": mean_metrics(per)}})
@@ -136,7 +141,7 @@ def main() -> None:
         # knowing the suite has a grey set (Fashion-MNIST), so the choice is also judged without it
         "targets_leaving_out": {left: leave_out(left, shipped, best_rows=rows + extra, energy=energy["real"]) for left in shipped},
         "spearman_synthetic_vs_real": {"rho": float(rho.statistic), "p": float(rho.pvalue), "n": len(rows)},
-        "ranking_kinds": list(shipped_kinds),
+        "ranking_kinds": list(shipped_kinds), "candidate_pool": args.candidates,
         "rules": {rule: rule_outcome(sel, rows + extra, best, energy["real"], shipped_mean if rule == shipped_rule
                                      else None) for rule, sel in selections.items()},
         "choose_seconds": choose_seconds, "candidates": rows, "candidates_of_other_rules": extra,
@@ -150,6 +155,13 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps({k: result[k] for k in ("chosen", "best_in_hindsight", "targets", "spearman_synthetic_vs_real",
                                              "choose_seconds")}, indent=1)[:3000])
+
+
+def candidates_for(which: str, module: torch.nn.Module) -> tuple[str, ...]:
+    """The shipped pool, or every registered detector the model runs (mcd only where it has dropout)."""
+    if which == "shipped":
+        return tuple(SelectionSettings().candidates)
+    return tuple(n for n, kind in DETECTOR_KINDS.items() if kind.reads != "sampling" or has_dropout(module))
 
 
 def reference_fit_seconds(model, train, execution) -> float:

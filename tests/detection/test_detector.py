@@ -246,6 +246,28 @@ def test_selection_ranks_on_the_chosen_outlier_kinds_only(trained_toy):
         select_detector(model, norm, train, settings=SelectionSettings(ranking_kinds=("sepia",)), execution=CPU)
 
 
+def test_selection_ranks_detectors_with_their_own_passes_and_ships_the_winner(trained_toy):
+    """Layer and map detectors rank beside the shared-output ones (never inside combinations); whichever wins is
+    fitted and calibrated on its own passes: its shipped scores are those of the detector fitted alone."""
+    from watermark_ood.selection.auto_score import SelectionSettings, select_detector, selection_splits
+
+    model, norm, train = trained_toy
+    own = ("multimahalanobis", "rankfeat", "ash-map")
+    for candidates in (("energy", *own), own):  # the second pool: the winner is one of them
+        settings = SelectionSettings(candidates=candidates, combine=(2,), fit_images=200, rank_images=50,
+                                     calibration_images=20, holdout_fraction=0.2)
+        selection = select_detector(model, norm, train, settings=settings, execution=CPU)
+        rows = {r["score"]: r for r in selection.ranking}
+        assert all(rows[n]["ok"] and rows[n]["own_passes"] for n in own)
+        assert not any("+" in name and set(name.split("+")) & set(own) for name in rows)
+    chosen = selection.detector
+    assert chosen.score in own and chosen.threshold is not None
+    fit_set = selection_splits(train, settings)[0]
+    alone = Detector(model, norm, None, chosen.score, execution=CPU).fit(fit_set, limit=len(fit_set))
+    test = make_images(30, seed=8)
+    assert np.allclose(chosen.scores(test), alone.scores(test), rtol=1e-6)
+
+
 def test_selection_with_class_kinds_ranks_on_them_and_reports_every_kind_made(trained_toy):
     """The pre-registered class kinds (issue 27): made only when the ranking asks for them; combinations' per-kind
     figures use the same seven kinds as single detectors'."""

@@ -142,6 +142,19 @@ class Detector:
         return DETECTOR_KINDS[self.score].reads if self.scorer is None else self.scorer.reads
 
     @property
+    def own_passes(self) -> bool:
+        """Whether the score makes its own passes over the images (odin, mcd, layer and map detectors) instead of
+        reading the logits and penultimate features that callers compute once and share between detectors."""
+        return self.reads not in ("logits", "features")
+
+    def fit_shared(self, fit_set: ImageSet, fit: tuple, z: tuple) -> "Detector":
+        """Fit from shared outputs of ``fit_set`` (``fit``) and of a held-out part (``z``, combinations' z-scores);
+        a detector with its own passes fits on ``fit_set`` itself."""
+        if self.own_passes:
+            return self.fit(fit_set, limit=len(fit_set))
+        return self.fit_outputs(*fit, fit_set.labels, z)
+
+    @property
     def fitted(self) -> bool:
         return self.scorer is None or self.scorer.fitted
 

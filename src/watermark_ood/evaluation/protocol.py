@@ -164,12 +164,9 @@ def evaluate_scores(
             fit_forward_seconds = time.perf_counter() - t0  # part of every fitted detector's fit time
             for score in scores:
                 detector = Detector(model, normalization, mark, score, execution=execution)
-                own = detector.reads not in ("logits", "features")  # odin, mcd, layer and map kinds: own passes
+                own = detector.own_passes
                 t0 = time.perf_counter()
-                if not own:
-                    detector.fit_outputs(*fit_out, fit_part.labels, z_out)
-                elif detector.scorer is not None and _is_fitted_kind(score):
-                    detector.fit(fit_part, limit=len(fit_part))
+                detector.fit_shared(fit_part, fit_out, z_out)
                 fit_seconds = time.perf_counter() - t0 + (fit_forward_seconds if not own and detector.scorer is not
                                                           None and _is_fitted_kind(score) else 0.0)
                 t0 = time.perf_counter()

@@ -33,7 +33,7 @@ from watermark_ood.data.streaming import without_skipped
 from watermark_ood.data.synthetic import (OBJECT_DESTROYING_KINDS, OUTLIER_KINDS, kind_rows, synthesize_outliers,
                                           synthesized_kinds)
 from watermark_ood.detection.detector import FIT_IMAGES, Detector
-from watermark_ood.detection.registry import AUTO_CANDIDATES
+from watermark_ood.detection.registry import AUTO_CANDIDATES, DETECTOR_KINDS, reads_layers
 from watermark_ood.evaluation.metrics import accuracy, auroc, fpr_at_tpr, fpr_at_tpr_resampled
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.selection.validation import lost_kind, per_kind_fpr
@@ -140,7 +140,8 @@ def select_detector(model: torch.nn.Module, normalization: Normalization, train:
             if log is not None:
                 log(_describe(rows[-1]))
         ranking += rows
-        usable = sorted((r for r in rows if r["ok"] and r["score"] != "odin"), key=_key)
+        usable = sorted((r for r in rows if r["ok"] and not reads_layers(r["score"])
+                         and DETECTOR_KINDS[r["score"]].score_images is None), key=_key)  # parts of combinations
         for k in settings.combine:
             if len(usable) >= k:
                 name = "+".join(r["score"] for r in usable[:k])
@@ -171,11 +172,11 @@ def select_detector(model: torch.nn.Module, normalization: Normalization, train:
     mark = watermark if best["watermark"] == "given" else None
     detector = Detector(model, normalization, mark, best["score"], execution=execution, model_id=model_id)
     outputs = cached[best["watermark"]]
-    detector.fit_outputs(*outputs["fit"], fit_set.labels, outputs["z"])
+    detector.fit_shared(fit_set, outputs["fit"], outputs["z"])
     detector.input_shape = tuple(train.image_shape)
     detector.calibrate(calibration.sample(settings.calibration_images, settings.seed), tpr, settings.per_class,
                        train.num_classes)
-    forward_seconds += sum(r.get("seconds", 0.0) for r in ranking if r["score"] == "odin")
+    forward_seconds += sum(r.get("seconds", 0.0) for r in ranking if r.get("own_passes"))
     selection = Selection(detector, ranking, time.perf_counter() - t0, tuple(settings.ranking_kinds),
                           {"id": len(rank_id), "outliers": int(len(ranked_rows))}, forward_seconds)
     detector.selection = selection.summary()
@@ -257,13 +258,12 @@ def _rank_one(model, normalization, mark, name, condition, outputs, fit_set, ran
     t0 = time.perf_counter()
     try:
         detector = Detector(model, normalization, mark, name, execution=execution, model_id=model_id)
-        if name == "odin":
+        detector.fit_shared(fit_set, outputs["fit"], outputs["z"])
+        if detector.own_passes:  # odin, mcd, layer and map detectors
             s_id, s_out = detector.scores(rank_id), detector.scores(outliers)
-            fitted_values = 0
         else:
-            detector.fit_outputs(*outputs["fit"], fit_set.labels, outputs["z"])
             s_id, s_out = detector.scores_from(*outputs["id"]), detector.scores_from(*outputs["out"])
-            fitted_values = sum(t.numel() for t in detector.scorer.state()[0].values())
+        fitted_values = 0 if detector.scorer is None else sum(t.numel() for t in detector.scorer.state()[0].values())
     except WatermarkOODError as error:
         return {**row, "ok": False, "error": str(error)}
     s_id = without_skipped(s_id)  # rows of unreadable ID files (streamed with skip_bad); outliers are in memory
@@ -271,6 +271,7 @@ def _rank_one(model, normalization, mark, name, condition, outputs, fit_set, ran
     return {**row, "ok": True, "fpr95": fpr_at_tpr(s_id, s_out), "auroc": auroc(s_id, s_out),
             "ranking_fpr95": fpr_at_tpr(s_id, ranked), "ranking_auroc": auroc(s_id, ranked),
             "per_kind": per_kind_fpr(s_id, s_out, made), "seconds": time.perf_counter() - t0, "fitted_values": fitted_values,
+            **({"own_passes": True} if detector.own_passes else {}),
             SCORES: (s_id, ranked)}
 
 
