@@ -146,3 +146,24 @@ def test_issue14_gpu_script_dry_run_on_cpu_returns_curves_weights_and_record(tmp
             lines = [json.loads(line) for line in archive.extractfile(name).read().decode().splitlines()]
             assert [line["epoch"] for line in lines] == [0, 1] and set(lines[1]["per_set"]) == {"flat", "noise"}
         assert sum(n.endswith("watermark.safetensors") for n in names) == 5
+
+
+def test_library_side_by_side_equals_the_library_where_settings_agree(tmp_path):
+    """Issue 26's reference: where our settings are the library's defaults, the two mean FPR95s are equal."""
+    data = write_npz_dataset(tmp_path / "toy", n_train=120, n_test=40, size=32, classes=10)
+    ood = tmp_path / "ood.npz"
+    np.savez_compressed(ood, x=np.load(write_npz_dataset(tmp_path / "other", n_test=40, size=32, seed=7)
+                                       / "test.npz")["x"])
+    weights = tmp_path / "w.safetensors"
+    subprocess.run([sys.executable, str(BENCHMARKS / "train_classifier.py"), "--model", "resnet8", "--id-data",
+                    str(data), "--epochs", "1", "--batch-size", "32", "--out", str(weights)], check=True,
+                   capture_output=True)
+    out = tmp_path / "side.json"
+    subprocess.run([sys.executable, str(BENCHMARKS / "library_side_by_side.py"), "--model", "resnet8", "--checkpoint",
+                    str(weights), "--id-data", str(data), "--ood-data", str(ood), "--scores", "energy", "knn",
+                    "multimahalanobis", "rankfeat", "--out", str(out)], check=True, capture_output=True)
+    result = json.loads(out.read_text())
+    assert [r["detector"] for r in result["detectors"]] == ["energy", "knn", "multimahalanobis", "rankfeat"]
+    for row in result["detectors"]:
+        assert abs(row["gap_points"]) < 1e-6 and row["within_2_points"], row["detector"]
+        assert 0 <= row["ours"]["mean"]["fpr95"] <= 1 and row["library"]["ood"]["auroc"] > 0
