@@ -345,3 +345,35 @@ def test_mcd_equals_pytorch_ood_with_seeded_masks_and_needs_dropout(trained_toy,
     assert np.array_equal(loaded.scores(test), ours)
     with pytest.raises(WatermarkOODError, match="mcd cannot be exported"):
         export_onnx(loaded, tmp_path / "mcd.onnx")
+
+
+def test_gradient_detectors_equal_pytorch_ood(trained_toy, tmp_path):
+    """graduncertainty (every parameter's per-image gradient) and mahalanobis-odin (fitted on features, scored on
+    inputs perturbed against the distance): ours equal the library's own predict; fitted state round-trips."""
+    from pytorch_ood.detector import GradUncertainty, MahalanobisODIN
+
+    from watermark_ood.detection.export import export_onnx
+    from watermark_ood.models.taps import split_at_head
+    from watermark_ood.runtime.inference import WatermarkedModel
+
+    model, norm, train = trained_toy
+    test = make_images(40, seed=11)
+    x = norm(test.images)
+    uncertainty = Detector(model, norm, None, "graduncertainty", execution=CPU)
+    expected = -GradUncertainty(WatermarkedModel(model, None).eval()).predict(x).numpy()
+    assert np.allclose(uncertainty.scores(test), expected, rtol=1e-5) and float(np.std(expected)) > 0
+    detector = Detector(model, norm, None, "mahalanobis-odin", execution=CPU).fit(train)
+    library = MahalanobisODIN(split_at_head(model)[0].eval(), norm_std=list(norm.std))
+    library.fit_features(Detector(model, norm, None, "knn", execution=CPU).outputs(train)[1], train.labels)
+    ours = detector.scores(test)
+    assert np.allclose(ours, -library.predict(x).detach().numpy(), rtol=1e-5) and float(np.std(ours)) > 0
+    plain = Detector(model, norm, None, "mahalanobis", execution=CPU).fit(train).scores(test)
+    assert not np.allclose(ours, plain)  # the perturbation changed the scores
+    detector.calibrate(make_images(60, seed=5))
+    loaded = Detector.load(detector.save(tmp_path / "m.safetensors"), model, CPU)
+    assert np.array_equal(loaded.scores(test), ours) and loaded.predict(test).is_ood.shape == (40,)
+    for name, made in (("graduncertainty", uncertainty.calibrate(make_images(60, seed=5))), ("mo", loaded)):
+        with pytest.raises(WatermarkOODError, match="cannot be exported"):
+            export_onnx(made, tmp_path / f"{name}.onnx")
+    with pytest.raises(WatermarkOODError, match="mahalanobis-odin needs input gradients and cannot be part"):
+        check_name("knn+mahalanobis-odin")

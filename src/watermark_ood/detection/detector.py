@@ -39,6 +39,7 @@ from watermark_ood.detection.registry import DETECTOR_KINDS, LAYER_SCORES, check
 from watermark_ood.models.layers import check_layers, default_layers, default_map_layer, has_dropout, layer_widths
 from watermark_ood.models.taps import last_linear
 from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.runtime.inference import perturbed_scores
 from watermark_ood.watermark.config import FitConfig, get_preset
 from watermark_ood.watermark.file import Watermark
 
@@ -170,7 +171,7 @@ class Detector:
             change = (self.layers[0], self.scorer.kind.change_map())
             return (predict_logits(self.model, images, self.normalization, self.watermark, self.execution),
                     infer(self.model, images, self.normalization, self.watermark, self.execution, rewrite=change)[0])
-        if self.reads == "features":
+        if self.reads in ("features", "perturbed"):  # perturbed: fitted on the features, scored on the images
             return logits_and_features(self.model, images, self.normalization, self.watermark, self.execution)
         return predict_logits(self.model, images, self.normalization, self.watermark, self.execution), None
 
@@ -196,6 +197,9 @@ class Detector:
     def scores(self, images: ImageSet | torch.Tensor) -> np.ndarray:
         """Higher = more in-distribution."""
         images = as_images(images)
+        if self.reads == "perturbed":
+            return perturbed_scores(self.model, images, self.normalization, self.watermark, self.execution,
+                                    self.scorer.impl)
         if self.scorer is None:  # odin, mcd: their own passes over the images
             return DETECTOR_KINDS[self.score].score_images(self.model, images, self.normalization, self.watermark,
                                                            self.execution)
@@ -262,7 +266,7 @@ class Detector:
 
     def _scores_and_classes(self, images: ImageSet) -> tuple[np.ndarray, np.ndarray]:
         """Scores and the classifier's predicted classes (-1 for unreadable files), from one forward pass."""
-        if self.scorer is None:
+        if self.scorer is None or self.reads == "perturbed":
             from watermark_ood.runtime.inference import predict_logits
 
             scores = self.scores(images)

@@ -26,7 +26,8 @@ __all__ = ["PosthocScore", "Combination", "build_score", "check_state",  # and, 
            "gen_outlier", "knn_kth_distance", "mahalanobis_min_distance"]
 _FlatHead = FlatHead  # its name before the registry was one table
 # Stateful pytorch-ood attributes that are rebuilt from the model, never saved.
-_REBUILT = {"encoder", "model", "head", "backbone", "detector", "ash", "knn", "criterion", "_device"}
+_REBUILT = {"encoder", "model", "head", "backbone", "detector", "ash", "knn", "criterion", "_device", "_base",
+            "norm_std"}
 
 
 def require_fitted(score: "PosthocScore | Combination") -> None:
@@ -84,6 +85,9 @@ class PosthocScore:
         """pytorch-ood's outlier score (higher = more OOD); ``traceable`` uses our torch formula for export."""
         require_fitted(self)
         kind = self.kind
+        if kind.reads == "perturbed":
+            raise WatermarkOODError(f"{self.name} perturbs the inputs; score images with Detector.scores(), not "
+                                    "precomputed features")
         if kind.reads in ("features", "layers", "map"):
             if features is None:
                 what = {"features": "penultimate features", "layers": "the tapped layers' features",

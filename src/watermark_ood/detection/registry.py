@@ -27,7 +27,7 @@ from watermark_ood.core.schema import StateSchema, Value
 from watermark_ood.detection import functional as F
 from watermark_ood.detection.layer_mahalanobis import LayerMahalanobis
 from watermark_ood.detection.weiper import WeiPer
-from watermark_ood.runtime.inference import mcd_scores, odin_scores
+from watermark_ood.runtime.inference import graduncertainty_scores, mcd_scores, odin_scores
 
 
 def _pod() -> Any:
@@ -89,6 +89,7 @@ class DetectorKind:
 
     name: str
     reads: str  # "logits" | "features" | "layers" (tapped layers' spatial means) | "map" | "gradient" | "sampling"
+    #             | "perturbed" (fitted on features, scored on perturbed inputs)
     paper: str
     fitted: bool = False
     state: StateSchema = StateSchema()  # what its saved state holds (checked when a file is loaded)
@@ -155,6 +156,19 @@ _GAUSSIAN = {"mu": ("K", "D"), "cov": ("D", "D"), "precision": ("D", "D")}  # cl
 _ODIN_REFUSAL = ("odin cannot be exported: its input perturbation needs a gradient pass at inference, which neither "
                  "TorchScript traces nor ONNX carry; use `watermark-ood predict`, or calibrate another score (see "
                  "`calibrate --score auto`)")
+_GRADIENT_REFUSAL = ("detectors with input or parameter gradients cannot be exported: neither TorchScript traces "
+                     "nor ONNX carry a backward pass; use `watermark-ood predict`, or calibrate another score")
+
+
+def _expose_gaussian(impl: Any, features: torch.Tensor, labels: torch.Tensor) -> None:
+    """MahalanobisODIN keeps its Gaussian in an inner Mahalanobis: its tensors, where saving finds them."""
+    impl.mu, impl.cov, impl.precision = impl._base.mu, impl._base.cov, impl._base.precision
+
+
+def _restore_gaussian(impl: Any) -> None:
+    impl._base.mu, impl._base.cov, impl._base.precision = impl.mu, impl.cov, impl.precision
+
+
 _MCD_REFUSAL = ("mcd cannot be exported: its 30 passes with random dropout masks are not one traced function; use "
                 "`watermark-ood predict`, or calibrate another score")
 _LAYERS_REFUSAL = ("detectors on intermediate layers cannot be exported yet: the exported module carries the "
@@ -261,6 +275,14 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
                  StateSchema({"mu": ("K", "S"), "precision": ("S", "S"), "widths": ("L",)}),
                  lambda h: LayerMahalanobis(h.widths), after_load=LayerMahalanobis.rebuild,
                  export_refusal=_LAYERS_REFUSAL, library="MultiMahalanobis", in_auto=False),
+    DetectorKind("graduncertainty", "gradient", "Igoe et al., 2022 (gradients as a measure of uncertainty: every "
+                 "parameter's gradient to an all-ones label, per image)", export_refusal=_GRADIENT_REFUSAL,
+                 library="GradUncertainty", in_auto=False, score_images=graduncertainty_scores),
+    DetectorKind("mahalanobis-odin", "perturbed", "Lee et al., NeurIPS 2018 (Mahalanobis on inputs perturbed "
+                 "against the distance, ODIN-style; fitted on the penultimate features)", True,
+                 StateSchema(_GAUSSIAN, {"eps": Value("float", 0.0, 1.0, low_open=True)}),
+                 lambda h: _pod().MahalanobisODIN(None), after_fit=_expose_gaussian, after_load=_restore_gaussian,
+                 export_refusal=_GRADIENT_REFUSAL, library="MahalanobisODIN", in_auto=False),
     DetectorKind("mcd", "sampling", "Gal & Ghahramani, ICML 2016 (Monte-Carlo dropout: the softmax's variance "
                  "over 30 passes with dropout on; models with dropout only)", export_refusal=_MCD_REFUSAL,
                  library="MCD", in_auto=False, score_images=mcd_scores),
@@ -280,13 +302,14 @@ NOT_WIRED = {
     "WeightedEBO": "its class weights come from VOS training (pytorch_ood.loss.VOSRegLoss); a fixed classifier has "
                    "none, and with equal weights it is the energy score",
     "OpenMax": "not yet: its fitted Weibull models are Python objects that need a tensor form to be saved",
-    "MahalanobisODIN": "not yet: input perturbation on the Mahalanobis score (a gradient detector, like odin)",
-    "GradUncertainty": "not yet: gradients of all parameters per image",
     "Gram": "not yet: its fit reads whole feature maps of several layers through a data loader (the taps keep "
             "spatial means only)",
     "NACUE": "not yet: reads intermediate layers and their gradients (issue 26 items 2-3)",
     "MCM": "needs a CLIP text encoder (zero-shot vision-language models), not a fixed classifier",
 }
+
+
+_OWN_INPUTS = {"gradient": "needs gradients", "perturbed": "needs input gradients", "sampling": "samples dropout masks"}
 
 
 def check_name(name: str) -> None:
@@ -295,9 +318,9 @@ def check_name(name: str) -> None:
     if unknown or not name:
         raise WatermarkOODError(f"unknown score {unknown[0] if unknown else name!r}; known scores: "
                                 f"{', '.join(SCORE_NAMES)} (combine several with '+', e.g. knn+vim+energy)")
-    if "+" in name and any(DETECTOR_KINDS[p].reads in ("gradient", "sampling") for p in name.split("+")):
-        own = next(p for p in name.split("+") if DETECTOR_KINDS[p].reads in ("gradient", "sampling"))
-        why = "needs input gradients" if DETECTOR_KINDS[own].reads == "gradient" else "samples dropout masks"
+    if "+" in name and any(DETECTOR_KINDS[p].reads in _OWN_INPUTS for p in name.split("+")):
+        own = next(p for p in name.split("+") if DETECTOR_KINDS[p].reads in _OWN_INPUTS)
+        why = _OWN_INPUTS[DETECTOR_KINDS[own].reads]
         raise WatermarkOODError(f"{own} {why} and cannot be part of a combination")
     if "+" in name and reads_layers(name):
         layered = next(p for p in name.split("+") if p in LAYER_SCORES)

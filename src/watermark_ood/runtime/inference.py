@@ -18,7 +18,7 @@ from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.data.streaming import place_rows
 from watermark_ood.models.layers import LayerRewrite, LayerTaps
-from watermark_ood.models.taps import PenultimateHook
+from watermark_ood.models.taps import PenultimateHook, split_at_head
 from watermark_ood.runtime.device import ExecutionConfig, prepare_model
 
 if TYPE_CHECKING:  # the watermark file is a layer above; inference only adds its tensor
@@ -162,3 +162,38 @@ def mcd_scores(model: nn.Module, images: ImageSet, normalization: Normalization,
         out.append((kept, None if scores is None else scores[:, None]))
     module.eval()
     return place_rows(out, len(images), size)[:, 0].numpy()
+
+
+def graduncertainty_scores(model: nn.Module, images: ImageSet, normalization: Normalization,
+                           watermark: Watermark | None, execution: ExecutionConfig, batch: int = 64) -> np.ndarray:
+    """GradUncertainty via pytorch-ood (the squared norm of every parameter's per-image gradient of the binary
+    cross-entropy to an all-ones label); higher = more ID. Small batches: per-image gradients of all parameters."""
+    from pytorch_ood.detector import GradUncertainty
+
+    device = execution.torch_device()
+    detector = GradUncertainty(WatermarkedModel(model, watermark).eval().to(device))
+    out = []
+    for kept, pixels in images.batches(batch):
+        scores = -detector.predict(normalization(pixels.to(device))).detach().float().cpu() if len(pixels) else None
+        out.append((kept, None if scores is None else scores[:, None]))
+    return place_rows(out, len(images), batch)[:, 0].numpy()
+
+
+def perturbed_scores(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
+                     execution: ExecutionConfig, detector) -> np.ndarray:
+    """A fitted pytorch-ood detector that perturbs its inputs through the penultimate features (MahalanobisODIN),
+    scored with its own ``predict``: its encoder is the (watermarked) model up to its last linear layer; higher =
+    more ID."""
+    device = execution.torch_device()
+    encoder = split_at_head(WatermarkedModel(model, watermark))[0].eval().to(device)
+    detector._base.encoder, detector.norm_std = encoder, list(normalization.std)
+    out = []
+    try:
+        for kept, pixels in images.batches(execution.eval_batch_size):
+            scores = None
+            if len(pixels):
+                scores = -detector.predict(normalization(pixels.to(device))).detach().float().cpu()
+            out.append((kept, None if scores is None else scores[:, None]))
+    finally:
+        detector._base.encoder, detector.norm_std = None, None
+    return place_rows(out, len(images), execution.eval_batch_size)[:, 0].numpy()
