@@ -36,7 +36,7 @@ from watermark_ood.detection.detector_file import (FORMAT, FORMAT_VERSION, check
                                                    read_detector_file)
 from watermark_ood.detection.posthoc import Combination, PosthocScore, build_score
 from watermark_ood.detection.registry import DETECTOR_KINDS, LAYER_SCORES, check_name, reads_features, reads_layers
-from watermark_ood.models.layers import check_layers, default_layers, default_map_layer, has_dropout, layer_widths
+from watermark_ood.models.layers import has_dropout, layer_widths, resolve_layers
 from watermark_ood.models.taps import last_linear
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.runtime.inference import perturbed_scores
@@ -119,7 +119,7 @@ class Detector:
         # the layers a detector on intermediate layers taps: as named, else the architecture's stage outputs
         self.layers: tuple[str, ...] | None = None
         if reads_layers(score):
-            self.layers = self._layers_for(score, model, layers)
+            self.layers = resolve_layers(score, DETECTOR_KINDS[score].reads == "map", model, layers)
         elif layers is not None:
             raise WatermarkOODError(f"{score} reads no intermediate layers; --layers is for {', '.join(LAYER_SCORES)}")
         self.threshold: float | None = None
@@ -129,14 +129,6 @@ class Detector:
         self.class_names: list[str] | None = None  # the ID classes' names, where the data had them
         self.calibration: Calibration | None = None  # the sorted calibration scores (p-values, guarantees)
         self.fit_seconds: float | None = None
-
-    @staticmethod
-    def _layers_for(score: str, model: torch.nn.Module, layers: Sequence[str] | None) -> tuple[str, ...]:
-        if DETECTOR_KINDS[score].reads == "layers":
-            return check_layers(model, layers) if layers is not None else default_layers(model)
-        if layers is not None and len(layers) != 1:
-            raise WatermarkOODError(f"{score} changes one feature map; name one layer, not {len(layers)}")
-        return check_layers(model, layers) if layers is not None else (default_map_layer(model),)
 
     @property
     def reads(self) -> str:

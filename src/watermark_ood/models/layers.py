@@ -66,6 +66,16 @@ def check_layers(model: nn.Module, names: Sequence[str]) -> tuple[str, ...]:
     return names
 
 
+def resolve_layers(score: str, one_map: bool, model: nn.Module, layers: Sequence[str] | None) -> tuple[str, ...]:
+    """The layers a detector taps: as named (checked), else the architecture's defaults; ``one_map``: a detector
+    that changes one feature map (its last, by default)."""
+    if not one_map:
+        return check_layers(model, layers) if layers is not None else default_layers(model)
+    if layers is not None and len(layers) != 1:
+        raise WatermarkOODError(f"{score} changes one feature map; name one layer, not {len(layers)}")
+    return check_layers(model, layers) if layers is not None else (default_map_layer(model),)
+
+
 def spatial_mean(output: torch.Tensor) -> torch.Tensor:
     """(N, C, ...) -> (N, C): the mean over every axis after the channels (a vector layer is kept as it is)."""
     return output.flatten(2).mean(dim=2) if output.ndim > 2 else output
