@@ -377,3 +377,35 @@ def test_gradient_detectors_equal_pytorch_ood(trained_toy, tmp_path):
             export_onnx(made, tmp_path / f"{name}.onnx")
     with pytest.raises(WatermarkOODError, match="mahalanobis-odin needs input gradients and cannot be part"):
         check_name("knn+mahalanobis-odin")
+
+
+def test_gram_equals_pytorch_ood_on_the_stages_of_a_resnet(tmp_path, monkeypatch):
+    """Gram on tapped statistics against the library's Gram run through the model's consecutive stages, with the
+    same seeded 90/10 split of each class."""
+    from pytorch_ood.detector import Gram
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from watermark_ood.data.images import ImageSet
+    from watermark_ood.data.preprocessing import Normalization
+    from watermark_ood.models.architectures import cifar_resnet
+
+    torch.manual_seed(0)
+    model, norm = cifar_resnet(8).eval(), Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    train = ImageSet((torch.rand(300, 3, 16, 16) * 255).to(torch.uint8), torch.arange(300) % 10, "train")
+    test = (torch.rand(30, 3, 16, 16) * 255).to(torch.uint8)
+    detector = Detector(model, norm, None, "gram", execution=CPU).fit(train)
+    assert detector.scorer.widths == (48, 96, 192)  # channels x 3 poles
+    stem = torch.nn.Sequential(model.conv1, model.bn1, torch.nn.ReLU())
+    head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), model.linear)
+    library = Gram(head, [torch.nn.Sequential(stem, model.layer1), model.layer2, model.layer3], num_classes=10)
+    real, split = torch.randperm, torch.Generator().manual_seed(0)  # the library splits each class with the global
+    monkeypatch.setattr(torch, "randperm", lambda n, **kw: real(n, generator=split))  # generator; ours, seeded 0
+    library.fit(DataLoader(TensorDataset(norm(train.images), train.labels), batch_size=300))
+    monkeypatch.undo()
+    with torch.no_grad():
+        expected = -library.predict(norm(test)).double()
+    ours = torch.from_numpy(detector.scores(test).astype(np.float64))
+    assert torch.allclose(ours, expected, rtol=1e-4) and float(ours.std()) > 0
+    detector.calibrate(ImageSet(test, torch.zeros(30, dtype=torch.long)))
+    loaded = Detector.load(detector.save(tmp_path / "g.safetensors"), model, CPU)
+    assert np.array_equal(loaded.scores(test), detector.scores(test))

@@ -158,7 +158,8 @@ class Detector:
 
         images = as_images(images)
         if self.reads == "layers":
-            return infer(self.model, images, self.normalization, self.watermark, self.execution, layers=self.layers)
+            return infer(self.model, images, self.normalization, self.watermark, self.execution, layers=self.layers,
+                         reduce=self._reducer())
         if self.reads == "map":  # the plain logits (for the classes), then those of the changed map (the score)
             change = (self.layers[0], self.scorer.kind.change_map())
             return (predict_logits(self.model, images, self.normalization, self.watermark, self.execution),
@@ -239,7 +240,12 @@ class Detector:
         """The channels of each tapped layer (one forward pass of a blank image of the detector's input shape)."""
         if self.layers is None or self.input_shape is None:
             raise WatermarkOODError(f"{self.score}: the input shape is not known; fit with fit(), not fit_outputs()")
-        return layer_widths(self.model, self.layers, self.input_shape)
+        return layer_widths(self.model, self.layers, self.input_shape, self._reducer())
+
+    def _reducer(self):
+        """What the taps keep of each layer's map: the spatial mean, or the kind's own statistics (gram)."""
+        make = DETECTOR_KINDS[self.score].reduce_layers
+        return None if make is None else make(len(self.layers))
 
     def calibrate(self, id_validation: ImageSet, tpr: float = 0.95, per_class: bool = False,
                   num_classes: int | None = None) -> "Detector":

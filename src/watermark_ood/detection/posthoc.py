@@ -102,6 +102,8 @@ class PosthocScore:
             return self.impl.predict_logits(logits.float())
         if kind.via == "feature_maps":
             return self.impl.predict_feature_maps(features[:, :, None, None])
+        if kind.via == "structured":  # gram: the predicted class picks the bounds
+            return self.impl.predict_structured(logits.float(), features)
         return self.impl.predict_features(features)
 
     def __call__(self, logits: torch.Tensor, features: torch.Tensor | None, traceable: bool = False) -> torch.Tensor:

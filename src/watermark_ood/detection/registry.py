@@ -25,6 +25,7 @@ from torch import nn
 from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.core.schema import StateSchema, Value
 from watermark_ood.detection import functional as F
+from watermark_ood.detection.layer_gram import LayerGram, gram_reducer
 from watermark_ood.detection.layer_mahalanobis import LayerMahalanobis
 from watermark_ood.detection.weiper import WeiPer
 from watermark_ood.runtime.inference import graduncertainty_scores, mcd_scores, odin_scores
@@ -82,7 +83,8 @@ class DetectorKind:
 
     ``via`` says how the library object from ``build`` is fitted and called: ``"logits"`` (``fit_logits`` /
     ``predict_logits``), ``"features"`` (``fit_features`` / ``predict_features`` on the penultimate vector),
-    ``"feature_maps"`` (the same vector as an N x D x 1 x 1 map). Pure logit scores have no object and give
+    ``"feature_maps"`` (the same vector as an N x D x 1 x 1 map), ``"structured"`` (``predict_structured(logits,
+    features)``: gram, whose bounds are those of the predicted class). Pure logit scores have no object and give
     ``outlier`` (the library's static ``score``) instead. ``traced`` is our torch formula used at export where the
     library's code cannot be traced; ``protocol`` is the higher-is-ID logit function of the paper's tables.
     """
@@ -105,6 +107,8 @@ class DetectorKind:
     in_auto: bool = True  # a candidate of --score auto (kinds join once measured on the shared models)
     change_map: Callable[[], Callable[[torch.Tensor], torch.Tensor]] | None = None  # reads "map": the change made
     score_images: Callable[..., Any] | None = None  # reads "gradient" / "sampling": scores the images themselves
+    reduce_layers: Callable[[int], Callable[[torch.Tensor], torch.Tensor]] | None = None  # reads "layers": what the
+    # taps keep of each map, given the number of layers (None: the spatial mean)
 
     @property
     def exports(self) -> bool:
@@ -275,6 +279,12 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
                  StateSchema({"mu": ("K", "S"), "precision": ("S", "S"), "widths": ("L",)}),
                  lambda h: LayerMahalanobis(h.widths), after_load=LayerMahalanobis.rebuild,
                  export_refusal=_LAYERS_REFUSAL, library="MultiMahalanobis", in_auto=False),
+    DetectorKind("gram", "layers", "Sastry & Oore, ICML 2020 (Gram-matrix deviations: reads row-summed Gram "
+                 "vectors of poles 1..L of each tapped layer, by default each stage's output; detection/layer_gram.py)",
+                 True, StateSchema({"feature_min": ("K", "S"), "feature_max": ("K", "S"), "layer_norm": ("L",),
+                                    "widths": ("L",)}, {"seed": Value("int", 0)}),
+                 lambda h: LayerGram(h.widths), "structured", export_refusal=_LAYERS_REFUSAL, library="Gram",
+                 in_auto=False, reduce_layers=gram_reducer),
     DetectorKind("graduncertainty", "gradient", "Igoe et al., 2022 (gradients as a measure of uncertainty: every "
                  "parameter's gradient to an all-ones label, per image)", export_refusal=_GRADIENT_REFUSAL,
                  library="GradUncertainty", in_auto=False, score_images=graduncertainty_scores),
@@ -302,8 +312,6 @@ NOT_WIRED = {
     "WeightedEBO": "its class weights come from VOS training (pytorch_ood.loss.VOSRegLoss); a fixed classifier has "
                    "none, and with equal weights it is the energy score",
     "OpenMax": "not yet: its fitted Weibull models are Python objects that need a tensor form to be saved",
-    "Gram": "not yet: its fit reads whole feature maps of several layers through a data loader (the taps keep "
-            "spatial means only)",
     "NACUE": "not yet: reads intermediate layers and their gradients (issue 26 items 2-3)",
     "MCM": "needs a CLIP text encoder (zero-shot vision-language models), not a fixed classifier",
 }

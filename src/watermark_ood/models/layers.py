@@ -20,7 +20,7 @@ architectures have defaults, the output of each stage; other models name theirs 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -82,14 +82,16 @@ def spatial_mean(output: torch.Tensor) -> torch.Tensor:
 
 
 class LayerTaps:
-    """Records the spatial mean of each named layer's output during forward passes.
+    """Records the spatial mean (or another ``reduce``) of each named layer's output during forward passes.
 
     Same interface as :class:`watermark_ood.models.taps.PenultimateHook`: after each forward pass ``features``
     holds one (N, sum of channels) tensor more; ``widths`` are the channels per layer, in the order named.
     """
 
-    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, names: Sequence[str],
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.names = check_layers(model, names)
+        self.reduce = reduce or spatial_mean
         self.features: list[torch.Tensor] = []
         self.widths: tuple[int, ...] = ()
         self._pending: dict[str, torch.Tensor] = {}
@@ -102,7 +104,7 @@ class LayerTaps:
             if not isinstance(output, torch.Tensor):
                 raise WatermarkOODError(f"layer {name!r} does not return one tensor ({type(output).__name__}); "
                                         "tap a layer that does")
-            self._pending[name] = spatial_mean(output.detach().float()).cpu()
+            self._pending[name] = self.reduce(output.detach().float()).cpu()
         return keep
 
     def _collect(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -152,11 +154,13 @@ class LayerRewrite:
         self.handle.remove()
 
 
-def layer_widths(model: nn.Module, names: Sequence[str], image_shape: Sequence[int]) -> tuple[int, ...]:
-    """The channels of each named layer, from one forward pass of a blank image (checks a file's taps on load)."""
+def layer_widths(model: nn.Module, names: Sequence[str], image_shape: Sequence[int],
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[int, ...]:
+    """The width each named layer is reduced to (its channels, for the spatial mean), from one forward pass of a
+    blank image (checks a file's taps on load)."""
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
-    taps = LayerTaps(model, names)
+    taps = LayerTaps(model, names, reduce)
     try:
         with torch.no_grad():
             was_training = model.training

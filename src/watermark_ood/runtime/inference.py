@@ -48,11 +48,11 @@ def logits_and_features(model: nn.Module, images: ImageSet, normalization: Norma
 
 def infer(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None = None,
           execution: ExecutionConfig | None = None, progress: bool = False, features: bool = False,
-          layers: Sequence[str] | None = None,
+          layers: Sequence[str] | None = None, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
           rewrite: tuple[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
           ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits and, with ``features``, the input of the model's last linear layer, of every row of ``images``;
-    with ``layers``, instead, the spatial means of those layers side by side (:class:`LayerTaps`); with
+    with ``layers``, instead, the spatial means (or ``reduce``) of those layers side by side (:class:`LayerTaps`); with
     ``rewrite`` = (layer, change), the logits of the model whose layer output is changed (:class:`LayerRewrite`).
 
     With features the model runs as it is (a hook on its head; no BatchNorm fusion, which would move the head);
@@ -68,7 +68,7 @@ def infer(model: nn.Module, images: ImageSet, normalization: Normalization, wate
     rows = torch.arange(len(images))
     part, total = distributed.shard(rows)
     rewriter = LayerRewrite(model, *rewrite) if rewrite is not None else None
-    hook = (LayerTaps(model, layers) if layers is not None else PenultimateHook(model)) if features else None
+    hook = (LayerTaps(model, layers, reduce) if layers is not None else PenultimateHook(model)) if features else None
     try:
         with torch.no_grad() if features else torch.inference_mode():  # features feed fits that write in place
             logits, feats = _infer_rows(model, hook, images, rows[part], normalization, watermark, execution,
