@@ -170,6 +170,8 @@ def _library_outlier_scores(name, head, fit_logits, fit_features, labels, logits
         cls = {"msp": pod.MaxSoftmax, "energy": pod.EnergyBased, "maxlogit": pod.MaxLogit, "entropy": pod.Entropy,
                "gen": pod.GEN}[name]
         return cls.score(logits.double())
+    if name == "openmax":
+        return pod.OpenMax(None).fit_logits(fit_logits, labels).predict_logits(logits)
     if name == "klmatching":
         return pod.KLMatching(None).fit_logits(fit_logits, labels).predict_logits(logits)
     if name == "react":

@@ -27,6 +27,7 @@ from watermark_ood.core.schema import StateSchema, Value
 from watermark_ood.detection import functional as F
 from watermark_ood.detection.layer_gram import LayerGram, gram_reducer
 from watermark_ood.detection.layer_mahalanobis import LayerMahalanobis
+from watermark_ood.detection.openmax import PackedOpenMax
 from watermark_ood.detection.weiper import WeiPer
 from watermark_ood.runtime.inference import graduncertainty_scores, mcd_scores, odin_scores
 
@@ -160,6 +161,8 @@ _GAUSSIAN = {"mu": ("K", "D"), "cov": ("D", "D"), "precision": ("D", "D")}  # cl
 _ODIN_REFUSAL = ("odin cannot be exported: its input perturbation needs a gradient pass at inference, which neither "
                  "TorchScript traces nor ONNX carry; use `watermark-ood predict`, or calibrate another score (see "
                  "`calibrate --score auto`)")
+_OPENMAX_REFUSAL = ("openmax cannot be exported yet: its Weibull CDF is scipy code (numpy), which neither "
+                    "TorchScript nor ONNX trace; use `watermark-ood predict`, or calibrate another score")
 _GRADIENT_REFUSAL = ("detectors with input or parameter gradients cannot be exported: neither TorchScript traces "
                      "nor ONNX carry a backward pass; use `watermark-ood predict`, or calibrate another score")
 
@@ -191,6 +194,12 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
     DetectorKind("klmatching", "logits", "Hendrycks et al., ICML 2022", True,
                  StateSchema(per_class_tensor=("dists", ("K",))), lambda h: _pod().KLMatching(None), "logits",
                  library="KLMatching"),
+    DetectorKind("openmax", "logits", "Bendale & Boult, CVPR 2016 (OpenMax: Weibull-revised logits, the unknown "
+                 "class's probability; detection/openmax.py)", True,
+                 StateSchema({"centers": ("K", "K"), "weibull": ("K", 3)},
+                             {"tailsize": Value("int", 1), "alpha": Value("int", 1)}),
+                 lambda h: PackedOpenMax(), "logits", after_load=PackedOpenMax.rebuild, export_refusal=_OPENMAX_REFUSAL,
+                 library="OpenMax", in_auto=False),
     DetectorKind("odin", "gradient", "Liang et al., ICLR 2018", export_refusal=_ODIN_REFUSAL, library="ODIN",
                  score_images=odin_scores),
     DetectorKind("mahalanobis", "features", "Lee et al., NeurIPS 2018", True, StateSchema(_GAUSSIAN),
@@ -311,7 +320,6 @@ AUTO_CANDIDATES = tuple(name for name, kind in DETECTOR_KINDS.items() if kind.in
 NOT_WIRED = {
     "WeightedEBO": "its class weights come from VOS training (pytorch_ood.loss.VOSRegLoss); a fixed classifier has "
                    "none, and with equal weights it is the energy score",
-    "OpenMax": "not yet: its fitted Weibull models are Python objects that need a tensor form to be saved",
     "NACUE": "not yet: reads intermediate layers and their gradients (issue 26 items 2-3)",
     "MCM": "needs a CLIP text encoder (zero-shot vision-language models), not a fixed classifier",
 }
