@@ -411,3 +411,32 @@ def test_gram_equals_pytorch_ood_on_the_stages_of_a_resnet(tmp_path, monkeypatch
     detector.calibrate(ImageSet(test, torch.zeros(30, dtype=torch.long)))
     loaded = Detector.load(detector.save(tmp_path / "g.safetensors"), model, CPU)
     assert np.array_equal(loaded.scores(test), detector.scores(test))
+
+
+def test_nac_equals_pytorch_ood_and_round_trips(tmp_path):
+    """nac: the library's NACUE on the stage outputs; ours fits and scores through it, and its saved counts
+    rebuild the same detector."""
+    from pytorch_ood.detector import NACUE
+
+    from watermark_ood.data.images import ImageSet
+    from watermark_ood.data.preprocessing import Normalization
+    from watermark_ood.detection.export import export_onnx
+    from watermark_ood.models.architectures import cifar_resnet
+
+    torch.manual_seed(0)
+    model, norm = cifar_resnet(8).eval(), Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    train = ImageSet((torch.rand(200, 3, 16, 16) * 255).to(torch.uint8), torch.arange(200) % 10, "train")
+    test = (torch.rand(30, 3, 16, 16) * 255).to(torch.uint8)
+    detector = Detector(model, norm, None, "nac", execution=CPU).fit(train)
+    assert detector.layers == ("layer1", "layer2", "layer3") and detector.scorer.widths == (16, 32, 64)
+    library = NACUE(model, layers=[model.layer1, model.layer2, model.layer3])
+    library.fit([norm(train.images)])
+    ours = detector.scores(test)
+    assert np.allclose(ours, -library.predict(norm(test)).numpy(), rtol=1e-6) and float(np.std(ours)) > 0
+    detector.calibrate(ImageSet(test, torch.zeros(30, dtype=torch.long)))
+    loaded = Detector.load(detector.save(tmp_path / "n.safetensors"), model, CPU)
+    assert np.array_equal(loaded.scores(test), ours)
+    with pytest.raises(WatermarkOODError, match="cannot be exported"):
+        export_onnx(loaded, tmp_path / "n.onnx")
+    with pytest.raises(WatermarkOODError, match="nac needs gradients and cannot be part of a combination"):
+        check_name("nac+energy")

@@ -34,12 +34,12 @@ from watermark_ood.detection.conformal import Calibration, conformal_threshold  
 from watermark_ood.detection.detector_file import (FORMAT, FORMAT_VERSION, check_calibration,  # noqa: F401
                                                    check_metadata, check_score_state, model_fingerprint,
                                                    read_detector_file)
+from watermark_ood.detection.own_passes import SCORED_ON_IMAGES, fit_on_images, scores_on_images
 from watermark_ood.detection.posthoc import Combination, PosthocScore, build_score
 from watermark_ood.detection.registry import DETECTOR_KINDS, LAYER_SCORES, check_name, reads_features, reads_layers
 from watermark_ood.models.layers import has_dropout, layer_widths, resolve_layers
 from watermark_ood.models.taps import last_linear
 from watermark_ood.runtime.device import ExecutionConfig
-from watermark_ood.runtime.inference import perturbed_scores
 from watermark_ood.watermark.config import FitConfig, get_preset
 from watermark_ood.watermark.file import Watermark
 
@@ -190,12 +190,8 @@ class Detector:
     def scores(self, images: ImageSet | torch.Tensor) -> np.ndarray:
         """Higher = more in-distribution."""
         images = as_images(images)
-        if self.reads == "perturbed":
-            return perturbed_scores(self.model, images, self.normalization, self.watermark, self.execution,
-                                    self.scorer.impl)
-        if self.scorer is None:  # odin, mcd: their own passes over the images
-            return DETECTOR_KINDS[self.score].score_images(self.model, images, self.normalization, self.watermark,
-                                                           self.execution)
+        if self.scorer is None or self.reads in SCORED_ON_IMAGES:  # odin, mcd, mahalanobis-odin, nac
+            return scores_on_images(self, images)
         return self.scores_from(*self.outputs(images))
 
     # ------------------------------------------------------------------ fitting
@@ -209,6 +205,8 @@ class Detector:
             fit_part, held = id_train.split(0.2, seed)  # parts fit on 80%, their z-scores from the other 20%
             sample = fit_part.sample(limit, seed)
             self.fit_outputs(*self.outputs(sample), sample.labels, self.outputs(held.sample(max(1, limit // 4), seed)))
+        elif self.reads == "coverage":  # nac fits on the images themselves
+            fit_on_images(self, id_train.sample(limit, seed))
         elif self.scorer is not None and self.scorer.kind.fitted:
             sample = id_train.sample(limit, seed)
             self.fit_outputs(*self.outputs(sample), sample.labels)
@@ -264,7 +262,7 @@ class Detector:
 
     def _scores_and_classes(self, images: ImageSet) -> tuple[np.ndarray, np.ndarray]:
         """Scores and the classifier's predicted classes (-1 for unreadable files), from one forward pass."""
-        if self.scorer is None or self.reads == "perturbed":
+        if self.scorer is None or self.reads in SCORED_ON_IMAGES:
             from watermark_ood.runtime.inference import predict_logits
 
             scores = self.scores(images)
@@ -372,7 +370,7 @@ class Detector:
         if watermark is not None and detector.input_shape and tuple(watermark.image_shape) != detector.input_shape:
             raise WatermarkOODError(f"{path}: watermark shape {tuple(watermark.image_shape)} does not match the "
                                     f"detector's input shape {detector.input_shape}")
-        if detector.reads == "layers" and tuple(detector.scorer.widths or ()) != detector.layer_widths():
+        if detector.reads in ("layers", "coverage") and tuple(detector.scorer.widths or ()) != detector.layer_widths():
             raise WatermarkOODError(f"{path}: the tapped layers {', '.join(detector.layers)} of this model have "
                                     f"{list(detector.layer_widths())} channels, the file was fitted on "
                                     f"{list(detector.scorer.widths or ())}")

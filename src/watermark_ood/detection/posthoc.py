@@ -85,9 +85,9 @@ class PosthocScore:
         """pytorch-ood's outlier score (higher = more OOD); ``traceable`` uses our torch formula for export."""
         require_fitted(self)
         kind = self.kind
-        if kind.reads == "perturbed":
-            raise WatermarkOODError(f"{self.name} perturbs the inputs; score images with Detector.scores(), not "
-                                    "precomputed features")
+        if kind.reads in ("perturbed", "coverage"):
+            raise WatermarkOODError(f"{self.name} runs the model itself; score images with Detector.scores(), not "
+                                    "precomputed outputs")
         if kind.reads in ("features", "layers", "map"):
             if features is None:
                 what = {"features": "penultimate features", "layers": "the tapped layers' features",

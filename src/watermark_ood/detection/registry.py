@@ -27,6 +27,7 @@ from watermark_ood.core.schema import StateSchema, Value
 from watermark_ood.detection import functional as F
 from watermark_ood.detection.layer_gram import LayerGram, gram_reducer
 from watermark_ood.detection.layer_mahalanobis import LayerMahalanobis
+from watermark_ood.detection.nac import PackedNAC
 from watermark_ood.detection.openmax import PackedOpenMax
 from watermark_ood.detection.weiper import WeiPer
 from watermark_ood.runtime.inference import graduncertainty_scores, mcd_scores, odin_scores
@@ -92,7 +93,7 @@ class DetectorKind:
 
     name: str
     reads: str  # "logits" | "features" | "layers" (tapped layers' spatial means) | "map" | "gradient" | "sampling"
-    #             | "perturbed" (fitted on features, scored on perturbed inputs)
+    #             | "perturbed" (fitted on features, scored on perturbed inputs) | "coverage" (nac: runs the model)
     paper: str
     fitted: bool = False
     state: StateSchema = StateSchema()  # what its saved state holds (checked when a file is loaded)
@@ -294,6 +295,14 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
                                     "widths": ("L",)}, {"seed": Value("int", 0)}),
                  lambda h: LayerGram(h.widths), "structured", export_refusal=_LAYERS_REFUSAL, library="Gram",
                  in_auto=False, reduce_layers=gram_reducer),
+    DetectorKind("nac", "coverage", "Liu et al., ICLR 2024 (NAC-UE, neuron activation coverage: the gradient of "
+                 "the softmax's KL to uniform times each neuron's activation, binned; reads each tapped layer, by "
+                 "default each stage's output; detection/nac.py)", True,
+                 StateSchema({"counts": ("S", 50), "widths": ("L",)},
+                             {"m": Value("int", 50, 50), "alpha": Value("float", 0.0, low_open=True),
+                              "o_star": Value("int", 1)}),
+                 lambda h: PackedNAC(h.widths), after_load=PackedNAC.rebuild, export_refusal=_GRADIENT_REFUSAL,
+                 library="NACUE", in_auto=False),
     DetectorKind("graduncertainty", "gradient", "Igoe et al., 2022 (gradients as a measure of uncertainty: every "
                  "parameter's gradient to an all-ones label, per image)", export_refusal=_GRADIENT_REFUSAL,
                  library="GradUncertainty", in_auto=False, score_images=graduncertainty_scores),
@@ -314,18 +323,18 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
                                  "energy)"))),
 )}
 SCORE_NAMES = tuple(DETECTOR_KINDS)
-LAYER_SCORES = tuple(name for name, kind in DETECTOR_KINDS.items() if kind.reads in ("layers", "map"))
+LAYER_SCORES = tuple(name for name, kind in DETECTOR_KINDS.items() if kind.reads in ("layers", "map", "coverage"))
 AUTO_CANDIDATES = tuple(name for name, kind in DETECTOR_KINDS.items() if kind.in_auto)
 # pytorch-ood detector classes not wired, each with why (tests/detection/test_registry.py enumerates the library)
 NOT_WIRED = {
     "WeightedEBO": "its class weights come from VOS training (pytorch_ood.loss.VOSRegLoss); a fixed classifier has "
                    "none, and with equal weights it is the energy score",
-    "NACUE": "not yet: reads intermediate layers and their gradients (issue 26 items 2-3)",
     "MCM": "needs a CLIP text encoder (zero-shot vision-language models), not a fixed classifier",
 }
 
 
-_OWN_INPUTS = {"gradient": "needs gradients", "perturbed": "needs input gradients", "sampling": "samples dropout masks"}
+_OWN_INPUTS = {"gradient": "needs gradients", "coverage": "needs gradients", "perturbed": "needs input gradients",
+               "sampling": "samples dropout masks"}
 
 
 def check_name(name: str) -> None:

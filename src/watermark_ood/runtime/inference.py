@@ -197,3 +197,34 @@ def perturbed_scores(model: nn.Module, images: ImageSet, normalization: Normaliz
     finally:
         detector._base.encoder, detector.norm_std = None, None
     return place_rows(out, len(images), execution.eval_batch_size)[:, 0].numpy()
+
+
+def _tapped(model: nn.Module, watermark: Watermark | None, execution: ExecutionConfig,
+            layers: Sequence[str]) -> tuple[nn.Module, list[nn.Module], torch.device]:
+    device = execution.torch_device()
+    module = WatermarkedModel(model, watermark).eval().to(device)
+    named = dict(model.named_modules())
+    return module, [named[name] for name in layers], device
+
+
+def coverage_fit(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
+                 execution: ExecutionConfig, detector, layers: Sequence[str]) -> None:
+    """Fit a library detector that runs the model itself with gradients on the named layers (NAC-UE) on
+    ``images``: its own passes over the (watermarked) model."""
+    module, taps, device = _tapped(model, watermark, execution, layers)
+    batches = [normalization(pixels.to(device)) for _, pixels in images.batches(execution.eval_batch_size)
+               if len(pixels)]
+    detector.fit_images(module, taps, batches)
+
+
+def coverage_scores(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
+                    execution: ExecutionConfig, detector, layers: Sequence[str]) -> np.ndarray:
+    """The same detector's scores (higher = more ID), batch by batch."""
+    module, taps, device = _tapped(model, watermark, execution, layers)
+    out = []
+    for kept, pixels in images.batches(execution.eval_batch_size):
+        scores = None
+        if len(pixels):
+            scores = -detector.predict_images(module, taps, normalization(pixels.to(device))).detach().float().cpu()
+        out.append((kept, None if scores is None else scores[:, None]))
+    return place_rows(out, len(images), execution.eval_batch_size)[:, 0].numpy()
