@@ -123,8 +123,12 @@ def library_outliers(name: str, net, norm, sets, plain, labels) -> dict[str, np.
                     "entropy": pod.Entropy, "gen": pod.GEN}
     if name in logit_static:
         return {k: logit_static[name].score(z).numpy() for k, (_, z) in plain.items()}
+    if name == "openmax":
+        built = pod.OpenMax(None).fit_logits(fit_z, labels)
+        return {k: built.predict_logits(z).numpy() for k, (_, z) in plain.items()}
     if name in ("klmatching", "tempscale"):
-        built = (pod.KLMatching(None) if name == "klmatching" else pod.TemperatureScaling(None)).fit_logits(fit_z, labels)
+        built = pod.KLMatching(None) if name == "klmatching" else pod.TemperatureScaling(None)
+        built.fit_logits(fit_z, labels)
         return {k: built.predict_logits(z).numpy() for k, (_, z) in plain.items()}
     maps = {"react": lambda: pod.ReAct(None, head=flat), "ash": lambda: pod.ASH(None, head=flat),
             "scale": lambda: pod.SCALE(None, head=flat), "vra": lambda: pod.VRA(None, head=flat)}
@@ -155,10 +159,23 @@ def _on_images(name, pod, net, norm, sets) -> dict[str, np.ndarray]:
     """The kinds that need the model itself: built from the model's parts, scored with the library's predict(x)."""
     stem, layers, head = stages(net)
     backbone = nn.Sequential(stem, *layers)
+    fit = sets["fit"]
+    loader = DataLoader(TensorDataset(norm(fit.images), fit.labels), batch_size=250)
     if name == "multimahalanobis":
         built = pod.MultiMahalanobis([nn.Sequential(stem, layers[0]), layers[1], layers[2]])
-        fit = sets["fit"]
-        built.fit(DataLoader(TensorDataset(norm(fit.images), fit.labels), batch_size=250))
+        built.fit(loader)
+    elif name == "gram":  # the library's split of each class uses the global generator (seeded 0 above)
+        built = pod.Gram(head, [nn.Sequential(stem, layers[0]), layers[1], layers[2]],
+                         num_classes=head[-1].out_features)
+        built.fit(loader)
+    elif name == "nac":
+        built = pod.NACUE(net, layers=layers)
+        built.fit([x for x, _ in loader])
+    elif name == "graduncertainty":
+        built = pod.GradUncertainty(net)
+    elif name == "mahalanobis-odin":
+        built = pod.MahalanobisODIN(net.features, norm_std=list(norm.std))
+        built.fit(loader)
     elif name in ("ash-map", "scale-map", "rankfeat"):
         built = {"ash-map": pod.ASH, "scale-map": pod.SCALE, "rankfeat": pod.RankFeat}[name](backbone, head)
     elif name == "odin":
@@ -172,8 +189,9 @@ def _on_images(name, pod, net, norm, sets) -> dict[str, np.ndarray]:
         if key == "fit":
             continue
         scores = []
-        for i in range(0, len(image_set), 250):
-            x = norm(image_set.images[i:i + 250])
+        step = 50 if name == "graduncertainty" else 250  # per-image gradients of every parameter
+        for i in range(0, len(image_set), step):
+            x = norm(image_set.images[i:i + step])
             scores.append(built.predict(x).detach().float())
         out[key] = torch.cat(scores).numpy()
     return out

@@ -148,6 +148,9 @@ def test_issue14_gpu_script_dry_run_on_cpu_returns_curves_weights_and_record(tmp
         assert sum(n.endswith("watermark.safetensors") for n in names) == 5
 
 
+SIDE_BY_SIDE = ["energy", "knn", "openmax", "multimahalanobis", "rankfeat", "nac", "mahalanobis-odin"]
+
+
 def test_library_side_by_side_equals_the_library_where_settings_agree(tmp_path):
     """Issue 26's reference: where our settings are the library's defaults, the two mean FPR95s are equal."""
     data = write_npz_dataset(tmp_path / "toy", n_train=120, n_test=40, size=32, classes=10)
@@ -160,10 +163,10 @@ def test_library_side_by_side_equals_the_library_where_settings_agree(tmp_path):
                    capture_output=True)
     out = tmp_path / "side.json"
     subprocess.run([sys.executable, str(BENCHMARKS / "library_side_by_side.py"), "--model", "resnet8", "--checkpoint",
-                    str(weights), "--id-data", str(data), "--ood-data", str(ood), "--scores", "energy", "knn",
-                    "multimahalanobis", "rankfeat", "--out", str(out)], check=True, capture_output=True)
+                    str(weights), "--id-data", str(data), "--ood-data", str(ood), "--scores", *SIDE_BY_SIDE,
+                    "--out", str(out)], check=True, capture_output=True)
     result = json.loads(out.read_text())
-    assert [r["detector"] for r in result["detectors"]] == ["energy", "knn", "multimahalanobis", "rankfeat"]
+    assert [r["detector"] for r in result["detectors"]] == SIDE_BY_SIDE
     for row in result["detectors"]:
         assert abs(row["gap_points"]) < 1e-6 and row["within_2_points"], row["detector"]
         assert 0 <= row["ours"]["mean"]["fpr95"] <= 1 and row["library"]["ood"]["auroc"] > 0
