@@ -125,11 +125,13 @@ def library_outliers(name: str, net, norm, sets, plain, labels) -> dict[str, np.
         return {k: logit_static[name].score(z).numpy() for k, (_, z) in plain.items()}
     if name == "openmax":
         built = pod.OpenMax(None).fit_logits(fit_z, labels)
-        return {k: built.predict_logits(z).numpy() for k, (_, z) in plain.items()}
+        with torch.no_grad():
+            return {k: built.predict_logits(z).detach().numpy() for k, (_, z) in plain.items()}
     if name in ("klmatching", "tempscale"):
         built = pod.KLMatching(None) if name == "klmatching" else pod.TemperatureScaling(None)
         built.fit_logits(fit_z, labels)
-        return {k: built.predict_logits(z).numpy() for k, (_, z) in plain.items()}
+        with torch.no_grad():
+            return {k: built.predict_logits(z).detach().numpy() for k, (_, z) in plain.items()}
     maps = {"react": lambda: pod.ReAct(None, head=flat), "ash": lambda: pod.ASH(None, head=flat),
             "scale": lambda: pod.SCALE(None, head=flat), "vra": lambda: pod.VRA(None, head=flat)}
     if name in maps:
