@@ -127,6 +127,17 @@ class WatermarkedModel(nn.Module):
         return self.model(x + self.watermark)
 
 
+def batched_scores(images: ImageSet, normalization: Normalization, device: torch.device, batch: int,
+                   outlier: Callable[[torch.Tensor, int], torch.Tensor]) -> np.ndarray:
+    """Higher-is-ID scores of a library detector that runs the model itself, batch by batch: ``outlier(x, start)``
+    gets the normalized batch and its first row; rows of unreadable files are NaN."""
+    out = []
+    for start, (kept, pixels) in zip(range(0, len(images), batch), images.batches(batch)):
+        scores = -outlier(normalization(pixels.to(device)), start).detach().float().cpu() if len(pixels) else None
+        out.append((kept, None if scores is None else scores[:, None]))
+    return place_rows(out, len(images), batch)[:, 0].numpy()
+
+
 def odin_scores(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
                 execution: ExecutionConfig, temperature: float = 1000.0, eps: float = 0.0014) -> np.ndarray:
     """ODIN (temperature scaling + input perturbation) via pytorch-ood; higher = more ID."""
@@ -135,11 +146,7 @@ def odin_scores(model: nn.Module, images: ImageSet, normalization: Normalization
     device = execution.torch_device()
     module = WatermarkedModel(model, watermark).eval().to(device)
     detector = ODIN(module, eps=eps, temperature=temperature, norm_std=list(normalization.std))
-    out = []
-    for kept, pixels in images.batches(execution.eval_batch_size):
-        scores = -detector.predict(normalization(pixels.to(device))).detach().float().cpu() if len(pixels) else None
-        out.append((kept, None if scores is None else scores[:, None]))
-    return place_rows(out, len(images), execution.eval_batch_size)[:, 0].numpy()
+    return batched_scores(images, normalization, device, execution.eval_batch_size, lambda x, _: detector.predict(x))
 
 
 def mcd_scores(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
@@ -152,16 +159,16 @@ def mcd_scores(model: nn.Module, images: ImageSet, normalization: Normalization,
     device = execution.torch_device()
     module = WatermarkedModel(model, watermark).eval().to(device)
     detector = MCD(module, samples=samples)
-    out, size = [], execution.eval_batch_size
-    for start, (kept, pixels) in zip(range(0, len(images), size), images.batches(size)):
-        scores = None
-        if len(pixels):
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(derived_seed(seed, start))
-                scores = -detector.predict(normalization(pixels.to(device))).detach().float().cpu()
-        out.append((kept, None if scores is None else scores[:, None]))
-    module.eval()
-    return place_rows(out, len(images), size)[:, 0].numpy()
+
+    def seeded(x: torch.Tensor, start: int) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(derived_seed(seed, start))
+            return detector.predict(x)
+
+    try:
+        return batched_scores(images, normalization, device, execution.eval_batch_size, seeded)
+    finally:
+        module.eval()
 
 
 def graduncertainty_scores(model: nn.Module, images: ImageSet, normalization: Normalization,
@@ -172,11 +179,7 @@ def graduncertainty_scores(model: nn.Module, images: ImageSet, normalization: No
 
     device = execution.torch_device()
     detector = GradUncertainty(WatermarkedModel(model, watermark).eval().to(device))
-    out = []
-    for kept, pixels in images.batches(batch):
-        scores = -detector.predict(normalization(pixels.to(device))).detach().float().cpu() if len(pixels) else None
-        out.append((kept, None if scores is None else scores[:, None]))
-    return place_rows(out, len(images), batch)[:, 0].numpy()
+    return batched_scores(images, normalization, device, batch, lambda x, _: detector.predict(x))
 
 
 def perturbed_scores(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
@@ -187,16 +190,11 @@ def perturbed_scores(model: nn.Module, images: ImageSet, normalization: Normaliz
     device = execution.torch_device()
     encoder = split_at_head(WatermarkedModel(model, watermark))[0].eval().to(device)
     detector._base.encoder, detector.norm_std = encoder, list(normalization.std)
-    out = []
     try:
-        for kept, pixels in images.batches(execution.eval_batch_size):
-            scores = None
-            if len(pixels):
-                scores = -detector.predict(normalization(pixels.to(device))).detach().float().cpu()
-            out.append((kept, None if scores is None else scores[:, None]))
+        return batched_scores(images, normalization, device, execution.eval_batch_size,
+                              lambda x, _: detector.predict(x))
     finally:
         detector._base.encoder, detector.norm_std = None, None
-    return place_rows(out, len(images), execution.eval_batch_size)[:, 0].numpy()
 
 
 def _tapped(model: nn.Module, watermark: Watermark | None, execution: ExecutionConfig,
@@ -221,10 +219,5 @@ def coverage_scores(model: nn.Module, images: ImageSet, normalization: Normaliza
                     execution: ExecutionConfig, detector, layers: Sequence[str]) -> np.ndarray:
     """The same detector's scores (higher = more ID), batch by batch."""
     module, taps, device = _tapped(model, watermark, execution, layers)
-    out = []
-    for kept, pixels in images.batches(execution.eval_batch_size):
-        scores = None
-        if len(pixels):
-            scores = -detector.predict_images(module, taps, normalization(pixels.to(device))).detach().float().cpu()
-        out.append((kept, None if scores is None else scores[:, None]))
-    return place_rows(out, len(images), execution.eval_batch_size)[:, 0].numpy()
+    return batched_scores(images, normalization, device, execution.eval_batch_size,
+                          lambda x, _: detector.predict_images(module, taps, x))
