@@ -182,7 +182,8 @@ def test_cli_score_auto_ranks_without_reading_ood_data(tmp_path, monkeypatch, ca
     assert meta["score"] == meta["selection"]["chosen"]["score"]
     ok = [r for r in ranking if r["ok"]]
     assert ok == sorted(ok, key=lambda r: (not r.get("admitted", True), r["ranking_fpr95"], -r["ranking_auroc"]))
-    assert all(set(r["per_kind"]) == set(OUTLIER_KINDS) for r in ok)
+    assert all(set(r["per_kind"]) == set(OUTLIER_KINDS) for r in ok if not r.get("raced_out"))
+    assert all(r["refused"].startswith("raced out") and not r["admitted"] for r in ok if r.get("raced_out"))
     admitted = [r for r in ok if r.get("admitted", True)]
     assert "chance_better_than_chosen" not in admitted[0] and all(0 <= r["chance_better_than_chosen"] <= 1
                                                                   for r in admitted[1:])
@@ -258,7 +259,8 @@ def test_selection_ranks_detectors_with_their_own_passes_and_ships_the_winner(tr
                                      calibration_images=20, holdout_fraction=0.2)
         selection = select_detector(model, norm, train, settings=settings, execution=CPU)
         rows = {r["score"]: r for r in selection.ranking}
-        assert all(rows[n]["ok"] and rows[n]["own_passes"] for n in own)
+        assert all(rows[n]["ok"] for n in own) and rows["multimahalanobis"]["shared_taps"]  # one pass for layers
+        assert all(rows[n]["own_passes"] for n in own[1:])
         assert not any("+" in name and set(name.split("+")) & set(own) for name in rows)
     chosen = selection.detector
     assert chosen.score in own and chosen.threshold is not None

@@ -37,7 +37,7 @@ from watermark_ood.detection.detector_file import (FORMAT, FORMAT_VERSION, check
 from watermark_ood.detection.own_passes import SCORED_ON_IMAGES, fit_on_images, scores_on_images
 from watermark_ood.detection.posthoc import Combination, PosthocScore, build_score
 from watermark_ood.detection.registry import DETECTOR_KINDS, LAYER_SCORES, check_name, reads_features, reads_layers
-from watermark_ood.models.layers import has_dropout, layer_widths, resolve_layers
+from watermark_ood.models.layers import has_dropout, layer_widths, resolve_layers, spatial_mean
 from watermark_ood.models.taps import last_linear
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.watermark.config import FitConfig, get_preset
@@ -142,8 +142,8 @@ class Detector:
 
     def fit_shared(self, fit_set: ImageSet, fit: tuple, z: tuple) -> "Detector":
         """Fit from shared outputs of ``fit_set`` (``fit``) and of a held-out part (``z``, combinations' z-scores);
-        a detector with its own passes fits on ``fit_set`` itself."""
-        if self.own_passes:
+        a detector with its own passes fits on ``fit_set`` itself (mahalanobis-odin: on the shared features)."""
+        if self.own_passes and self.reads != "perturbed":
             return self.fit(fit_set, limit=len(fit_set))
         return self.fit_outputs(*fit, fit_set.labels, z)
 
@@ -244,6 +244,10 @@ class Detector:
         """What the taps keep of each layer's map: the spatial mean, or the kind's own statistics (gram)."""
         make = DETECTOR_KINDS[self.score].reduce_layers
         return None if make is None else make(len(self.layers))
+
+    def layer_reducer(self):
+        """The statistics this detector keeps of each tapped map (passes shared by several detectors join them)."""
+        return self._reducer() or spatial_mean
 
     def calibrate(self, id_validation: ImageSet, tpr: float = 0.95, per_class: bool = False,
                   num_classes: int | None = None) -> "Detector":

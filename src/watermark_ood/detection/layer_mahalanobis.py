@@ -52,6 +52,9 @@ class LayerMahalanobis:
     def fit_features(self, features: torch.Tensor, labels: torch.Tensor) -> "LayerMahalanobis":
         library = self._new_library(len(self._sizes()))
         library.fit_structured(self._split(features), labels)
+        # torch.linalg.inv returns column-major matrices; a loaded file's are row-major, and a product's kernel
+        # (so its last bit) depends on the layout: the same layout here makes the file's scores exactly these
+        library.precision = [p.contiguous() for p in library.precision]
         self.mu = torch.cat(library.mu, dim=1)
         self.precision = torch.block_diag(*library.precision)
         self._library = library

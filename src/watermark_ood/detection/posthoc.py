@@ -72,6 +72,8 @@ class PosthocScore:
             try:
                 if kind.via == "feature_maps":
                     self.impl.fit_feature_maps(features[:, :, None, None], labels)
+                elif hasattr(self.impl, "fit_structured"):  # combood: the logits' extremes as well
+                    self.impl.fit_structured(logits.float(), features, labels)
                 else:
                     self.impl.fit_features(features, labels)
                 if kind.after_fit is not None:

@@ -25,6 +25,7 @@ from torch import nn
 from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.core.schema import StateSchema, Value
 from watermark_ood.detection import functional as F
+from watermark_ood.detection.combood import CombOOD, combood_reducer
 from watermark_ood.detection.layer_gram import LayerGram, gram_reducer
 from watermark_ood.detection.layer_mahalanobis import LayerMahalanobis
 from watermark_ood.detection.nac import PackedNAC
@@ -295,6 +296,15 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
                                     "widths": ("L",)}, {"seed": Value("int", 0)}),
                  lambda h: LayerGram(h.widths), "structured", export_refusal=_LAYERS_REFUSAL, library="Gram",
                  in_auto=False, reduce_layers=gram_reducer),
+    DetectorKind("combood", "layers", "Rajasekaran et al., SDM 2024 (CombOOD: -sqrt(D) log r_k^2 - d_M^2, the "
+                 "k-th neighbour distance of the last tapped layer's pooled features fused with the Mahalanobis "
+                 "distance of the extremes of each tapped layer and of the logits, by default each stage's output; "
+                 "detection/combood.py)", True,
+                 StateSchema({"widths": ("L",), "keep": ("X",), "scaler_mean": ("E",), "scaler_scale": ("E",),
+                              "lambdas": ("E",), "power_mean": ("E",), "power_scale": ("E",),
+                              "precision": ("E", "E"), "bank": ("N", "C")}, {"k": Value("int", 1, "N")}),
+                 lambda h: CombOOD(h.widths), "structured", after_load=CombOOD.check_loaded,
+                 export_refusal=_LAYERS_REFUSAL, in_auto=False, reduce_layers=combood_reducer),
     DetectorKind("nac", "coverage", "Liu et al., ICLR 2024 (NAC-UE, neuron activation coverage: the gradient of "
                  "the softmax's KL to uniform times each neuron's activation, binned; reads each tapped layer, by "
                  "default each stage's output; detection/nac.py)", True,

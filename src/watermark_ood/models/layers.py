@@ -176,3 +176,27 @@ def has_dropout(model: nn.Module) -> bool:
     ``drop_rate`` (the WideResNets' and torchvision's convention for functional dropout)."""
     return any((isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0) or float(getattr(m, "drop_rate", 0) or 0) > 0
                for m in model.modules())
+
+
+def joint_reducer(reducers: Sequence[Callable[[torch.Tensor], torch.Tensor]]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Several detectors' statistics of one map side by side, so one forward pass serves all of them."""
+    return lambda output: torch.cat([reduce(output) for reduce in reducers], dim=1)
+
+
+def split_joint(features: torch.Tensor, widths: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """Undo :func:`joint_reducer` over the tapped layers: ``widths[j][l]`` is what detector j keeps of layer l;
+    returns each detector's features as its own taps would have given them (its layers side by side).
+
+    >>> joint = torch.arange(10.0)[None]     # two layers; detector 0 keeps 2 + 1 values, detector 1 keeps 3 + 4
+    >>> [part.tolist() for part in split_joint(joint, [(2, 1), (3, 4)])]
+    [[[0.0, 1.0, 5.0]], [[2.0, 3.0, 4.0, 6.0, 7.0, 8.0, 9.0]]]
+    """
+    layers = features.split([sum(w[layer] for w in widths) for layer in range(len(widths[0]))], dim=1)
+    parts = []
+    for j in range(len(widths)):
+        pieces = []
+        for layer, block in enumerate(layers):
+            start = sum(widths[i][layer] for i in range(j))
+            pieces.append(block[:, start:start + widths[j][layer]])
+        parts.append(torch.cat(pieces, dim=1))
+    return parts

@@ -36,6 +36,7 @@ from watermark_ood.detection.detector import FIT_IMAGES, Detector
 from watermark_ood.detection.registry import AUTO_CANDIDATES, DETECTOR_KINDS, reads_layers
 from watermark_ood.evaluation.metrics import accuracy, auroc, fpr_at_tpr, fpr_at_tpr_resampled
 from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.selection.shared_passes import RACE_MARGIN, Race, score_in_heats, shared_layer_outputs
 from watermark_ood.selection.validation import lost_kind, per_kind_fpr
 from watermark_ood.watermark.file import Watermark
 
@@ -133,15 +134,21 @@ def select_detector(model: torch.nn.Module, normalization: Normalization, train:
                    for key, images in (("fit", fit_set), ("z", z_set), ("id", rank_id), ("out", outliers))}
         forward_seconds += time.perf_counter() - t_forward
         cached[condition] = outputs
+        t_forward = time.perf_counter()
+        taps = shared_layer_outputs(_layer_detectors(model, normalization, mark, settings.candidates, execution),
+                                    {"fit": fit_set, "id": rank_id, "out": outliers}, train.image_shape)
+        forward_seconds += time.perf_counter() - t_forward
         rows = []
-        for name in settings.candidates:
+        race = Race.of(len(rank_id), ranked_rows)
+        for name in sorted(settings.candidates, key=_makes_own_passes):  # own passes last: they race the rest
+            best_heat = min((r["heat_fpr95"] for r in ranking + rows if r.get("heat_fpr95") is not None), default=1.0)
             rows.append(_rank_one(model, normalization, mark, name, condition, outputs, fit_set, rank_id, outliers,
-                                  ranked_rows, execution, model_id, made))
+                                  ranked_rows, execution, model_id, made, taps.get(name), race, best_heat))
             if log is not None:
                 log(_describe(rows[-1]))
         ranking += rows
-        usable = sorted((r for r in rows if r["ok"] and not reads_layers(r["score"])
-                         and DETECTOR_KINDS[r["score"]].score_images is None), key=_key)  # parts of combinations
+        usable = sorted((r for r in rows if r["ok"] and not _makes_own_passes(r["score"])
+                         and not reads_layers(r["score"])), key=_key)  # parts of combinations
         for k in settings.combine:
             if len(usable) >= k:
                 name = "+".join(r["score"] for r in usable[:k])
@@ -153,7 +160,7 @@ def select_detector(model: torch.nn.Module, normalization: Normalization, train:
         accuracies = {c: accuracy(cached[c]["id"][0], rank_id.labels) for c, _ in conditions}
         plain = sorted((r for r in ranking if r["ok"] and r["watermark"] == "none"), key=_key)
         for row in ranking:
-            if row["ok"] and row["watermark"] == "given":
+            if row["ok"] and row["watermark"] == "given" and not row.get("raced_out"):
                 reason = watermark_refusal(row, plain[0] if plain else None, accuracies["none"] - accuracies["given"],
                                            settings)
                 row["admitted"] = reason is None
@@ -250,29 +257,67 @@ def tied_with(best: dict[str, Any], ranking: Sequence[dict[str, Any]]) -> list[s
             and r.get("ranking_fpr95") == best.get("ranking_fpr95") and r.get("ranking_auroc") == best.get("ranking_auroc")]
 
 
+def _makes_own_passes(name: str) -> bool:
+    """Whether a candidate runs the model itself even in the selection (the layer kinds share one pass)."""
+    return "+" not in name and DETECTOR_KINDS[name].reads not in ("logits", "features", "layers")
+
+
+def _layer_detectors(model, normalization, mark, candidates: Sequence[str], execution) -> list[Detector]:
+    """The candidates on intermediate layers this model has the layers of (the others fail in their own row)."""
+    made = []
+    for name in candidates:
+        if "+" not in name and DETECTOR_KINDS[name].reads == "layers":
+            try:
+                made.append(Detector(model, normalization, mark, name, execution=execution))
+            except WatermarkOODError:
+                continue
+    return made
+
+
 def _rank_one(model, normalization, mark, name, condition, outputs, fit_set, rank_id, outliers, ranked_rows,
-              execution, model_id, made: Sequence[str] = OUTLIER_KINDS) -> dict[str, Any]:
+              execution, model_id, made: Sequence[str] = OUTLIER_KINDS, taps: dict | None = None,
+              race: Race | None = None, best_heat: float = 1.0) -> dict[str, Any]:
     """One candidate's validation row: FPR95/AUROC over all outlier kinds and per kind (reported, and the
-    watermark guard), and over ``ranked_rows`` (the ranking's criterion)."""
+    watermark guard), and over ``ranked_rows`` (the ranking's criterion). ``taps``: a layer kind's outputs of the
+    shared pass; ``race``: own-pass candidates first score its heat and stop there when ``best_heat`` is far ahead."""
     row: dict[str, Any] = {"score": name, "watermark": condition}
     t0 = time.perf_counter()
+    raced = None
     try:
         detector = Detector(model, normalization, mark, name, execution=execution, model_id=model_id)
-        detector.fit_shared(fit_set, outputs["fit"], outputs["z"])
-        if detector.own_passes:  # odin, mcd, layer and map detectors
-            s_id, s_out = detector.scores(rank_id), detector.scores(outliers)
+        if taps is not None:  # a detector on intermediate layers: its part of the shared pass
+            detector.input_shape = tuple(fit_set.image_shape)
+            detector.fit_outputs(*taps["fit"], fit_set.labels)
+            s_id, s_out = detector.scores_from(*taps["id"]), detector.scores_from(*taps["out"])
+        elif detector.own_passes:  # odin, mcd, gradient and map detectors
+            detector.fit_shared(fit_set, outputs["fit"], outputs["z"])
+            if race is None:
+                s_id, s_out = detector.scores(rank_id), detector.scores(outliers)
+            else:
+                s_id, s_out, raced = score_in_heats(detector, rank_id, outliers, race, best_heat)
         else:
+            detector.fit_shared(fit_set, outputs["fit"], outputs["z"])
             s_id, s_out = detector.scores_from(*outputs["id"]), detector.scores_from(*outputs["out"])
         fitted_values = 0 if detector.scorer is None else sum(t.numel() for t in detector.scorer.state()[0].values())
     except WatermarkOODError as error:
         return {**row, "ok": False, "error": str(error)}
-    s_id = without_skipped(s_id)  # rows of unreadable ID files (streamed with skip_bad); outliers are in memory
+    common = {"seconds": time.perf_counter() - t0, "fitted_values": fitted_values,
+              **({"own_passes": True} if detector.own_passes and taps is None else {}),
+              **({"shared_taps": True} if taps is not None else {})}
+    if raced is not None:
+        s_id = without_skipped(s_id)
+        return {**row, "ok": True, "fpr95": raced, "auroc": auroc(s_id, s_out), "ranking_fpr95": raced,
+                "ranking_auroc": auroc(s_id, s_out), "per_kind": {}, "heat_fpr95": raced, "raced_out": True,
+                "admitted": False, "refused": f"raced out: FPR95 {100 * raced:.1f}% on the first heat ({len(s_id)} ID, "
+                f"{len(s_out)} outliers) vs the best {100 * best_heat:.1f}% + {100 * RACE_MARGIN:.0f} points",
+                **common, SCORES: (s_id, s_out)}
     ranked = s_out[ranked_rows]
+    heat = race.heat_fpr(s_id, ranked) if race is not None and len(s_id) == len(rank_id) else None
+    s_id = without_skipped(s_id)  # rows of unreadable ID files (streamed with skip_bad); outliers are in memory
     return {**row, "ok": True, "fpr95": fpr_at_tpr(s_id, s_out), "auroc": auroc(s_id, s_out),
             "ranking_fpr95": fpr_at_tpr(s_id, ranked), "ranking_auroc": auroc(s_id, ranked),
-            "per_kind": per_kind_fpr(s_id, s_out, made), "seconds": time.perf_counter() - t0, "fitted_values": fitted_values,
-            **({"own_passes": True} if detector.own_passes else {}),
-            SCORES: (s_id, ranked)}
+            "per_kind": per_kind_fpr(s_id, s_out, made), **({} if heat is None else {"heat_fpr95": heat}),
+            **common, SCORES: (s_id, ranked)}
 
 
 def _describe(row: dict[str, Any]) -> str:

@@ -19,7 +19,6 @@ from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.watermark.file import Watermark
 
 
-
 def per_kind_fpr(s_id: np.ndarray, s_out: np.ndarray, kinds: Sequence[str] = OUTLIER_KINDS) -> dict[str, float]:
     """FPR95 of ID scores ``s_id`` against each kind's rows of the outlier scores ``s_out`` (of ``kinds``)."""
     return {kind: fpr_at_tpr(s_id, s_out[rows]) for kind, rows in outlier_kind_parts(len(s_out), kinds).items()}

@@ -1,0 +1,88 @@
+"""What keeps ``--score auto``'s choice cheap as the pool grows (issue 26's cost target: at most one ResNet-56
+watermark fit on CPU).
+
+- **Shared layer taps.** The detectors on intermediate layers (multimahalanobis, gram, combood) each keep their
+  own statistics of the tapped maps; one forward pass per image set keeps all of them side by side
+  (:func:`~watermark_ood.models.layers.joint_reducer`) and every detector gets its own part, equal to what its
+  own pass would give.
+- **Racing** (pre-registered in benchmarks/README.md before it was run). The candidates that still run the model
+  themselves (odin, mcd, graduncertainty, mahalanobis-odin, nac, the feature-map kinds) are ranked after the
+  others, first on every third ranking ID image and every third ranked outlier. One whose FPR95 there is more
+  than ``RACE_MARGIN`` above the best FPR95 on the same rows of any candidate ranked before it is not admitted
+  ("raced out", reported with those rows' figures); the others score the remaining rows and are ranked as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from watermark_ood.data.images import ImageSet
+from watermark_ood.evaluation.metrics import fpr_at_tpr
+from watermark_ood.models.layers import joint_reducer, layer_widths, split_joint
+
+RACE_EVERY = 3  # the first heat: every third ranking ID image and ranked outlier
+RACE_MARGIN = 0.05  # FPR95 points (as a fraction) above the best of the first heat that still go on
+
+
+def shared_layer_outputs(detectors: Sequence[Any], sets: Mapping[str, ImageSet],
+                         image_shape: Sequence[int]) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """``{score: {set key: (logits, its tapped features)}}``: one forward pass per set and group of layers."""
+    from watermark_ood.runtime.inference import infer
+
+    groups: dict[tuple[str, ...], list[Any]] = {}
+    for detector in detectors:
+        groups.setdefault(tuple(detector.layers), []).append(detector)
+    out: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+    for layers, group in groups.items():
+        first = group[0]
+        reducers = [d.layer_reducer() for d in group]
+        widths = [layer_widths(first.model, layers, image_shape, reduce) for reduce in reducers]
+        for key, images in sets.items():
+            logits, joint = infer(first.model, images, first.normalization, first.watermark, first.execution,
+                                  layers=layers, reduce=joint_reducer(reducers))
+            for detector, part in zip(group, split_joint(joint, widths)):
+                out.setdefault(detector.score, {})[key] = (logits, part)
+    return out
+
+
+@dataclass(frozen=True)
+class Race:
+    """The first heat's rows: of the ranking ID images, and of the outliers (indices into the whole set)."""
+
+    id_rows: np.ndarray
+    out_rows: np.ndarray  # every third ranked outlier
+    ranked_rows: np.ndarray  # the rows of the outlier set whose kinds the ranking is taken over
+
+    @classmethod
+    def of(cls, id_count: int, ranked_rows: np.ndarray) -> "Race":
+        return cls(np.arange(0, id_count, RACE_EVERY), np.asarray(ranked_rows)[::RACE_EVERY], np.asarray(ranked_rows))
+
+    def heat_fpr(self, s_id: np.ndarray, s_ranked: np.ndarray) -> float:
+        """A fully ranked candidate's FPR95 on the first heat's rows (its scores over all rows given)."""
+        return fpr_at_tpr(s_id[self.id_rows], s_ranked[::RACE_EVERY])
+
+
+def score_in_heats(detector: Any, rank_id: ImageSet, outliers: ImageSet, race: Race,
+                   best_heat: float) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """A candidate with its own passes: scores on every row (ID, all outliers) if it survives the first heat,
+    else those of the heat only; and its heat FPR95 when it was raced out (None when it went on)."""
+    heat_id = detector.scores(rank_id.subset(torch.from_numpy(race.id_rows)))
+    heat_out = detector.scores(outliers.subset(torch.from_numpy(race.out_rows)))
+    fpr = fpr_at_tpr(heat_id, heat_out)
+    if fpr > best_heat + RACE_MARGIN:
+        return heat_id, heat_out, fpr
+    s_id = _fill(len(rank_id), race.id_rows, heat_id, detector, rank_id)
+    s_out = _fill(len(outliers), race.out_rows, heat_out, detector, outliers)
+    return s_id, s_out, None
+
+
+def _fill(count: int, done: np.ndarray, scores: np.ndarray, detector: Any, images: ImageSet) -> np.ndarray:
+    rest = np.setdiff1d(np.arange(count), done)
+    rest_scores = detector.scores(images.subset(torch.from_numpy(rest))) if len(rest) else scores[:0]
+    out = np.empty(count, dtype=np.result_type(scores.dtype, rest_scores.dtype))
+    out[done], out[rest] = scores, rest_scores
+    return out
