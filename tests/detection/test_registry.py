@@ -440,3 +440,18 @@ def test_nac_equals_pytorch_ood_and_round_trips(tmp_path):
         export_onnx(loaded, tmp_path / "n.onnx")
     with pytest.raises(WatermarkOODError, match="nac needs gradients and cannot be part of a combination"):
         check_name("nac+energy")
+
+
+def test_gradnorm_all_is_the_library_default_and_differs_from_the_last_layer_form(trained_toy):
+    """gradnorm-all: pytorch-ood's GradNorm with its default (every parameter); gradnorm: the paper's last layer."""
+    from pytorch_ood.detector import GradNorm
+
+    from watermark_ood.runtime.inference import WatermarkedModel
+
+    model, norm, _ = trained_toy
+    test = make_images(40, seed=11)
+    ours = Detector(model, norm, None, "gradnorm-all", execution=CPU).scores(test)
+    expected = -GradNorm(WatermarkedModel(model, None).eval()).predict(norm(test.images)).numpy()
+    assert np.allclose(ours, expected, rtol=1e-5) and float(np.std(ours)) > 0
+    last_layer = Detector(model, norm, None, "gradnorm", execution=CPU).scores(test)
+    assert not np.allclose(ours / np.abs(ours).max(), last_layer / np.abs(last_layer).max(), rtol=1e-2)

@@ -10,17 +10,21 @@ from watermark_ood.detection.detector import Detector
 from watermark_ood.models.architectures import cifar_resnet
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.selection import shared_passes
-from watermark_ood.selection.shared_passes import Race, score_in_heats, shared_layer_outputs
+from watermark_ood.selection.shared_passes import Race, plain_outputs, score_in_heats, shared_outputs
 
 CPU = ExecutionConfig(device="cpu")
 
 
-def test_one_shared_pass_gives_each_layer_detector_its_own_outputs():
+def test_one_shared_pass_gives_each_layer_detector_and_the_plain_candidates_their_own_outputs():
     torch.manual_seed(0)
     model, norm = cifar_resnet(8).eval(), Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     images = ImageSet((torch.rand(50, 3, 16, 16) * 255).to(torch.uint8), torch.arange(50) % 10, "x")
     detectors = [Detector(model, norm, None, name, execution=CPU) for name in ("multimahalanobis", "gram", "combood")]
-    shared = shared_layer_outputs(detectors, {"x": images}, images.image_shape)
+    plain, shared = shared_outputs(model, norm, None, CPU, detectors, {"x": images, "z": images}, images.image_shape)
+    assert set(shared["gram"]) == {"x"}  # the combinations' z-score set: plain outputs only
+    for key in ("x", "z"):  # the penultimate features of the same pass equal a plain pass's
+        expected = plain_outputs(model, norm, None, images, CPU)
+        assert torch.equal(plain[key][0], expected[0]) and torch.allclose(plain[key][1], expected[1], atol=1e-6)
     for detector in detectors:
         logits, features = shared[detector.score]["x"]
         own_logits, own_features = detector.outputs(images)

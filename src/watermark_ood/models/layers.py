@@ -200,3 +200,18 @@ def split_joint(features: torch.Tensor, widths: Sequence[Sequence[int]]) -> list
             pieces.append(block[:, start:start + widths[j][layer]])
         parts.append(torch.cat(pieces, dim=1))
     return parts
+
+
+class JoinedTaps:
+    """Several taps in one forward pass (the penultimate vector and tapped layers): after each pass ``features``
+    pops their outputs side by side, in the order given (the hook protocol of :class:`LayerTaps`)."""
+
+    def __init__(self, taps: Sequence) -> None:
+        self.taps = list(taps)
+        self.features = self
+
+    def pop(self) -> torch.Tensor:
+        return torch.cat([tap.features.pop() for tap in self.taps], dim=1)
+
+    def close(self) -> torch.Tensor:
+        return torch.cat([tap.close() for tap in self.taps], dim=1)

@@ -17,7 +17,7 @@ from watermark_ood.core.randomness import derived_seed
 from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.data.streaming import place_rows
-from watermark_ood.models.layers import LayerRewrite, LayerTaps
+from watermark_ood.models.layers import JoinedTaps, LayerRewrite, LayerTaps
 from watermark_ood.models.taps import PenultimateHook, split_at_head
 from watermark_ood.runtime.device import ExecutionConfig, prepare_model
 
@@ -50,10 +50,11 @@ def infer(model: nn.Module, images: ImageSet, normalization: Normalization, wate
           execution: ExecutionConfig | None = None, progress: bool = False, features: bool = False,
           layers: Sequence[str] | None = None, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
           rewrite: tuple[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
-          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+          penultimate_too: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits and, with ``features``, the input of the model's last linear layer, of every row of ``images``;
     with ``layers``, instead, the spatial means (or ``reduce``) of those layers side by side (:class:`LayerTaps`); with
-    ``rewrite`` = (layer, change), the logits of the model whose layer output is changed (:class:`LayerRewrite`).
+    ``rewrite`` = (layer, change), the logits of the model whose layer output is changed (:class:`LayerRewrite`);
+    ``penultimate_too`` (with ``layers``): the penultimate features first, then the layers', from the same pass.
 
     With features the model runs as it is (a hook on its head; no BatchNorm fusion, which would move the head);
     without, it is prepared by :func:`prepare_model` outside inference mode (new parameters would otherwise
@@ -69,6 +70,8 @@ def infer(model: nn.Module, images: ImageSet, normalization: Normalization, wate
     part, total = distributed.shard(rows)
     rewriter = LayerRewrite(model, *rewrite) if rewrite is not None else None
     hook = (LayerTaps(model, layers, reduce) if layers is not None else PenultimateHook(model)) if features else None
+    if penultimate_too and layers is not None:
+        hook = JoinedTaps([PenultimateHook(model), hook])
     try:
         with torch.no_grad() if features else torch.inference_mode():  # features feed fits that write in place
             logits, feats = _infer_rows(model, hook, images, rows[part], normalization, watermark, execution,
@@ -179,6 +182,17 @@ def graduncertainty_scores(model: nn.Module, images: ImageSet, normalization: No
 
     device = execution.torch_device()
     detector = GradUncertainty(WatermarkedModel(model, watermark).eval().to(device))
+    return batched_scores(images, normalization, device, batch, lambda x, _: detector.predict(x))
+
+
+def gradnorm_all_scores(model: nn.Module, images: ImageSet, normalization: Normalization,
+                        watermark: Watermark | None, execution: ExecutionConfig, batch: int = 64) -> np.ndarray:
+    """GradNorm as pytorch-ood's default computes it: the L1 norm of every parameter's per-image gradient of the
+    cross-entropy to the uniform distribution; higher = more ID (the paper's last-layer form is kind gradnorm)."""
+    from pytorch_ood.detector import GradNorm
+
+    device = execution.torch_device()
+    detector = GradNorm(WatermarkedModel(model, watermark).eval().to(device))
     return batched_scores(images, normalization, device, batch, lambda x, _: detector.predict(x))
 
 

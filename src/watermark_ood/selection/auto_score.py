@@ -36,7 +36,7 @@ from watermark_ood.detection.detector import FIT_IMAGES, Detector
 from watermark_ood.detection.registry import AUTO_CANDIDATES, DETECTOR_KINDS, reads_layers
 from watermark_ood.evaluation.metrics import accuracy, auroc, fpr_at_tpr, fpr_at_tpr_resampled
 from watermark_ood.runtime.device import ExecutionConfig
-from watermark_ood.selection.shared_passes import RACE_MARGIN, Race, score_in_heats, shared_layer_outputs
+from watermark_ood.selection.shared_passes import RACE_MARGIN, Race, score_in_heats, shared_outputs
 from watermark_ood.selection.validation import lost_kind, per_kind_fpr
 from watermark_ood.watermark.file import Watermark
 
@@ -88,15 +88,6 @@ class Selection:
                 "seconds": self.seconds, "forward_seconds": self.forward_seconds, "ranking": self.ranking}
 
 
-def _outputs(model, normalization, mark, images: ImageSet, execution) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits and penultimate features in one pass (logits alone for a model without a linear head)."""
-    from watermark_ood.runtime.inference import logits_and_features, predict_logits
-
-    if not any(isinstance(m, torch.nn.Linear) for m in model.modules()):
-        return predict_logits(model, images, normalization, mark, execution), None
-    return logits_and_features(model, images, normalization, mark, execution)
-
-
 def selection_splits(train: ImageSet, settings: SelectionSettings) -> tuple[ImageSet, ImageSet, ImageSet, ImageSet]:
     """Disjoint seeded parts of the ID training data: (fit, z-scores of combinations, ranking, calibration)."""
     fit_split, holdout = train.split(settings.holdout_fraction, settings.seed)
@@ -127,17 +118,16 @@ def select_detector(model: torch.nn.Module, normalization: Normalization, train:
     conditions = [("none", None)] + ([("given", watermark)] if watermark is not None else [])
     ranking: list[dict[str, Any]] = []
     cached: dict[str, dict[str, Any]] = {}
+    layer_taps: dict[str, dict[str, Any]] = {}  # each layer detector's part of the shared passes
     forward_seconds = 0.0  # the shared forward passes alone (and odin's own), next to the whole choice's time
     for condition, mark in conditions:
         t_forward = time.perf_counter()
-        outputs = {key: _outputs(model, normalization, mark, images, execution)
-                   for key, images in (("fit", fit_set), ("z", z_set), ("id", rank_id), ("out", outliers))}
+        outputs, taps = shared_outputs(model, normalization, mark, execution,
+                                       _layer_detectors(model, normalization, mark, settings.candidates, execution),
+                                       {"fit": fit_set, "z": z_set, "id": rank_id, "out": outliers}, train.image_shape)
         forward_seconds += time.perf_counter() - t_forward
         cached[condition] = outputs
-        t_forward = time.perf_counter()
-        taps = shared_layer_outputs(_layer_detectors(model, normalization, mark, settings.candidates, execution),
-                                    {"fit": fit_set, "id": rank_id, "out": outliers}, train.image_shape)
-        forward_seconds += time.perf_counter() - t_forward
+        layer_taps[condition] = taps
         rows = []
         race = Race.of(len(rank_id), ranked_rows)
         for name in sorted(settings.candidates, key=_makes_own_passes):  # own passes last: they race the rest
@@ -178,9 +168,12 @@ def select_detector(model: torch.nn.Module, normalization: Normalization, train:
         row.pop(SCORES, None)
     mark = watermark if best["watermark"] == "given" else None
     detector = Detector(model, normalization, mark, best["score"], execution=execution, model_id=model_id)
-    outputs = cached[best["watermark"]]
-    detector.fit_shared(fit_set, outputs["fit"], outputs["z"])
+    outputs, own_taps = cached[best["watermark"]], layer_taps[best["watermark"]].get(best["score"])
     detector.input_shape = tuple(train.image_shape)
+    if own_taps is not None:  # a layer detector: fitted on its part of the shared pass, as it was ranked
+        detector.fit_outputs(*own_taps["fit"], fit_set.labels)
+    else:
+        detector.fit_shared(fit_set, outputs["fit"], outputs["z"])
     detector.calibrate(calibration.sample(settings.calibration_images, settings.seed), tpr, settings.per_class,
                        train.num_classes)
     forward_seconds += sum(r.get("seconds", 0.0) for r in ranking if r.get("own_passes"))

@@ -1,10 +1,11 @@
 """What keeps ``--score auto``'s choice cheap as the pool grows (issue 26's cost target: at most one ResNet-56
 watermark fit on CPU).
 
-- **Shared layer taps.** The detectors on intermediate layers (multimahalanobis, gram, combood) each keep their
+- **Shared passes.** The detectors on intermediate layers (multimahalanobis, gram, combood) each keep their
   own statistics of the tapped maps; one forward pass per image set keeps all of them side by side
-  (:func:`~watermark_ood.models.layers.joint_reducer`) and every detector gets its own part, equal to what its
-  own pass would give.
+  (:func:`~watermark_ood.models.layers.joint_reducer`), and the penultimate features the other candidates read,
+  and every detector gets its own part, equal to what its own pass would give. The winner, if it is one of them,
+  is fitted from the same outputs.
 - **Racing** (pre-registered in benchmarks/README.md before it was run). The candidates that still run the model
   themselves (odin, mcd, graduncertainty, mahalanobis-odin, nac, the feature-map kinds) are ranked after the
   others, first on every third ranking ID image and every third ranked outlier. One whose FPR95 there is more
@@ -28,25 +29,55 @@ RACE_EVERY = 3  # the first heat: every third ranking ID image and ranked outlie
 RACE_MARGIN = 0.05  # FPR95 points (as a fraction) above the best of the first heat that still go on
 
 
-def shared_layer_outputs(detectors: Sequence[Any], sets: Mapping[str, ImageSet],
-                         image_shape: Sequence[int]) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-    """``{score: {set key: (logits, its tapped features)}}``: one forward pass per set and group of layers."""
+Outputs = tuple[torch.Tensor, "torch.Tensor | None"]
+
+
+def plain_outputs(model, normalization, mark, images: ImageSet, execution) -> Outputs:
+    """Logits and penultimate features in one pass (logits alone for a model without a linear head)."""
+    from watermark_ood.runtime.inference import logits_and_features, predict_logits
+
+    if not has_head(model):
+        return predict_logits(model, images, normalization, mark, execution), None
+    return logits_and_features(model, images, normalization, mark, execution)
+
+
+def has_head(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.Linear) for m in model.modules())
+
+
+def shared_outputs(model, normalization, mark, execution, layer_detectors: Sequence[Any],
+                   sets: Mapping[str, ImageSet], image_shape: Sequence[int],
+                   ) -> tuple[dict[str, Outputs], dict[str, dict[str, Outputs]]]:
+    """Every set's logits and penultimate features, and each layer detector's tapped features of the sets it
+    needs (all but "z": layer detectors are never parts of combinations), in one forward pass per set.
+
+    Returns ``({set key: (logits, features)}, {score: {set key: (logits, its tapped features)}})``.
+    """
     from watermark_ood.runtime.inference import infer
 
     groups: dict[tuple[str, ...], list[Any]] = {}
-    for detector in detectors:
+    for detector in layer_detectors:
         groups.setdefault(tuple(detector.layers), []).append(detector)
-    out: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
-    for layers, group in groups.items():
-        first = group[0]
+    plain: dict[str, Outputs] = {}
+    taps: dict[str, dict[str, Outputs]] = {}
+    for number, (layers, group) in enumerate(groups.items()):
         reducers = [d.layer_reducer() for d in group]
-        widths = [layer_widths(first.model, layers, image_shape, reduce) for reduce in reducers]
+        widths = [layer_widths(model, layers, image_shape, reduce) for reduce in reducers]
+        joined = number == 0 and has_head(model)  # the first group's pass also keeps the penultimate vector
         for key, images in sets.items():
-            logits, joint = infer(first.model, images, first.normalization, first.watermark, first.execution,
-                                  layers=layers, reduce=joint_reducer(reducers))
+            if key == "z":
+                continue
+            logits, joint = infer(model, images, normalization, mark, execution, layers=layers,
+                                  reduce=joint_reducer(reducers), penultimate_too=joined)
+            if joined:
+                width = joint.shape[1] - sum(sum(w) for w in widths)
+                plain[key], joint = (logits, joint[:, :width]), joint[:, width:]
             for detector, part in zip(group, split_joint(joint, widths)):
-                out.setdefault(detector.score, {})[key] = (logits, part)
-    return out
+                taps.setdefault(detector.score, {})[key] = (logits, part)
+    for key, images in sets.items():
+        if key not in plain:
+            plain[key] = plain_outputs(model, normalization, mark, images, execution)
+    return plain, taps
 
 
 @dataclass(frozen=True)
