@@ -280,3 +280,32 @@ def test_calibrate_and_predict_with_tapped_layers(data, tmp_path, capsys):
     assert main(["predict", *model, "--detector", str(out),
                  "--input", str(noise), "--out", str(tmp_path / "p.json")]) == 0
     assert len(json.loads((tmp_path / "p.json").read_text())["rows"]) == 40
+
+
+def test_evaluate_taps_the_named_layers_and_refuses_them_where_no_score_reads_layers(data, tmp_path, capsys):
+    import json
+
+    from safetensors.torch import save_file
+
+    from watermark_ood.models.architectures import SmallCNN
+
+    id_data, noise = data
+    save_file(SmallCNN(num_classes=3, in_channels=3).state_dict(), str(tmp_path / "m.safetensors"))
+    base = ["evaluate", "--model", "small_cnn", "--checkpoint", str(tmp_path / "m.safetensors"), "--device", "cpu",
+            "--no-progress", "--id-data", str(id_data), "--ood-data", str(noise)]
+    for extra, message in ((["--scores", "energy", "knn", "--layers", "bn2"], "--layers is for the detectors on "
+                            "intermediate layers"), (["--scores", "gram", "--layers", "bn9"], "no layer 'bn9'")):
+        out = tmp_path / "never"
+        assert main([*base, *extra, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1 and not out.exists()
+    out = tmp_path / "run"
+    assert main([*base, "--scores", "multimahalanobis", "ash-map", "energy", "--layers", "bn2", "bn3",
+                 "--out", str(out)]) == 0
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert run["layers"] == ["bn2", "bn3"] and set(run["scores"]) == {"multimahalanobis", "ash-map", "energy"}
+    plain = tmp_path / "plain"
+    assert main([*base, "--scores", "multimahalanobis", "--out", str(plain)]) == 0
+    default = json.loads((plain / "results.json").read_text())["runs"][0]["scores"]["multimahalanobis"]["cost"]
+    named = run["scores"]["multimahalanobis"]["cost"]  # bn1-3 by default: a larger fitted state than bn2-3's
+    assert default["baseline"]["file_bytes"] > named["baseline"]["file_bytes"]

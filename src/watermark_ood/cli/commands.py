@@ -75,7 +75,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = EvaluateSettings(
         id_data=args.id_data, ood_data=args.ood_data, out=args.out, watermark=args.watermark, detector=args.detector,
         score=args.score, scores=args.scores or (), image_size=args.image_size, data=data_options(args),
-        protocol=not args.all_ood, seed=args.seed, progress=not args.no_progress)
+        protocol=not args.all_ood, seed=args.seed, progress=not args.no_progress,
+        layers=tuple(args.layers) if args.layers else None)
     check_evaluate(settings)
     evaluate_pipeline(settings, source(args), execution(args))
     return 0

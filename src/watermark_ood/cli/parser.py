@@ -140,6 +140,13 @@ def _fit_command(sub: Any) -> None:
     _add_runtime(fit)
 
 
+def _add_layers(parser: Any, more: str = "") -> None:
+    parser.add_argument("--layers", nargs="+", metavar="NAME", default=None,
+                        help="the layers a detector on intermediate layers taps, named as in model.named_modules() "
+                             f"(for {' '.join(LAYER_SCORES)}){more} [each stage's output of a registered "
+                             "architecture]")
+
+
 def _evaluate_command(sub: Any) -> None:
     ev = sub.add_parser("evaluate", help="score ID vs OOD sets: a watermark, a detector file, or every detector",
                         description="Write results.json, report.md, histograms and ROC curves to --out. With "
@@ -154,6 +161,7 @@ def _evaluate_command(sub: Any) -> None:
     ev.add_argument("--score", help="the detector to report (any name --scores accepts) [with --watermark: its "
                                     "objective's score; without: the first of --scores]")
     ev.add_argument("--scores", nargs="+", default=None, help=SCORES_HELP)
+    _add_layers(ev, " (a feature-map kind takes one; it keeps its default map when several are named)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the OOD subsampling [0]")
     ev.add_argument("--out", required=True, help="output folder")
     _add_runtime(ev)
@@ -188,9 +196,7 @@ def _calibrate_command(sub: Any) -> None:
                           "auto: rank them all, "
                           "with and without --watermark, on held-out ID training data vs synthetic outliers (no OOD "
                           "data) [the watermark's score, else energy]")
-    cal.add_argument("--layers", nargs="+", metavar="NAME", default=None,
-                     help="the layers a detector on intermediate layers taps, named as in model.named_modules() "
-                          f"(for {' '.join(LAYER_SCORES)}) [each stage's output of a registered architecture]")
+    _add_layers(cal)
     cal.add_argument("--tpr", type=float, default=0.95,
                      help="share of ID inputs to accept, in (0, 1): the split-conformal threshold guarantees that an "
                           "ID input is rejected with probability at most 1 - tpr [0.95]")

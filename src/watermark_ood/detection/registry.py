@@ -376,6 +376,20 @@ def reads_layers(name: str) -> bool:
     return any(part in LAYER_SCORES for part in name.split("+"))
 
 
+def layers_for(name: str, layers: Sequence[str] | None) -> tuple[str, ...] | None:
+    """The layers a leaderboard's ``--layers`` gives one score: those that read several layers take them all; the
+    feature-map kinds change one map, the one named when one is (else their default, the last map); others none.
+
+    >>> layers_for("gram", ["a", "b"]), layers_for("ash-map", ["a", "b"]), layers_for("ash-map", ["b"])
+    (('a', 'b'), None, ('b',))
+    """
+    if layers is None or "+" in name or name not in LAYER_SCORES:
+        return None
+    if DETECTOR_KINDS[name].reads == "map":
+        return tuple(layers) if len(layers) == 1 else None
+    return tuple(layers)
+
+
 def export_refusal(name: str) -> str:
     """Why a score (or a combination) cannot be exported, in one line; empty when it can."""
     return next((DETECTOR_KINDS[p].export_refusal for p in name.split("+") if DETECTOR_KINDS[p].export_refusal), "")

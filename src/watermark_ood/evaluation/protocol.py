@@ -126,6 +126,7 @@ def evaluate_scores(
     watermark: Watermark | None,
     scores: Sequence[str],
     execution: ExecutionConfig | None = None,
+    layers: Sequence[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Every requested detector with and without the watermark, through the one :class:`Detector` interface.
 
@@ -134,13 +135,14 @@ def evaluate_scores(
     images/s (forward pass included, after a warm-up) and the detector file's size.
     Fitted scores use ``id_fit`` (ID training images) under the condition they are evaluated in:
     watermarked features for the watermarked model; combinations take their z-scores from a fifth of it.
+    ``layers``: what the detectors on intermediate layers tap (:func:`~watermark_ood.detection.registry.layers_for`).
     """
     import tempfile
     import time
     from pathlib import Path
 
     from watermark_ood.detection.detector import Detector
-    from watermark_ood.detection.registry import check_name
+    from watermark_ood.detection.registry import check_name, layers_for
     from watermark_ood.runtime.inference import logits_and_features
 
     execution = execution or ExecutionConfig()
@@ -163,7 +165,8 @@ def evaluate_scores(
             z_out = logits_and_features(model, z_part, normalization, mark, execution)
             fit_forward_seconds = time.perf_counter() - t0  # part of every fitted detector's fit time
             for score in scores:
-                detector = Detector(model, normalization, mark, score, execution=execution)
+                detector = Detector(model, normalization, mark, score, execution=execution,
+                                    layers=layers_for(score, layers))
                 own = detector.own_passes
                 t0 = time.perf_counter()
                 detector.fit_shared(fit_part, fit_out, z_out)

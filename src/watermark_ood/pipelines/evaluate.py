@@ -43,6 +43,7 @@ class EvaluateSettings:
     protocol: bool = True  # each OOD set contributes |ID test| / 5 images, as in the paper
     seed: int = 0
     progress: bool = False
+    layers: tuple[str, ...] | None = None  # what the detectors on intermediate layers tap [each stage's output]
 
 
 def expand_scores(names: Sequence[str] | None) -> list[str]:
@@ -75,6 +76,7 @@ def check_evaluate(settings: EvaluateSettings) -> list[str]:
                                 "(--scores NAME ... or all, or --score NAME)")
     if not settings.ood_data:
         raise WatermarkOODError("evaluate needs at least one --ood-data set")
+    check_layers_option(settings, scores)
     for path, what in ((settings.watermark, "watermark"), (settings.detector, "detector")):
         if path is not None and not Path(path).is_file():
             raise WatermarkOODError(f"{path}: {what} file not found")
@@ -82,6 +84,20 @@ def check_evaluate(settings: EvaluateSettings) -> list[str]:
     if out.exists() and not out.is_dir():
         raise WatermarkOODError(f"--out {out} exists and is not a folder")
     return scores
+
+
+def check_layers_option(settings: EvaluateSettings, scores: Sequence[str]) -> None:
+    """``--layers`` only where an asked score taps layers, and never for a detector file (it records its own)."""
+    from watermark_ood.detection.registry import LAYER_SCORES, layers_for
+
+    if settings.layers is None:
+        return
+    if settings.detector is not None:
+        raise WatermarkOODError("--layers does not apply to --detector: the file records the layers it taps")
+    asked = [*scores, *([settings.score] if settings.score else [])]
+    if not any(layers_for(name, settings.layers) for name in asked):
+        raise WatermarkOODError(f"--layers is for the detectors on intermediate layers ({', '.join(LAYER_SCORES)}; "
+                                "a feature-map kind takes one layer); none of the asked scores reads them")
 
 
 def evaluate_pipeline(settings: EvaluateSettings, source: ModelSource, execution: ExecutionConfig | None = None,
@@ -111,6 +127,8 @@ def evaluate_pipeline(settings: EvaluateSettings, source: ModelSource, execution
     else:
         run = _evaluate_plain(settings, model, train, test, sets, scores, execution, out)
     run["skipped_images"] = skipped_images([train, test, *ood])
+    if settings.layers is not None:
+        run["layers"] = list(settings.layers)  # what the detectors on intermediate layers tapped
     _write(out, run, settings)
     log(_terminal(run))
     return run
@@ -158,7 +176,8 @@ def _evaluate_watermark(settings, model, train, test, sets, scores, execution, o
     extra: dict[str, Any] = {"num_id_test": len(test), "num_ood": {s.name: len(s) for s in sets}}
     if table_scores:
         extra["scores"] = evaluate_scores(model.module, model.normalization, train.sample(5000, settings.seed),
-                                          test, sets, watermark, table_scores, execution)
+                                          test, sets, watermark, table_scores, execution,
+                                          settings.layers)
     headline = score if score in LOGIT_SCORES else "energy"
     run = build_run(objective, headline, watermark.metadata.get("hyperparameters", {}), evaluation, 0.0, 0.0,
                     model=model.model_id, watermark=str(settings.watermark), **extra)
@@ -183,7 +202,7 @@ def _evaluate_plain(settings, model, train, test, sets, scores, execution, out: 
     if score not in scores:
         scores = [score, *scores]
     table = evaluate_scores(model.module, model.normalization, train.sample(5000, settings.seed), test, sets, None,
-                            scores, execution)
+                            scores, execution, settings.layers)
     logits = predict_logits(model.module, test, model.normalization, None, execution)
     return {"objective": None, "score": score, "hyperparameters": {},
             "accuracy": {"baseline": accuracy(logits, test.labels)},
