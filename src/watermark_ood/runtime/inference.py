@@ -130,6 +130,14 @@ class WatermarkedModel(nn.Module):
         return self.model(x + self.watermark)
 
 
+GRADIENT_BATCH = 250  # images per backward pass: its graph holds every activation (ODIN at 1,000 on a ResNet-20
+#                      was 1.8 GB of calibrate --score auto's 2.1 GB peak); per-image scores do not depend on it
+
+
+def gradient_batch(execution: ExecutionConfig) -> int:
+    return min(execution.eval_batch_size, GRADIENT_BATCH)
+
+
 def batched_scores(images: ImageSet, normalization: Normalization, device: torch.device, batch: int,
                    outlier: Callable[[torch.Tensor, int], torch.Tensor]) -> np.ndarray:
     """Higher-is-ID scores of a library detector that runs the model itself, batch by batch: ``outlier(x, start)``
@@ -149,7 +157,7 @@ def odin_scores(model: nn.Module, images: ImageSet, normalization: Normalization
     device = execution.torch_device()
     module = WatermarkedModel(model, watermark).eval().to(device)
     detector = ODIN(module, eps=eps, temperature=temperature, norm_std=list(normalization.std))
-    return batched_scores(images, normalization, device, execution.eval_batch_size, lambda x, _: detector.predict(x))
+    return batched_scores(images, normalization, device, gradient_batch(execution), lambda x, _: detector.predict(x))
 
 
 def mcd_scores(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
@@ -205,7 +213,7 @@ def perturbed_scores(model: nn.Module, images: ImageSet, normalization: Normaliz
     encoder = split_at_head(WatermarkedModel(model, watermark))[0].eval().to(device)
     detector._base.encoder, detector.norm_std = encoder, list(normalization.std)
     try:
-        return batched_scores(images, normalization, device, execution.eval_batch_size,
+        return batched_scores(images, normalization, device, gradient_batch(execution),
                               lambda x, _: detector.predict(x))
     finally:
         detector._base.encoder, detector.norm_std = None, None
@@ -224,7 +232,7 @@ def coverage_fit(model: nn.Module, images: ImageSet, normalization: Normalizatio
     """Fit a library detector that runs the model itself with gradients on the named layers (NAC-UE) on
     ``images``: its own passes over the (watermarked) model."""
     module, taps, device = _tapped(model, watermark, execution, layers)
-    batches = [normalization(pixels.to(device)) for _, pixels in images.batches(execution.eval_batch_size)
+    batches = [normalization(pixels.to(device)) for _, pixels in images.batches(gradient_batch(execution))
                if len(pixels)]
     detector.fit_images(module, taps, batches)
 
@@ -233,5 +241,5 @@ def coverage_scores(model: nn.Module, images: ImageSet, normalization: Normaliza
                     execution: ExecutionConfig, detector, layers: Sequence[str]) -> np.ndarray:
     """The same detector's scores (higher = more ID), batch by batch."""
     module, taps, device = _tapped(model, watermark, execution, layers)
-    return batched_scores(images, normalization, device, execution.eval_batch_size,
+    return batched_scores(images, normalization, device, gradient_batch(execution),
                           lambda x, _: detector.predict_images(module, taps, x))
