@@ -76,3 +76,22 @@ def trained_toy():
             optimizer.step()
     del train_classifier
     return model.eval(), norm, train
+
+
+def assert_ships_but_refuses_export(detector, model, test: torch.Tensor, expected: np.ndarray, tmp_path,
+                                    refusal: str) -> None:
+    """A kind that cannot be exported still ships: calibrated, saved and loaded, it gives ``expected`` on ``test``
+    exactly; export refuses it and so does a combination with it (``refusal``: that one-line message)."""
+    from watermark_ood.core.errors import WatermarkOODError
+    from watermark_ood.detection.detector import Detector
+    from watermark_ood.detection.export import export_onnx
+    from watermark_ood.detection.registry import check_name
+    from watermark_ood.runtime.device import ExecutionConfig
+
+    detector.calibrate(ImageSet(test, torch.zeros(len(test), dtype=torch.long)))
+    loaded = Detector.load(detector.save(tmp_path / "shipped.safetensors"), model, ExecutionConfig(device="cpu"))
+    assert np.array_equal(loaded.scores(test), expected)
+    with pytest.raises(WatermarkOODError, match="cannot be exported"):
+        export_onnx(loaded, tmp_path / "shipped.onnx")
+    with pytest.raises(WatermarkOODError, match=refusal):
+        check_name(f"{detector.score}+energy")

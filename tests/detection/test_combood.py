@@ -4,13 +4,13 @@ Mahalanobis distance, scikit-learn's nearest neighbours), its saved state, and i
 import numpy as np
 import pytest
 import torch
+from conftest import assert_ships_but_refuses_export
 
 from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.detection.combood import yeo_johnson
 from watermark_ood.detection.detector import Detector
-from watermark_ood.detection.registry import check_name
 from watermark_ood.models.architectures import cifar_resnet
 from watermark_ood.runtime.device import ExecutionConfig
 
@@ -62,15 +62,8 @@ def test_combood_equals_the_authors_formula_and_round_trips(tmp_path):
     assert 0 < keep.sum() < len(keep)  # the stage outputs' minima (ReLU, 0) are constant and left out
     ours = detector.scores(test)
     assert np.allclose(ours, expected, rtol=1e-4, atol=1e-3) and float(np.std(ours)) > 1.0
-    detector.calibrate(ImageSet(test, torch.zeros(40, dtype=torch.long)))
-    loaded = Detector.load(detector.save(tmp_path / "c.safetensors"), model, CPU)
-    assert np.array_equal(loaded.scores(test), ours)
-    from watermark_ood.detection.export import export_onnx
-
-    with pytest.raises(WatermarkOODError, match="cannot be exported"):
-        export_onnx(loaded, tmp_path / "c.onnx")
-    with pytest.raises(WatermarkOODError, match="combood reads intermediate layers and cannot be part"):
-        check_name("combood+energy")
+    assert_ships_but_refuses_export(detector, model, test, ours, tmp_path,
+                                    "combood reads intermediate layers and cannot be part")
 
 
 def test_yeo_johnson_equals_scikit_learn_on_both_signs_and_special_lambdas():

@@ -5,7 +5,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import make_images
+from conftest import assert_ships_but_refuses_export, make_images
 
 from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.data.synthetic import low_frequency_noise
@@ -420,7 +420,6 @@ def test_nac_equals_pytorch_ood_and_round_trips(tmp_path):
 
     from watermark_ood.data.images import ImageSet
     from watermark_ood.data.preprocessing import Normalization
-    from watermark_ood.detection.export import export_onnx
     from watermark_ood.models.architectures import cifar_resnet
 
     torch.manual_seed(0)
@@ -433,13 +432,8 @@ def test_nac_equals_pytorch_ood_and_round_trips(tmp_path):
     library.fit([norm(train.images)])
     ours = detector.scores(test)
     assert np.allclose(ours, -library.predict(norm(test)).numpy(), rtol=1e-6) and float(np.std(ours)) > 0
-    detector.calibrate(ImageSet(test, torch.zeros(30, dtype=torch.long)))
-    loaded = Detector.load(detector.save(tmp_path / "n.safetensors"), model, CPU)
-    assert np.array_equal(loaded.scores(test), ours)
-    with pytest.raises(WatermarkOODError, match="cannot be exported"):
-        export_onnx(loaded, tmp_path / "n.onnx")
-    with pytest.raises(WatermarkOODError, match="nac needs gradients and cannot be part of a combination"):
-        check_name("nac+energy")
+    assert_ships_but_refuses_export(detector, model, test, ours, tmp_path,
+                                    "nac needs gradients and cannot be part of a combination")
 
 
 def test_gradnorm_all_is_the_library_default_and_differs_from_the_last_layer_form(trained_toy):

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.detection.functional import knn_kth_distance
 
 K_NEIGHBOURS = 50  # the authors' (and OpenOOD's CIFAR) k
 REGULARIZATION = 1.0  # added to the extremes' covariance before it is inverted (the authors' ``reg``)
@@ -119,11 +120,9 @@ class CombOOD:
         return torch.einsum("nd,de,ne->n", t, self.precision, t)
 
     def kth_squared_distance(self, pooled: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-        out = []
-        for start in range(0, len(pooled), chunk):
-            part = torch.cdist(pooled[start:start + chunk], self.bank) ** 2
-            out.append(part.kthvalue(self.k, dim=1).values)
-        return torch.cat(out) if out else torch.zeros(0)
+        """r_k^2 of each (normalized) row: the KNN detector's k-th distance, in chunks of a bank-wide matrix."""
+        parts = [knn_kth_distance(pooled[s:s + chunk], self.bank, self.k) for s in range(0, len(pooled), chunk)]
+        return torch.cat(parts) ** 2 if parts else torch.zeros(0)
 
     def predict_structured(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Outlier score (higher = more OOD): minus the fused log-probability."""

@@ -182,26 +182,21 @@ def mcd_scores(model: nn.Module, images: ImageSet, normalization: Normalization,
         module.eval()
 
 
-def graduncertainty_scores(model: nn.Module, images: ImageSet, normalization: Normalization,
-                           watermark: Watermark | None, execution: ExecutionConfig, batch: int = 64) -> np.ndarray:
-    """GradUncertainty via pytorch-ood (the squared norm of every parameter's per-image gradient of the binary
-    cross-entropy to an all-ones label); higher = more ID. Small batches: per-image gradients of all parameters."""
-    from pytorch_ood.detector import GradUncertainty
+def parameter_gradient_scores(library: str) -> Callable[..., np.ndarray]:
+    """Scores (higher = more ID) of a pytorch-ood detector built from every parameter's per-image gradient
+    (``GradUncertainty``; ``GradNorm`` with its default), run by the library itself. Small batches: each image's
+    gradient of all parameters is held at once."""
 
-    device = execution.torch_device()
-    detector = GradUncertainty(WatermarkedModel(model, watermark).eval().to(device))
-    return batched_scores(images, normalization, device, batch, lambda x, _: detector.predict(x))
+    def scores(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
+               execution: ExecutionConfig, batch: int = 64) -> np.ndarray:
+        from pytorch_ood import detector as pod
 
+        device = execution.torch_device()
+        detector = getattr(pod, library)(WatermarkedModel(model, watermark).eval().to(device))
+        return batched_scores(images, normalization, device, batch, lambda x, _: detector.predict(x))
 
-def gradnorm_all_scores(model: nn.Module, images: ImageSet, normalization: Normalization,
-                        watermark: Watermark | None, execution: ExecutionConfig, batch: int = 64) -> np.ndarray:
-    """GradNorm as pytorch-ood's default computes it: the L1 norm of every parameter's per-image gradient of the
-    cross-entropy to the uniform distribution; higher = more ID (the paper's last-layer form is kind gradnorm)."""
-    from pytorch_ood.detector import GradNorm
-
-    device = execution.torch_device()
-    detector = GradNorm(WatermarkedModel(model, watermark).eval().to(device))
-    return batched_scores(images, normalization, device, batch, lambda x, _: detector.predict(x))
+    scores.__name__ = f"{library.lower()}_scores"
+    return scores
 
 
 def perturbed_scores(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
