@@ -55,8 +55,12 @@ def main() -> None:
                    help="only time the shipped selection against one watermark fit (no OOD data, one rule)")
     p.add_argument("--rules", nargs="+", choices=list(RULES), help="ranking rules to run besides the shipped "
                    "one [all of RULES]")
-    p.add_argument("--candidates", choices=["shipped", "all"], default="shipped",
-                   help="the shipped candidates of --score auto, or every detector the model runs (issue 26)")
+    p.add_argument("--candidates", choices=list(POOLS), default="shipped",
+                   help="the candidate pool of the measured choice: the shipped candidates of --score auto, or every "
+                        "detector the model runs (issue 26), or every one but combood")
+    p.add_argument("--pools", nargs="+", choices=list(POOLS), default=[],
+                   help="other candidate pools to choose from as well (shipped ranking rule), each reported beside "
+                        "the measured choice under 'pools' [none]")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     if not args.cost_only and not args.ood_data:
@@ -77,15 +81,18 @@ def main() -> None:
     selections, choose_seconds = {}, 0.0
     rules = {rule: kinds for rule, kinds in RULES.items() if args.rules is None or rule in args.rules
              or kinds == shipped_kinds}
-    for rule, kinds in sorted(rules.items(), key=lambda item: item[1] != shipped_kinds):  # the shipped rule first
+    runs = [(rule, kinds, args.candidates) for rule, kinds in sorted(rules.items(), key=lambda item: item[1] !=
+                                                                      shipped_kinds)]  # the shipped rule first
+    runs += [(f"pool {pool}", shipped_kinds, pool) for pool in args.pools if pool != args.candidates]
+    for label, kinds, pool in runs:
         t0 = time.perf_counter()
-        settings = SelectionSettings(ranking_kinds=kinds, candidates=candidates_for(args.candidates, model.module))
-        selections[rule] = select_detector(model.module, model.normalization, train, watermark, 0.95, settings,
-                                           execution, model.model_id, log=print)
+        settings = SelectionSettings(ranking_kinds=kinds, candidates=candidates_for(pool, model.module))
+        selections[label] = select_detector(model.module, model.normalization, train, watermark, 0.95, settings,
+                                            execution, model.model_id, log=print)
         seconds = time.perf_counter() - t0
         choose_seconds = choose_seconds or seconds  # the shipped rule's time
-        print(f"{rule}: chose {selections[rule].detector.score} (watermark: {selections[rule].ranking[0]['watermark']})"
-              f" in {seconds:.0f}s", flush=True)
+        print(f"{label}: chose {selections[label].detector.score} (watermark: "
+              f"{selections[label].ranking[0]['watermark']}) in {seconds:.0f}s", flush=True)
     shipped_rule = next(rule for rule, kinds in RULES.items() if kinds == shipped_kinds)
     selection = selections[shipped_rule]
     chosen = selection.detector
@@ -143,7 +150,9 @@ def main() -> None:
         "spearman_synthetic_vs_real": {"rho": float(rho.statistic), "p": float(rho.pvalue), "n": len(rows)},
         "ranking_kinds": list(shipped_kinds), "candidate_pool": args.candidates,
         "rules": {rule: rule_outcome(sel, rows + extra, best, energy["real"], shipped_mean if rule == shipped_rule
-                                     else None) for rule, sel in selections.items()},
+                                     else None) for rule, sel in selections.items() if rule in rules},
+        "pools": {label.removeprefix("pool "): rule_outcome(sel, rows + extra, best, energy["real"], None)
+                  for label, sel in selections.items() if label not in rules},
         "choose_seconds": choose_seconds, "candidates": rows, "candidates_of_other_rules": extra,
         "close_call_rule": close_call_rule(rows, selection.detector.selection["close_share"], shipped_mean, best,
                                            energy["real"]),
@@ -158,10 +167,12 @@ def main() -> None:
 
 
 def candidates_for(which: str, module: torch.nn.Module) -> tuple[str, ...]:
-    """The shipped pool, or every registered detector the model runs (mcd only where it has dropout)."""
-    if which == "shipped":
-        return tuple(SelectionSettings().candidates)
-    return tuple(n for n, kind in DETECTOR_KINDS.items() if kind.reads != "sampling" or has_dropout(module))
+    """A pool of ``POOLS``: the shipped candidates or every registered detector the model runs (mcd only where it
+    has dropout), less the ones it leaves out, plus the ones it adds."""
+    base, without, added = POOLS[which]
+    names = SelectionSettings().candidates if base == "shipped" else [
+        n for n, kind in DETECTOR_KINDS.items() if kind.reads != "sampling" or has_dropout(module)]
+    return tuple(n for n in names if n not in without) + tuple(n for n in added if n not in names)
 
 
 def reference_fit_seconds(model, train, execution) -> float:
@@ -225,6 +236,10 @@ def leave_out(left: str, shipped: dict, best_rows: list[dict], energy: dict) -> 
             "ratio_to_energy": mine / mean_without(energy)}
 
 
+# candidate pools: (base: the shipped candidates or every detector, left out, added); the last two were
+# pre-registered in benchmarks/README (issue 26, 2026-12-03) before any run of them
+POOLS = {"shipped": ("shipped", (), ()), "all": ("all", (), ()), "all but combood": ("all", ("combood",), ()),
+         "shipped + multimahalanobis": ("shipped", (), ("multimahalanobis",))}
 RULES = {"all kinds": tuple(OUTLIER_KINDS), "object-destroying kinds": tuple(OBJECT_DESTROYING_KINDS),
          # issue 27 item 5, pre-registered in benchmarks/README before any run of it
          "object-destroying + class kinds": tuple(OBJECT_DESTROYING_KINDS) + tuple(CLASS_KINDS)}

@@ -78,10 +78,17 @@ def test_detector_choice_measures_both_ranking_rules(tmp_path):
                    capture_output=True)
     out = tmp_path / "choice.json"
     subprocess.run([sys.executable, str(BENCHMARKS / "detector_choice.py"), "--model", "small_cnn", "--checkpoint",
-                    str(weights), "--id-data", str(data), "--ood-data", str(ood), "--out", str(out)], check=True,
-                   capture_output=True)
+                    str(weights), "--id-data", str(data), "--ood-data", str(ood), "--pools", "all but combood",
+                    "--out", str(out)], check=True, capture_output=True)
     result = json.loads(out.read_text())
-    from detector_choice import RULES
+    from detector_choice import RULES, candidates_for
+
+    from watermark_ood.models.architectures import cifar_resnet
+
+    every, but = candidates_for("all", cifar_resnet(8)), candidates_for("all but combood", cifar_resnet(8))
+    assert "combood" in every and set(every) - set(but) == {"combood"}
+    shipped = candidates_for("shipped", cifar_resnet(8))
+    assert candidates_for("shipped + multimahalanobis", cifar_resnet(8)) == (*shipped, "multimahalanobis")
 
     from watermark_ood.selection.auto_score import SelectionSettings
 
@@ -91,7 +98,9 @@ def test_detector_choice_measures_both_ranking_rules(tmp_path):
     measured = {f"{r['score']} ({r['watermark']})": r["real"]["mean"]["fpr95"]
                 for r in result["candidates"] + result["candidates_of_other_rules"]}
     best = min(measured.values())
-    for rule in result["rules"].values():
+    assert set(result["pools"]) == {"all but combood"} and not result["pools"]["all but combood"]["pick"].startswith(
+        "combood ")
+    for rule in [*result["rules"].values(), *result["pools"].values()]:
         assert rule["pick"] in measured and rule["gap_to_best_points"] >= -1e-9
         assert abs(rule["gap_to_best_points"] - 100 * (rule["real_mean_fpr95"] - best)) < 1e-9
     cost = tmp_path / "cost.json"
