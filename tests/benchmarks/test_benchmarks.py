@@ -179,3 +179,24 @@ def test_library_side_by_side_equals_the_library_where_settings_agree(tmp_path):
     for row in result["detectors"]:
         assert abs(row["gap_points"]) < 1e-6 and row["within_2_points"], row["detector"]
         assert 0 <= row["ours"]["mean"]["fpr95"] <= 1 and row["library"]["ood"]["auroc"] > 0
+
+
+def test_pool_report_decides_by_the_pre_registered_rule():
+    """Pools that miss a target on any cell are out; the lowest mean wins; within 0.5 points, the smaller pool."""
+    from pool_report import decide
+
+    def outcome(fpr, meets=True):
+        return {"real_mean_fpr95": fpr, "meets": meets}
+
+    cells = {"a": {"shipped": outcome(0.40), "all": outcome(0.30, meets=False), "all but combood": outcome(0.33),
+                   "shipped + multimahalanobis": outcome(0.332)},
+             "b": {"shipped": outcome(0.50), "all": outcome(0.30), "all but combood": outcome(0.35),
+                   "shipped + multimahalanobis": outcome(0.352)}}
+    decision, means = decide(cells)
+    assert decision == "shipped + multimahalanobis" and abs(means["all but combood"] - 0.34) < 1e-12
+    cells["b"]["shipped + multimahalanobis"] = outcome(0.40)  # now 2.6 points worse on the mean: no longer tied
+    assert decide(cells)[0] == "all but combood"
+    for pools in cells.values():
+        for pool in pools:
+            pools[pool]["meets"] = False
+    assert decide(cells)[0].startswith("shipped (no pool")

@@ -1,0 +1,63 @@
+"""Issue 26's pre-registered pool test (benchmarks/README, 2026-12-03): each candidate pool's choice per cell,
+measured on the cell's real OOD sets, against the targets (within 5 points of the best in hindsight, at most
+0.7x energy), and the decision the pre-registered rule makes from them.
+
+    python benchmarks/pool_report.py benchmarks/results/pools/*.json --out benchmarks/results/pools/pools.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+POOL_ORDER = ("shipped", "all", "all but combood", "shipped + multimahalanobis")  # smallest to largest: P0, P3 first
+SIZE_ORDER = ("shipped", "shipped + multimahalanobis", "all but combood", "all")
+
+
+def pool_outcomes(result: dict) -> dict[str, dict]:
+    """{pool: {pick, real_mean_fpr95, gap_to_best_points, ratio_to_energy, meets}} of one cell's JSON."""
+    shipped = next(iter(result["rules"].values()))
+    out = {"shipped": shipped, **result["pools"]}
+    return {pool: {**o, "meets": bool(o["gap_to_best_points"] <= 5.0 and o["ratio_to_energy"] <= 0.7)}
+            for pool, o in out.items()}
+
+
+def decide(cells: dict[str, dict[str, dict]]) -> tuple[str, dict[str, float]]:
+    """The pre-registered decision: of the pools meeting both targets on every cell, the lowest mean real FPR95
+    over the cells (a tie within 0.5 points: the smaller pool); none: the shipped pool stays."""
+    means = {p: sum(c[p]["real_mean_fpr95"] for c in cells.values()) / len(cells) for p in POOL_ORDER}
+    passing = [p for p in POOL_ORDER if all(c[p]["meets"] for c in cells.values())]
+    if not passing:
+        return "shipped (no pool met both targets on every cell)", means
+    best = min(means[p] for p in passing)
+    tied = [p for p in SIZE_ORDER if p in passing and means[p] - best <= 0.005]
+    return tied[0], means
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    cells = {Path(f).stem: pool_outcomes(json.loads(Path(f).read_text())) for f in args.results}
+    bests = {Path(f).stem: json.loads(Path(f).read_text())["best_in_hindsight"] for f in args.results}
+    lines = ["| cell | best in hindsight | " + " | ".join(POOL_ORDER) + " |", "|---" * (2 + len(POOL_ORDER)) + "|"]
+    for cell, pools in cells.items():
+        best = bests[cell]
+        row = [cell, f"{best['score']} {100 * best['real']['mean']['fpr95']:.1f}"]
+        for pool in POOL_ORDER:
+            o = pools[pool]
+            row.append(f"{o['pick'].replace(' (none)', '')} {100 * o['real_mean_fpr95']:.1f} "
+                       f"(+{o['gap_to_best_points']:.1f}, {o['ratio_to_energy']:.2f}x){'' if o['meets'] else ' MISS'}")
+        lines.append("| " + " | ".join(row) + " |")
+    decision, means = decide(cells)
+    lines += ["", "Mean over the cells of the choice's real mean FPR95: " +
+              ", ".join(f"{p} {100 * m:.1f}" for p, m in means.items()), "", f"Decision: **{decision}**"]
+    text = "\n".join(lines) + "\n"
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
