@@ -1,8 +1,13 @@
-"""Issue 26's pre-registered pool test (benchmarks/README, 2026-12-03): each candidate pool's choice per cell,
+"""Issue 26's pre-registered pool tests (benchmarks/README, 2026-12-03): each candidate pool's choice per cell,
 measured on the cell's real OOD sets, against the targets (within 5 points of the best in hindsight, at most
 0.7x energy), and the decision the pre-registered rule makes from them.
 
     python benchmarks/pool_report.py benchmarks/results/pools/*.json --out benchmarks/results/pools/pools.md
+    python benchmarks/pool_report.py benchmarks/results/pools-retest/*.json --rule relative \
+        --out benchmarks/results/pools-retest/pools.md
+
+The first test's rule (``targets``) asked each pool to meet both targets on every cell; it could not separate
+pools that pick alike. The second (``relative``) compares one challenger pool with the shipped pool directly.
 """
 
 from __future__ import annotations
@@ -35,23 +40,53 @@ def decide(cells: dict[str, dict[str, dict]]) -> tuple[str, dict[str, float]]:
     return tied[0], means
 
 
+def decide_relative(cells: dict[str, dict[str, dict]], base: str = "shipped",
+                    challenger: str = "shipped + multimahalanobis", margin: float = 0.005,
+                    minimum_cells: int = 3) -> tuple[str, dict[str, float]]:
+    """The second test's rule: the challenger replaces the base pool when at least ``minimum_cells`` cells
+    finished, its choice is never worse than the base's by more than ``margin`` (0.5 points) on any cell, and its
+    mean over the cells is lower; otherwise the base pool stays.
+
+    >>> cell = lambda base, challenger: {"shipped": {"real_mean_fpr95": base},
+    ...                                  "shipped + multimahalanobis": {"real_mean_fpr95": challenger}}
+    >>> decide_relative({"a": cell(0.3, 0.2), "b": cell(0.5, 0.504), "c": cell(0.4, 0.4)})[0]
+    'shipped + multimahalanobis'
+    >>> decide_relative({"a": cell(0.3, 0.2), "b": cell(0.5, 0.51), "c": cell(0.4, 0.4)})[0]
+    'shipped (shipped + multimahalanobis worse by more than 0.5 points on b)'
+    """
+    means = {p: sum(c[p]["real_mean_fpr95"] for c in cells.values()) / max(1, len(cells)) for p in (base, challenger)}
+    if len(cells) < minimum_cells:
+        return f"{base} (only {len(cells)} cells finished, {minimum_cells} needed)", means
+    worse = [name for name, c in cells.items()
+             if c[challenger]["real_mean_fpr95"] > c[base]["real_mean_fpr95"] + margin]
+    if worse:
+        return f"{base} ({challenger} worse by more than {100 * margin:.1f} points on {', '.join(worse)})", means
+    if means[challenger] >= means[base]:
+        return f"{base} ({challenger} not lower on the mean)", means
+    return challenger, means
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="+")
     p.add_argument("--out", required=True)
+    p.add_argument("--rule", choices=("targets", "relative"), default="targets",
+                   help="the first test's rule (every target on every cell) or the second's (challenger vs shipped)")
     args = p.parse_args()
     cells = {Path(f).stem: pool_outcomes(json.loads(Path(f).read_text())) for f in args.results}
     bests = {Path(f).stem: json.loads(Path(f).read_text())["best_in_hindsight"] for f in args.results}
-    lines = ["| cell | best in hindsight | " + " | ".join(POOL_ORDER) + " |", "|---" * (2 + len(POOL_ORDER)) + "|"]
+    order = [pool for pool in POOL_ORDER if all(pool in pools for pools in cells.values())]
+    lines = ["| cell | best in hindsight | " + " | ".join(order) + " |", "|---" * (2 + len(order)) + "|"]
     for cell, pools in cells.items():
         best = bests[cell]
         row = [cell, f"{best['score']} {100 * best['real']['mean']['fpr95']:.1f}"]
-        for pool in POOL_ORDER:
+        for pool in order:
             o = pools[pool]
+            miss = "" if o["meets"] else " MISS"
             row.append(f"{o['pick'].replace(' (none)', '')} {100 * o['real_mean_fpr95']:.1f} "
-                       f"(+{o['gap_to_best_points']:.1f}, {o['ratio_to_energy']:.2f}x){'' if o['meets'] else ' MISS'}")
+                       f"(+{o['gap_to_best_points']:.1f}, {o['ratio_to_energy']:.2f}x){miss}")
         lines.append("| " + " | ".join(row) + " |")
-    decision, means = decide(cells)
+    decision, means = decide(cells) if args.rule == "targets" else decide_relative(cells)
     lines += ["", "Mean over the cells of the choice's real mean FPR95: " +
               ", ".join(f"{p} {100 * m:.1f}" for p, m in means.items()), "", f"Decision: **{decision}**"]
     text = "\n".join(lines) + "\n"

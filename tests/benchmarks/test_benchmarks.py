@@ -200,3 +200,38 @@ def test_pool_report_decides_by_the_pre_registered_rule():
         for pool in pools:
             pools[pool]["meets"] = False
     assert decide(cells)[0].startswith("shipped (no pool")
+
+
+def test_pool_report_relative_rule_compares_the_challenger_with_the_shipped_pool():
+    """The second test's rule: never worse by > 0.5 points on a cell, lower on the mean, at least 3 cells."""
+    from pool_report import decide_relative
+
+    def cell(base, challenger):
+        return {"shipped": {"real_mean_fpr95": base}, "shipped + multimahalanobis": {"real_mean_fpr95": challenger}}
+
+    cells = {"a": cell(0.30, 0.20), "b": cell(0.50, 0.504), "c": cell(0.40, 0.40)}
+    decision, means = decide_relative(cells)
+    assert decision == "shipped + multimahalanobis" and abs(means["shipped"] - 0.40) < 1e-12
+    assert decide_relative({**cells, "d": cell(0.10, 0.11)})[0].endswith("on d)")
+    assert decide_relative({name: cell(0.3, 0.3) for name in "abc"})[0].endswith("not lower on the mean)")
+    assert "only 2 cells" in decide_relative({"a": cell(0.3, 0.2), "b": cell(0.3, 0.2)})[0]
+
+
+def test_pool_report_tables_only_the_pools_every_cell_has(tmp_path):
+    """The second test runs two pools: the report must table those and decide by the relative rule."""
+    def result(fpr_p3):
+        pick = {"pick": "pnml (none)", "real_mean_fpr95": 0.3, "gap_to_best_points": 1.0, "ratio_to_energy": 0.5}
+        return {"rules": {"object-destroying kinds": pick},
+                "pools": {"shipped + multimahalanobis": {**pick, "pick": "multimahalanobis (none)",
+                                                         "real_mean_fpr95": fpr_p3}},
+                "best_in_hindsight": {"score": "multimahalanobis", "real": {"mean": {"fpr95": 0.2}}}}
+    files = []
+    for name, fpr in {"a": 0.2, "b": 0.3, "c": 0.3}.items():
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(result(fpr)))
+    out = tmp_path / "pools.md"
+    subprocess.run([sys.executable, str(BENCHMARKS / "pool_report.py"), *map(str, files), "--rule", "relative",
+                    "--out", str(out)], check=True, capture_output=True)
+    text = out.read_text()
+    assert "| cell | best in hindsight | shipped | shipped + multimahalanobis |" in text
+    assert "Decision: **shipped + multimahalanobis**" in text and "| all |" not in text
