@@ -78,10 +78,13 @@ def trained_toy():
     return model.eval(), norm, train
 
 
-def assert_ships_but_refuses_export(detector, model, test: torch.Tensor, expected: np.ndarray, tmp_path,
-                                    refusal: str) -> None:
-    """A kind that cannot be exported still ships: calibrated, saved and loaded, it gives ``expected`` on ``test``
-    exactly; export refuses it and so does a combination with it (``refusal``: that one-line message)."""
+def assert_ships(detector, model, test: torch.Tensor, expected: np.ndarray, tmp_path, refusal: str,
+                 exports: bool = False) -> None:
+    """A kind ships: calibrated, saved and loaded, it gives ``expected`` on ``test`` exactly; a combination with it
+    is refused (``refusal``: that one-line message); its ONNX export gives ``expected`` within 1e-4 of the scores'
+    range on batches of 1 and of ``len(test)`` (``exports``), or is refused in one line."""
+    import onnxruntime as ort
+
     from watermark_ood.core.errors import WatermarkOODError
     from watermark_ood.detection.detector import Detector
     from watermark_ood.detection.export import export_onnx
@@ -91,7 +94,14 @@ def assert_ships_but_refuses_export(detector, model, test: torch.Tensor, expecte
     detector.calibrate(ImageSet(test, torch.zeros(len(test), dtype=torch.long)))
     loaded = Detector.load(detector.save(tmp_path / "shipped.safetensors"), model, ExecutionConfig(device="cpu"))
     assert np.array_equal(loaded.scores(test), expected)
-    with pytest.raises(WatermarkOODError, match="cannot be exported"):
-        export_onnx(loaded, tmp_path / "shipped.onnx")
     with pytest.raises(WatermarkOODError, match=refusal):
         check_name(f"{detector.score}+energy")
+    if not exports:
+        with pytest.raises(WatermarkOODError, match="cannot be exported"):
+            export_onnx(loaded, tmp_path / "shipped.onnx")
+        return
+    session = ort.InferenceSession(str(export_onnx(loaded, tmp_path / "shipped.onnx")))
+    images = (test.float() / 255).numpy()
+    scores = np.concatenate([session.run(None, {"images": images[:1]})[1], session.run(None, {"images": images})[1]])
+    reference = np.concatenate([expected[:1], expected])
+    assert np.abs(scores - reference).max() <= 1e-4 * (np.ptp(expected) + 1e-6), detector.score

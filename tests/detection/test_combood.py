@@ -4,7 +4,7 @@ Mahalanobis distance, scikit-learn's nearest neighbours), its saved state, and i
 import numpy as np
 import pytest
 import torch
-from conftest import assert_ships_but_refuses_export
+from conftest import assert_ships
 
 from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.data.images import ImageSet
@@ -62,8 +62,8 @@ def test_combood_equals_the_authors_formula_and_round_trips(tmp_path):
     assert 0 < keep.sum() < len(keep)  # the stage outputs' minima (ReLU, 0) are constant and left out
     ours = detector.scores(test)
     assert np.allclose(ours, expected, rtol=1e-4, atol=1e-3) and float(np.std(ours)) > 1.0
-    assert_ships_but_refuses_export(detector, model, test, ours, tmp_path,
-                                    "combood reads intermediate layers and cannot be part")
+    assert_ships(detector, model, test, ours, tmp_path, "combood reads intermediate layers and cannot be part",
+                 exports=True)
 
 
 def test_yeo_johnson_equals_scikit_learn_on_both_signs_and_special_lambdas():

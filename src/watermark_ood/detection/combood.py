@@ -69,6 +69,7 @@ class CombOOD:
 
     def __init__(self, widths: Sequence[int] | None = None, k: int = K_NEIGHBOURS) -> None:
         self.widths = torch.tensor([float(w) for w in widths or ()])
+        self.sizes = tuple(int(w) for w in widths or ())  # the same as Python ints (not saved): export traces them
         self.k = k
         self.keep: torch.Tensor | None = None  # which extremes are used (1.0) or constant on ID data (0.0)
         self.scaler_mean = self.scaler_scale = self.lambdas = self.power_mean = self.power_scale = None
@@ -77,7 +78,7 @@ class CombOOD:
 
     def _parts(self, logits: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The extremes (N, 2 + 2L: logits' max and -min, then each layer's) and the last layer's means."""
-        sizes = [int(w) for w in self.widths.tolist()]
+        sizes = list(self.sizes)
         if not sizes or features.shape[1] != sum(sizes):
             raise WatermarkOODError(f"combood: features of width {features.shape[1]} do not match the tapped layers' "
                                     f"widths {sizes}")
@@ -115,16 +116,21 @@ class CombOOD:
         return self
 
     def mahalanobis_squared(self, extremes: torch.Tensor) -> torch.Tensor:
-        z = (extremes[:, self.keep.bool()].double() - self.scaler_mean) / self.scaler_scale
+        kept = self.keep.nonzero().flatten()  # index_select, not a boolean mask: both formats trace it
+        z = (extremes.index_select(1, kept).double() - self.scaler_mean) / self.scaler_scale
         t = (yeo_johnson(z, self.lambdas) - self.power_mean) / self.power_scale
         return torch.einsum("nd,de,ne->n", t, self.precision, t)
 
-    def kth_squared_distance(self, pooled: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-        """r_k^2 of each (normalized) row: the KNN detector's k-th distance, in chunks of a bank-wide matrix."""
+    def kth_squared_distance(self, pooled: torch.Tensor, chunk: int | None = 1024) -> torch.Tensor:
+        """r_k^2 of each (normalized) row: the KNN detector's k-th distance, in chunks of a bank-wide matrix
+        (``chunk=None``: in one, as export traces it, since a traced loop over the batch would fix its length)."""
+        if chunk is None:
+            return knn_kth_distance(pooled, self.bank, self.k) ** 2
         parts = [knn_kth_distance(pooled[s:s + chunk], self.bank, self.k) for s in range(0, len(pooled), chunk)]
         return torch.cat(parts) ** 2 if parts else torch.zeros(0)
 
-    def predict_structured(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def predict_structured(self, logits: torch.Tensor, features: torch.Tensor,
+                           chunk: int | None = 1024) -> torch.Tensor:
         """Outlier score (higher = more OOD): minus the fused log-probability."""
         if self.precision is None or self.bank is None or self.keep is None:
             raise WatermarkOODError("combood is not fitted; fit it on ID training data first")
@@ -132,8 +138,8 @@ class CombOOD:
         if pooled.shape[1] != self.bank.shape[1] or extremes.shape[1] != len(self.keep):
             raise WatermarkOODError(f"combood: features of width {pooled.shape[1]} do not match the fitted "
                                     f"{self.bank.shape[1]}")
-        log_density = -math.sqrt(self.bank.shape[1]) * torch.log(self.kth_squared_distance(pooled).double().clamp(
-            min=1e-12))
+        distance = self.kth_squared_distance(pooled, chunk).double().clamp(min=1e-12)
+        log_density = -math.sqrt(self.bank.shape[1]) * torch.log(distance)
         return (-(log_density - self.mahalanobis_squared(extremes))).float()
 
     def check_loaded(self) -> None:

@@ -7,8 +7,11 @@ the conformal p-value, computed against the sorted calibration scores stored ins
 Saved as TorchScript (``torch.jit.trace``) and as ONNX (``torch.onnx.export``, dynamic batch).
 
 Penultimate features are read by running a copy of the model whose last linear layer is replaced by the
-identity, then applying that layer: plain tensor code that traces (hooks do not). ODIN is refused: its input
-perturbation needs a backward pass inside inference, which neither format carries.
+identity, then applying that layer: plain tensor code that traces. Detectors on intermediate layers run a copy of
+the model with the same forward hooks that fit them (:class:`..models.layers.LayerTaps`, or
+:class:`..models.layers.LayerRewrite` for a changed feature map): a hook's tensor operations run inside the traced
+forward pass, so both formats record them. ODIN is refused: its input perturbation needs a backward pass inside
+inference, which neither format carries.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch import nn
 from watermark_ood.core.errors import WatermarkOODError, describe
 from watermark_ood.detection.detector import Detector
 from watermark_ood.detection.registry import export_refusal
+from watermark_ood.models.layers import LayerRewrite, LayerTaps
 from watermark_ood.models.taps import split_at_head
 
 
@@ -65,6 +69,20 @@ class DeployedDetector(nn.Module):
         self.scorer = detector.scorer
         self.input_shape = tuple(detector.input_shape)
         self._check_split(model)
+        self.reads = detector.reads
+        self.tapped, self._taps = self._tap(detector, model)
+
+    def _tap(self, detector: Detector, model: nn.Module) -> tuple[nn.Module | None, LayerTaps | None]:
+        """A copy of the model with the detector's hooks: its tapped layers' statistics, or its changed map."""
+        import copy
+
+        if detector.reads not in ("layers", "map"):
+            return None, None
+        tapped = copy.deepcopy(model).eval()
+        if detector.reads == "map":
+            LayerRewrite(tapped, detector.layers[0], detector.scorer.kind.change_map())
+            return tapped, None
+        return tapped, LayerTaps(tapped, detector.layers, detector.layer_reducer())
 
     def _check_split(self, model: nn.Module) -> None:
         x = torch.rand((2, *self.input_shape))
@@ -77,8 +95,14 @@ class DeployedDetector(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = (images - self.mean) / self.std + self.watermark
-        features = self.features_model(x).flatten(1).float()
-        logits = self.head(features).float()
+        if self.reads == "layers":  # one pass: the hooks append its statistics of the tapped layers
+            logits = self.tapped(x).float()
+            features = self._taps.features.pop()
+        else:
+            features = self.features_model(x).flatten(1).float()
+            logits = self.head(features).float()
+        if self.reads == "map":  # the logits of the model run on its changed feature map
+            features = self.tapped(x).float()
         score = self.scorer(logits, features, traceable=True).float().detach()
         predicted = logits.argmax(dim=1)
         is_ood = score < self.class_thresholds[predicted]

@@ -18,6 +18,7 @@ layers' and poles' entries side by side), ``layer_norm`` (L) and ``widths`` (C_l
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Sequence
 
 import torch
@@ -54,18 +55,19 @@ class LayerGram:
 
     def __init__(self, widths: Sequence[int] | None = None, seed: int = 0) -> None:
         self.widths = torch.tensor([float(w) for w in widths or ()])
+        self.sizes = tuple(int(w) for w in widths or ())  # the same as Python ints (not saved): export traces them
         self.feature_min: torch.Tensor | None = None
         self.feature_max: torch.Tensor | None = None
         self.layer_norm: torch.Tensor | None = None
         self.seed = seed
 
     def _spans(self) -> list[tuple[int, int]]:
-        bounds = torch.tensor([0, *[int(w) for w in self.widths.tolist()]]).cumsum(0).tolist()
+        bounds = [0, *itertools.accumulate(self.sizes)]
         return list(zip(bounds[:-1], bounds[1:]))
 
     def _layer_deviation(self, g: torch.Tensor, mins: torch.Tensor, maxs: torch.Tensor) -> torch.Tensor:
         """Deviation over the poles of one layer (its width is C_l x poles, poles = number of layers)."""
-        poles = len(self.widths)
+        poles = len(self.sizes)
         return sum(_deviation(a, b, c) for a, b, c in zip(g.chunk(poles, 1), mins.chunk(poles, 1),
                                                            maxs.chunk(poles, 1)))
 
@@ -102,7 +104,7 @@ class LayerGram:
                                     f"{self.feature_min.shape[1]}")
         predicted = logits.argmax(dim=1)
         mins, maxs = self.feature_min[predicted], self.feature_max[predicted]
-        out = torch.zeros(len(features))
+        out = torch.zeros_like(features[:, 0])
         for (a, b), norm in zip(self._spans(), self.layer_norm):
             out += self._layer_deviation(features[:, a:b].float(), mins[:, a:b], maxs[:, a:b]) / norm
         return out

@@ -16,12 +16,14 @@ diagonal) and ``widths`` (the channels per layer, S their sum). Fitting and scor
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.detection.functional import mahalanobis_min_distance
 
 
 class LayerMahalanobis:
@@ -29,12 +31,13 @@ class LayerMahalanobis:
 
     def __init__(self, widths: Sequence[int] | None = None) -> None:
         self.widths = torch.tensor([float(w) for w in widths or ()])
+        self.sizes = tuple(int(w) for w in widths or ())  # the same as Python ints (not saved): export traces them
         self.mu: torch.Tensor | None = None
         self.precision: torch.Tensor | None = None
         self._library: Any = None
 
     def _sizes(self) -> list[int]:
-        return [int(w) for w in self.widths.tolist()]
+        return list(self.sizes)
 
     def _split(self, features: torch.Tensor) -> list[torch.Tensor]:
         sizes = self._sizes()
@@ -66,12 +69,25 @@ class LayerMahalanobis:
             raise WatermarkOODError(f"multimahalanobis: the saved means do not match the layers' widths "
                                     f"{self._sizes()}")
         library = self._new_library(len(self._sizes()))
-        bounds = torch.tensor([0, *self._sizes()]).cumsum(0).tolist()
+        bounds = [0, *itertools.accumulate(self._sizes())]
         spans = list(zip(bounds[:-1], bounds[1:]))
         library.mu = [self.mu[:, a:b].contiguous() for a, b in spans]
         library.precision = [self.precision[a:b, a:b].contiguous() for a, b in spans]
         library.cov = [torch.linalg.inv(p) for p in library.precision]
         self._library = library
+
+    def traced_outlier(self, features: torch.Tensor) -> torch.Tensor:
+        """The library's score in plain tensor code (export): sum over layers of min_k 0.5 d_Mk^2 (alpha_l = 1);
+        the library's loop of per-class matrix products with ``.data`` and in-place writes does not export."""
+        if self.mu is None or self.precision is None:
+            raise WatermarkOODError("multimahalanobis is not fitted; fit it on ID training data first")
+        total, start = torch.zeros_like(features[:, 0]), 0
+        for size in self._sizes():
+            span = slice(start, start + size)
+            total = total + mahalanobis_min_distance(features[:, span].float(), self.mu[:, span],
+                                                     self.precision[span, span])
+            start += size
+        return total
 
     def predict_features(self, features: torch.Tensor) -> torch.Tensor:
         if self._library is None:

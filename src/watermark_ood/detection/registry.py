@@ -180,8 +180,7 @@ def _restore_gaussian(impl: Any) -> None:
 
 _MCD_REFUSAL = ("mcd cannot be exported: its 30 passes with random dropout masks are not one traced function; use "
                 "`watermark-ood predict`, or calibrate another score")
-_LAYERS_REFUSAL = ("detectors on intermediate layers cannot be exported yet: the exported module carries the "
-                   "classifier and its head only; use `watermark-ood predict`, or calibrate another score")
+_RANKFEAT_REFUSAL = "rankfeat cannot be exported: ONNX has no operator for its SVD; use `watermark-ood predict`"
 DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
     DetectorKind("msp", "logits", "Hendrycks & Gimpel, ICLR 2017", outlier=_static("MaxSoftmax"),
                  protocol=F.msp_score, library="MaxSoftmax"),
@@ -289,13 +288,13 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
                  "the spatial mean of each tapped layer, by default each stage's output)", True,
                  StateSchema({"mu": ("K", "S"), "precision": ("S", "S"), "widths": ("L",)}),
                  lambda h: LayerMahalanobis(h.widths), after_load=LayerMahalanobis.rebuild,
-                 export_refusal=_LAYERS_REFUSAL, library="MultiMahalanobis", in_auto=False),
+                 traced=lambda impl, logits, features: impl.traced_outlier(features), library="MultiMahalanobis",
+                 in_auto=False),
     DetectorKind("gram", "layers", "Sastry & Oore, ICML 2020 (Gram-matrix deviations: reads row-summed Gram "
                  "vectors of poles 1..L of each tapped layer, by default each stage's output; detection/layer_gram.py)",
                  True, StateSchema({"feature_min": ("K", "S"), "feature_max": ("K", "S"), "layer_norm": ("L",),
                                     "widths": ("L",)}, {"seed": Value("int", 0)}),
-                 lambda h: LayerGram(h.widths), "structured", export_refusal=_LAYERS_REFUSAL, library="Gram",
-                 in_auto=False, reduce_layers=gram_reducer),
+                 lambda h: LayerGram(h.widths), "structured", library="Gram", in_auto=False, reduce_layers=gram_reducer),
     DetectorKind("combood", "layers", "Rajasekaran et al., SDM 2024 (CombOOD: -sqrt(D) log r_k^2 - d_M^2, the "
                  "k-th neighbour distance of the last tapped layer's pooled features fused with the Mahalanobis "
                  "distance of the extremes of each tapped layer and of the logits, by default each stage's output; "
@@ -304,7 +303,8 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
                               "lambdas": ("E",), "power_mean": ("E",), "power_scale": ("E",),
                               "precision": ("E", "E"), "bank": ("N", "C")}, {"k": Value("int", 1, "N")}),
                  lambda h: CombOOD(h.widths), "structured", after_load=CombOOD.check_loaded,
-                 export_refusal=_LAYERS_REFUSAL, in_auto=False, reduce_layers=combood_reducer),
+                 traced=lambda impl, logits, features: impl.predict_structured(logits, features, chunk=None),
+                 in_auto=False, reduce_layers=combood_reducer),
     DetectorKind("nac", "coverage", "Liu et al., ICLR 2024 (NAC-UE, neuron activation coverage: the gradient of "
                  "the softmax's KL to uniform times each neuron's activation, binned; reads each tapped layer, by "
                  "default each stage's output; detection/nac.py)", True,
@@ -329,13 +329,13 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
     DetectorKind("mcd", "sampling", "Gal & Ghahramani, ICML 2016 (Monte-Carlo dropout: the softmax's variance "
                  "over 30 passes with dropout on; models with dropout only)", export_refusal=_MCD_REFUSAL,
                  library="MCD", in_auto=False, score_images=mcd_scores),
-    *(DetectorKind(name, "map", paper, outlier=_energy_of_changed, export_refusal=_LAYERS_REFUSAL, library=cls,
-                   in_auto=False, change_map=_changed_map(cls)) for name, cls, paper in (
+    *(DetectorKind(name, "map", paper, outlier=_energy_of_changed, library=cls, in_auto=False,
+                   change_map=_changed_map(cls), export_refusal=refusal) for name, cls, paper, refusal in (
         ("ash-map", "ASH", "Djurisic et al., ICLR 2023 (ASH-S on the last feature map, as the paper applies it; the "
-                           "rest of the model runs on the pruned map, then its energy)"),
-        ("scale-map", "SCALE", "Xu et al., ICLR 2024 (SCALE on the last feature map, then the energy)"),
+                           "rest of the model runs on the pruned map, then its energy)", ""),
+        ("scale-map", "SCALE", "Xu et al., ICLR 2024 (SCALE on the last feature map, then the energy)", ""),
         ("rankfeat", "RankFeat", "Song et al., NeurIPS 2022 (the last feature map without its rank-1 part, then the "
-                                 "energy)"))),
+                                 "energy)", _RANKFEAT_REFUSAL))),
 )}
 SCORE_NAMES = tuple(DETECTOR_KINDS)
 LAYER_SCORES = tuple(name for name, kind in DETECTOR_KINDS.items() if kind.reads in ("layers", "map", "coverage"))
