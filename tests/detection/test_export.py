@@ -62,3 +62,38 @@ def test_rankfeat_refuses_export_in_one_line(resnet, tmp_path):
     with pytest.raises(WatermarkOODError, match=r"rankfeat cannot be exported: .*SVD") as error:
         export_onnx(detector, tmp_path / "r.onnx")
     assert "\n" not in str(error.value) and not (tmp_path / "r.onnx").exists()
+
+
+def test_cli_exports_a_layer_detector_on_named_layers_and_refuses_rankfeat(tmp_path, capsys):
+    """calibrate --layers, export, and the ONNX module's scores are predict's; rankfeat: exit 2, one line, no file."""
+    import json
+
+    import onnxruntime as ort
+    from conftest import make_images, write_npz_dataset
+
+    from watermark_ood.cli import main
+
+    data = write_npz_dataset(tmp_path / "toy", n_train=300, n_test=30, classes=10)  # no checkpoint: 10 classes
+    common = ["--model", "small_cnn", "--device", "cpu", "--no-progress"]
+    det = tmp_path / "mm.safetensors"
+    assert main(["calibrate", *common, "--score", "multimahalanobis", "--layers", "bn1", "bn2", "--id-data",
+                 str(data), "--out", str(det)]) == 0
+    assert json.loads(det.with_suffix(".json").read_text())["layers"] == ["bn1", "bn2"]
+    assert main(["export", *common, "--detector", str(det), "--out", str(tmp_path / "exp")]) == 0
+    pixels = make_images(12, seed=3).images
+    np.savez(tmp_path / "inputs.npz", x=pixels.permute(0, 2, 3, 1).numpy())
+    assert main(["predict", *common, "--detector", str(det), "--input", str(tmp_path / "inputs.npz"),
+                 "--out", str(tmp_path / "p.json")]) == 0
+    predicted = np.array([row["score"] for row in json.loads((tmp_path / "p.json").read_text())["rows"]])
+    session = ort.InferenceSession(str(tmp_path / "exp" / "detector.onnx"))
+    scores = session.run(None, {"images": (pixels.float() / 255).numpy()})[1]
+    # an untrained model's BatchNorm channels are nearly collinear on 300 images, so its layer precision matrices
+    # are ill-conditioned and float32 operation order shows at ~1e-4 (the real models': 3e-7, export_check.py)
+    assert np.abs(scores - predicted).max() <= 1e-3 * np.abs(predicted).max()
+    capsys.readouterr()
+    assert main(["calibrate", *common, "--score", "rankfeat", "--id-data", str(data), "--out",
+                 str(tmp_path / "r.safetensors")]) == 0
+    assert main(["export", *common, "--detector", str(tmp_path / "r.safetensors"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "rankfeat cannot be exported" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
