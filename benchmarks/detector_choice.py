@@ -242,7 +242,9 @@ POOLS = {"shipped": ("shipped", (), ()), "all": ("all", (), ()), "all but comboo
          "shipped + multimahalanobis": ("shipped", (), ("multimahalanobis",))}
 RULES = {"all kinds": tuple(OUTLIER_KINDS), "object-destroying kinds": tuple(OBJECT_DESTROYING_KINDS),
          # issue 27 item 5, pre-registered in benchmarks/README before any run of it
-         "object-destroying + class kinds": tuple(OBJECT_DESTROYING_KINDS) + tuple(CLASS_KINDS)}
+         "object-destroying + class kinds": tuple(OBJECT_DESTROYING_KINDS) + tuple(CLASS_KINDS),
+         # issue 26: patch-shuffle's seams replaced by phase scrambling (data/synthetic.py, STATISTIC_KINDS)
+         "seam-free object-destroying kinds": ("phase-scramble", "low-frequency-noise", "flat-colour")}
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import torch
 from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.data.images import ImageSet
 from watermark_ood.data.synthetic import (CLASS_KINDS, OUTLIER_KINDS, class_blend, class_mosaic, kind_rows,
-                                          outlier_kind_parts, synthesize_outliers, synthesized_kinds)
+                                          outlier_kind_parts, phase_scramble, synthesize_outliers, synthesized_kinds)
 
 
 def constant_images(classes: int, per_class: int) -> ImageSet:
@@ -61,3 +61,29 @@ def test_the_default_set_is_unchanged_and_class_kinds_come_last():
         kind_rows(len(plain), ("class-blend",))  # not made unless asked for
     with pytest.raises(ValueError, match="got nope"):
         synthesized_kinds(("nope",))
+
+
+def test_phase_scramble_keeps_the_amplitude_spectrum_and_removes_the_structure():
+    """Low-contrast images (nothing clamped): the scrambled image's amplitude spectrum is its source's to the
+    rounding to uint8, while the object (a bright square) is gone: scrambled and source barely correlate."""
+    square = torch.full((8, 3, 16, 16), 100, dtype=torch.uint8)
+    square[..., 4:12, 4:12] = 140
+    out = phase_scramble(square, torch.Generator().manual_seed(0))
+    amplitude = lambda x: torch.fft.fft2(x.double()).abs()  # noqa: E731
+    assert (amplitude(out) - amplitude(square)).abs().max() < 0.02 * amplitude(square).max()
+    a, b = (x.double().flatten(1) - x.double().flatten(1).mean(1, keepdim=True) for x in (out, square))
+    correlation = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+    assert correlation.abs().mean() < 0.5
+    assert not torch.equal(out[0], out[1])  # each image its own phase field
+
+
+def test_phase_scramble_is_made_only_when_asked_for_after_the_class_kinds():
+    data = constant_images(4, 25)
+    made = synthesized_kinds(("phase-scramble", "class-blend"))
+    assert made == OUTLIER_KINDS + ("class-blend", "phase-scramble")
+    both = synthesize_outliers(data, 0, ("class-blend", "phase-scramble"))
+    rows = kind_rows(len(both), ("phase-scramble",), made)
+    assert len(rows) == len(both) // len(made)
+    # a flat image has only its mean (DC) term, whose phase is kept: scrambled, each is its own source image
+    assert torch.equal(both.images[rows], data.images[rows])
+    assert torch.equal(synthesize_outliers(data, 0).images, synthesize_outliers(data, 0, ()).images)
