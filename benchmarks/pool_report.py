@@ -5,9 +5,16 @@ measured on the cell's real OOD sets, against the targets (within 5 points of th
     python benchmarks/pool_report.py benchmarks/results/pools/*.json --out benchmarks/results/pools/pools.md
     python benchmarks/pool_report.py benchmarks/results/pools-retest/*.json --rule relative \
         --out benchmarks/results/pools-retest/pools.md
+    python benchmarks/pool_report.py benchmarks/results/seam-free/*.json --rule relative \
+        --challenger-rule "seam-free object-destroying kinds" --baseline benchmarks/results/pools-retest \
+        --targets-run benchmarks/results/detectors/resnet56-full-pool-seam-free.json \
+        --out benchmarks/results/seam-free/seam-free.md
 
 The first test's rule (``targets``) asked each pool to meet both targets on every cell; it could not separate
-pools that pick alike. The second (``relative``) compares one challenger pool with the shipped pool directly.
+pools that pick alike. The second (``relative``) compares one challenger pool with the shipped pool directly. The
+third compares a ranking rule on the full pool (``--challenger-rule``, read from each cell's ``rules``) with the
+shipped default's pick on the same cell in an earlier test (``--baseline``), and asks one more run
+(``--targets-run``) to meet both targets.
 """
 
 from __future__ import annotations
@@ -24,8 +31,18 @@ def pool_outcomes(result: dict) -> dict[str, dict]:
     """{pool: {pick, real_mean_fpr95, gap_to_best_points, ratio_to_energy, meets}} of one cell's JSON."""
     shipped = next(iter(result["rules"].values()))
     out = {"shipped": shipped, **result["pools"]}
-    return {pool: {**o, "meets": bool(o["gap_to_best_points"] <= 5.0 and o["ratio_to_energy"] <= 0.7)}
-            for pool, o in out.items()}
+    return {pool: {**o, "meets": meets(o)} for pool, o in out.items()}
+
+
+def meets(outcome: dict) -> bool:
+    """Issue 26's targets: within 5 points of the best in hindsight and at most 0.7x energy's FPR95."""
+    return bool(outcome["gap_to_best_points"] <= 5.0 and outcome["ratio_to_energy"] <= 0.7)
+
+
+def rule_outcomes(result: dict, baseline: dict, rule: str) -> dict[str, dict]:
+    """{"shipped": the shipped default's pick in ``baseline``, rule: ``rule``'s pick in ``result``} of one cell."""
+    return {"shipped": pool_outcomes(baseline)["shipped"], rule: {**result["rules"][rule],
+                                                                   "meets": meets(result["rules"][rule])}}
 
 
 def decide(cells: dict[str, dict[str, dict]]) -> tuple[str, dict[str, float]]:
@@ -66,16 +83,24 @@ def decide_relative(cells: dict[str, dict[str, dict]], base: str = "shipped",
     return challenger, means
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", nargs="+")
-    p.add_argument("--out", required=True)
-    p.add_argument("--rule", choices=("targets", "relative"), default="targets",
-                   help="the first test's rule (every target on every cell) or the second's (challenger vs shipped)")
-    args = p.parse_args()
-    cells = {Path(f).stem: pool_outcomes(json.loads(Path(f).read_text())) for f in args.results}
-    bests = {Path(f).stem: json.loads(Path(f).read_text())["best_in_hindsight"] for f in args.results}
-    order = [pool for pool in POOL_ORDER if all(pool in pools for pools in cells.values())]
+def load_cells(files: list[str], rule: str | None, baseline: str | None) -> dict[str, dict[str, dict]]:
+    """Each cell's outcomes by pool (or, with ``rule``, the rule's pick next to the baseline's shipped pick)."""
+    cells = {}
+    for f in files:
+        result = json.loads(Path(f).read_text())
+        if rule is None:
+            cells[Path(f).stem] = pool_outcomes(result)
+        else:
+            base = json.loads((Path(baseline) / Path(f).name).read_text())
+            cells[Path(f).stem] = rule_outcomes(result, base, rule)
+    return cells
+
+
+def table(cells: dict[str, dict[str, dict]], bests: dict[str, dict]) -> list[str]:
+    """The markdown table: per cell the best in hindsight and each pool's pick (gap, ratio to energy)."""
+    first = next(iter(cells.values()))
+    order = [pool for pool in (*POOL_ORDER, *first) if all(pool in pools for pools in cells.values())]
+    order = list(dict.fromkeys(order))
     lines = ["| cell | best in hindsight | " + " | ".join(order) + " |", "|---" * (2 + len(order)) + "|"]
     for cell, pools in cells.items():
         best = bests[cell]
@@ -86,13 +111,46 @@ def main() -> None:
             row.append(f"{o['pick'].replace(' (none)', '')} {100 * o['real_mean_fpr95']:.1f} "
                        f"(+{o['gap_to_best_points']:.1f}, {o['ratio_to_energy']:.2f}x){miss}")
         lines.append("| " + " | ".join(row) + " |")
-    decision, means = decide(cells) if args.rule == "targets" else decide_relative(cells)
+    return lines
+
+
+def targets_line(path: str, rule: str) -> tuple[str, bool]:
+    """One run's pick by ``rule`` against both targets, as a sentence, and whether it meets them."""
+    o = json.loads(Path(path).read_text())["rules"][rule]
+    ok = meets(o)
+    return (f"{Path(path).stem}: {rule} chose {o['pick'].replace(' (none)', '')}, real mean FPR95 "
+            f"{100 * o['real_mean_fpr95']:.1f} (+{o['gap_to_best_points']:.1f}, {o['ratio_to_energy']:.2f}x "
+            f"energy): {'meets' if ok else 'misses'} both targets"), ok
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--rule", choices=("targets", "relative"), default="targets",
+                   help="the first test's rule (every target on every cell) or the second's (challenger vs shipped)")
+    p.add_argument("--challenger-rule", help="compare this ranking rule's pick (each JSON's rules) with --baseline")
+    p.add_argument("--baseline", help="folder of the earlier test's JSONs, same cell names: the shipped pick")
+    p.add_argument("--targets-run", help="a further run whose --challenger-rule pick must meet both targets")
+    args = p.parse_args()
+    if (args.challenger_rule is None) != (args.baseline is None):
+        p.error("--challenger-rule and --baseline go together")
+    cells = load_cells(args.results, args.challenger_rule, args.baseline)
+    bests = {Path(f).stem: json.loads(Path(f).read_text())["best_in_hindsight"] for f in args.results}
+    lines = table(cells, bests)
+    challenger = args.challenger_rule or "shipped + multimahalanobis"
+    decision, means = decide(cells) if args.rule == "targets" else decide_relative(cells, challenger=challenger)
     lines += ["", "Mean over the cells of the choice's real mean FPR95: " +
-              ", ".join(f"{p} {100 * m:.1f}" for p, m in means.items()), "", f"Decision: **{decision}**"]
+              ", ".join(f"{p} {100 * m:.1f}" for p, m in means.items())]
+    if args.targets_run:
+        sentence, ok = targets_line(args.targets_run, challenger)
+        lines += ["", sentence]
+        if decision == challenger and not ok:
+            decision = f"shipped ({Path(args.targets_run).stem} misses the targets)"
+    lines += ["", f"Decision: **{decision}**"]
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
     print(text)
-
 
 if __name__ == "__main__":
     main()

@@ -235,3 +235,35 @@ def test_pool_report_tables_only_the_pools_every_cell_has(tmp_path):
     text = out.read_text()
     assert "| cell | best in hindsight | shipped | shipped + multimahalanobis |" in text
     assert "Decision: **shipped + multimahalanobis**" in text and "| all |" not in text
+
+
+def test_pool_report_compares_a_ranking_rule_with_the_baseline_and_a_targets_run(tmp_path):
+    """The seam-free test: the rule's pick per cell against the earlier test's shipped pick, then one more run
+    (ResNet-56) must meet both targets or the shipped default stays."""
+    def pick(name, fpr, gap=1.0, ratio=0.5):
+        return {"pick": f"{name} (none)", "real_mean_fpr95": fpr, "gap_to_best_points": gap, "ratio_to_energy": ratio}
+    best = {"score": "pnml", "real": {"mean": {"fpr95": 0.2}}}
+    rule = "seam-free object-destroying kinds"
+    (tmp_path / "base").mkdir()
+    files = []
+    for name, (base, new) in {"a": (0.30, 0.25), "b": (0.40, 0.40), "c": (0.50, 0.49)}.items():
+        (tmp_path / "base" / f"{name}.json").write_text(json.dumps(
+            {"rules": {"object-destroying kinds": pick("pnml", base)}, "pools": {}, "best_in_hindsight": best}))
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps({"rules": {"object-destroying kinds": pick("combood", 0.6),
+                                                   rule: pick("knn", new)}, "best_in_hindsight": best}))
+
+    def report(targets_run):
+        out = tmp_path / "report.md"
+        subprocess.run([sys.executable, str(BENCHMARKS / "pool_report.py"), *map(str, files), "--rule", "relative",
+                        "--challenger-rule", rule, "--baseline", str(tmp_path / "base"), "--targets-run",
+                        str(targets_run), "--out", str(out)], check=True, capture_output=True)
+        return out.read_text()
+
+    run = tmp_path / "r56.json"
+    run.write_text(json.dumps({"rules": {rule: pick("knn", 0.3, gap=2.0, ratio=0.6)}}))
+    text = report(run)
+    assert f"| cell | best in hindsight | shipped | {rule} |" in text and "| a | pnml 20.0 | pnml 30.0" in text
+    assert "r56: seam-free object-destroying kinds chose knn" in text and f"Decision: **{rule}**" in text
+    run.write_text(json.dumps({"rules": {rule: pick("knn", 0.3, gap=6.0, ratio=0.6)}}))
+    assert "Decision: **shipped (r56 misses the targets)**" in report(run)
