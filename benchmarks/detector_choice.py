@@ -30,14 +30,13 @@ from scipy.stats import spearmanr
 from watermark_ood.data.readers import load_id_data, load_ood_data
 from watermark_ood.data.synthetic import CLASS_KINDS, OBJECT_DESTROYING_KINDS, OUTLIER_KINDS
 from watermark_ood.detection.detector import Detector
-from watermark_ood.detection.registry import DETECTOR_KINDS
 from watermark_ood.evaluation.metrics import mean_metrics, ood_metrics
 from watermark_ood.evaluation.protocol import protocol_subsample
-from watermark_ood.models.layers import has_dropout
 from watermark_ood.models.registry import load_model
 from watermark_ood.pipelines.bench import fit_config_for
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.selection.auto_score import SelectionSettings, select_detector, selection_splits
+from watermark_ood.selection.pools import candidate_pool
 from watermark_ood.watermark.file import Watermark
 from watermark_ood.watermark.learner import WatermarkLearner
 
@@ -170,8 +169,7 @@ def candidates_for(which: str, module: torch.nn.Module) -> tuple[str, ...]:
     """A pool of ``POOLS``: the shipped candidates or every registered detector the model runs (mcd only where it
     has dropout), less the ones it leaves out, plus the ones it adds."""
     base, without, added = POOLS[which]
-    names = SelectionSettings().candidates if base == "shipped" else [
-        n for n, kind in DETECTOR_KINDS.items() if kind.reads != "sampling" or has_dropout(module)]
+    names = candidate_pool([base], module)
     return tuple(n for n in names if n not in without) + tuple(n for n in added if n not in names)
 
 

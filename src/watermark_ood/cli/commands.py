@@ -98,7 +98,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     settings = CalibrateSettings(args.id_data, args.out, args.score, args.watermark, args.tpr, args.per_class,
                                  args.split, args.image_size, data_options(args), args.seed,
-                                 tuple(args.layers) if args.layers else None)
+                                 tuple(args.layers) if args.layers else None,
+                                 tuple(args.candidates) if args.candidates else ("shipped",))
     made = calibrate(settings, source(args), execution(args), log=None if args.no_progress else say)
     if made.report is not None:
         selection = made.detector.selection

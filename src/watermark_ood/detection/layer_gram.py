@@ -102,7 +102,8 @@ class LayerGram:
         if features.shape[1] != self.feature_min.shape[1]:
             raise WatermarkOODError(f"gram: statistics of width {features.shape[1]} do not match the fitted "
                                     f"{self.feature_min.shape[1]}")
-        predicted = logits.argmax(dim=1)
+        # the predicted class among those fitted: a model may have more outputs than the ID data has classes
+        predicted = logits[:, :self.feature_min.shape[0]].argmax(dim=1)
         mins, maxs = self.feature_min[predicted], self.feature_max[predicted]
         out = torch.zeros_like(features[:, 0])
         for (a, b), norm in zip(self._spans(), self.layer_norm):

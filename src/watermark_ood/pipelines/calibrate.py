@@ -22,6 +22,7 @@ from watermark_ood.pipelines.source import ModelSource
 from watermark_ood.reporting.selection import write_selection_report
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.selection.auto_score import SelectionSettings, select_detector
+from watermark_ood.selection.pools import candidate_pool
 from watermark_ood.watermark.config import OBJECTIVES
 from watermark_ood.watermark.file import Watermark
 
@@ -42,6 +43,7 @@ class CalibrateSettings:
     data: DataOptions = field(default_factory=DataOptions)
     seed: int = 0
     layers: tuple[str, ...] | None = None  # the layers a detector on intermediate layers taps [the stage outputs]
+    candidates: tuple[str, ...] = ("shipped",)  # --score auto's pool: shipped, all and/or names (selection.pools)
 
 
 @dataclass
@@ -80,6 +82,10 @@ def check_calibrate(settings: CalibrateSettings) -> None:
         check_name(settings.score)
     if settings.split not in SPLITS:
         raise WatermarkOODError(f"split must be one of {SPLITS}, got {settings.split!r}")
+    if settings.score == "auto":
+        candidate_pool(settings.candidates)
+    elif tuple(settings.candidates) != ("shipped",):
+        raise WatermarkOODError("--candidates is the pool of --score auto; add --score auto or drop --candidates")
     if settings.score == "auto" and settings.split == "test":
         raise WatermarkOODError("--score auto chooses and calibrates on held-out training data; drop --split test")
     if settings.layers is not None and (settings.score in (None, "auto") or not reads_layers(settings.score)):
@@ -101,7 +107,8 @@ def calibrate(settings: CalibrateSettings, source: ModelSource, execution: Execu
         if log:
             log("ranking every detector on held-out ID training data vs synthetic outliers (no OOD data)")
         detector = select_detector(model.module, model.normalization, train, watermark, settings.tpr,
-                                   SelectionSettings(seed=settings.seed, per_class=settings.per_class), execution,
+                                   SelectionSettings(candidate_pool(settings.candidates, model.module),
+                                                     seed=settings.seed, per_class=settings.per_class), execution,
                                    model.model_id, log=log).detector
     else:
         fit_split, holdout = train.split(0.1, settings.seed)

@@ -8,16 +8,24 @@ MARKER = "DETECTORS"
 
 
 def detector_list() -> str:
-    """One Markdown row per score: what it reads, whether it is fitted, exported, ranked by ``--score auto``."""
-    rows = ["| name | reads | fitted on ID data | exports | `--score auto` candidate | pytorch-ood class | paper |",
+    """One Markdown row per score: what it reads, whether it is fitted, exported, and in which pool of
+    ``--score auto`` it is a candidate (``selection.pools``: shipped, the default, or only ``--candidates all``)."""
+    rows = ["| name | reads | fitted on ID data | exports | `--score auto` pool | pytorch-ood class | paper |",
             "|---|---|---|---|---|---|---|"]
     yes = lambda flag: "yes" if flag else "no"  # noqa: E731
     for kind in DETECTOR_KINDS.values():
-        rows.append(f"| `{kind.name}` | {kind.reads} | {yes(kind.fitted)} | {yes(kind.exports)} | {yes(kind.in_auto)} "
+        rows.append(f"| `{kind.name}` | {kind.reads} | {yes(kind.fitted)} | {yes(kind.exports)} | {_pool(kind)} "
                     f"| {f'`{kind.library}`' if kind.library else 'ours'} | {kind.paper} |")
     rows += ["", f"Not wired ({len(NOT_WIRED)} of pytorch-ood's detector classes), each with why:", ""]
     rows += [f"- `{name}`: {why}" for name, why in NOT_WIRED.items()]
     return "\n".join(rows) + "\n"
+
+
+def _pool(kind) -> str:
+    """The smallest pool of ``--score auto`` the detector is a candidate of."""
+    if kind.in_auto:
+        return "shipped"
+    return "all (models with dropout)" if kind.reads == "sampling" else "all"
 
 
 def replace_block(text: str, body: str, marker: str = MARKER) -> str:

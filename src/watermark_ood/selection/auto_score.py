@@ -70,6 +70,7 @@ class Selection:
     ranking_kinds: Sequence[str] = OBJECT_DESTROYING_KINDS
     sizes: dict[str, int] = field(default_factory=dict)  # ranking ID images and ranked outliers
     forward_seconds: float = 0.0  # of the forward passes alone (logits and features once per set, odin's passes)
+    candidates: Sequence[str] = ()  # the pool ranked (selection.pools)
 
     def summary(self) -> dict[str, Any]:
         best = self.ranking[0]
@@ -84,7 +85,7 @@ class Selection:
                 "tied": tied_with(best, self.ranking),
                 "saturated": bool(tied_with(best, self.ranking)) and best.get("ranking_fpr95") == 0.0
                 and best.get("ranking_auroc") == 1.0,
-                "ranking_sizes": self.sizes,
+                "ranking_sizes": self.sizes, "candidates": list(self.candidates),
                 "seconds": self.seconds, "forward_seconds": self.forward_seconds, "ranking": self.ranking}
 
 
@@ -178,7 +179,8 @@ def select_detector(model: torch.nn.Module, normalization: Normalization, train:
                        train.num_classes)
     forward_seconds += sum(r.get("seconds", 0.0) for r in ranking if r.get("own_passes"))
     selection = Selection(detector, ranking, time.perf_counter() - t0, tuple(settings.ranking_kinds),
-                          {"id": len(rank_id), "outliers": int(len(ranked_rows))}, forward_seconds)
+                          {"id": len(rank_id), "outliers": int(len(ranked_rows))}, forward_seconds,
+                          tuple(settings.candidates))
     detector.selection = selection.summary()
     return selection
 
