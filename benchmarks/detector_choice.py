@@ -242,7 +242,10 @@ RULES = {"all kinds": tuple(OUTLIER_KINDS), "object-destroying kinds": tuple(OBJ
          # issue 27 item 5, pre-registered in benchmarks/README before any run of it
          "object-destroying + class kinds": tuple(OBJECT_DESTROYING_KINDS) + tuple(CLASS_KINDS),
          # issue 26: patch-shuffle's seams replaced by phase scrambling (data/synthetic.py, STATISTIC_KINDS)
-         "seam-free object-destroying kinds": ("phase-scramble", "low-frequency-noise", "flat-colour")}
+         "seam-free object-destroying kinds": ("phase-scramble", "low-frequency-noise", "flat-colour"),
+         # issue 26, fourth pool test: both outlier families at once (patch-shuffled and phase-scrambled)
+         "both-family object-destroying kinds": ("patch-shuffle", "phase-scramble", "low-frequency-noise",
+                                                 "flat-colour")}
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@ measured on the cell's real OOD sets, against the targets (within 5 points of th
         --challenger-rule "seam-free object-destroying kinds" --baseline benchmarks/results/pools-retest \
         --targets-run benchmarks/results/detectors/resnet56-full-pool-seam-free.json \
         --out benchmarks/results/seam-free/seam-free.md
+    python benchmarks/pool_report.py benchmarks/results/both-family/*.json --rule relative \
+        --challenger-rule "both-family object-destroying kinds" --baseline-pool shipped \
+        --targets-run benchmarks/results/detectors/resnet20-both-family.json \
+        --targets-run benchmarks/results/detectors/resnet56-both-family.json \
+        --out benchmarks/results/both-family/report.md
 
 The first test's rule (``targets``) asked each pool to meet both targets on every cell; it could not separate
 pools that pick alike. The second (``relative``) compares one challenger pool with the shipped pool directly. The
@@ -39,10 +44,12 @@ def meets(outcome: dict) -> bool:
     return bool(outcome["gap_to_best_points"] <= 5.0 and outcome["ratio_to_energy"] <= 0.7)
 
 
-def rule_outcomes(result: dict, baseline: dict, rule: str) -> dict[str, dict]:
-    """{"shipped": the shipped default's pick in ``baseline``, rule: ``rule``'s pick in ``result``} of one cell."""
-    return {"shipped": pool_outcomes(baseline)["shipped"], rule: {**result["rules"][rule],
-                                                                   "meets": meets(result["rules"][rule])}}
+def rule_outcomes(result: dict, baseline: dict | None, rule: str, base_pool: str | None = None) -> dict[str, dict]:
+    """{"shipped": the shipped default's pick, rule: ``rule``'s pick in ``result``} of one cell. The shipped pick is
+    ``baseline``'s (an earlier test's JSON of the cell) or, with ``base_pool``, that pool's in ``result`` itself."""
+    base = {**result["pools"][base_pool], "meets": meets(result["pools"][base_pool])} if base_pool else \
+        pool_outcomes(baseline)["shipped"]
+    return {"shipped": base, rule: {**result["rules"][rule], "meets": meets(result["rules"][rule])}}
 
 
 def decide(cells: dict[str, dict[str, dict]]) -> tuple[str, dict[str, float]]:
@@ -83,7 +90,8 @@ def decide_relative(cells: dict[str, dict[str, dict]], base: str = "shipped",
     return challenger, means
 
 
-def load_cells(files: list[str], rule: str | None, baseline: str | None) -> dict[str, dict[str, dict]]:
+def load_cells(files: list[str], rule: str | None, baseline: str | None,
+               base_pool: str | None = None) -> dict[str, dict[str, dict]]:
     """Each cell's outcomes by pool (or, with ``rule``, the rule's pick next to the baseline's shipped pick)."""
     cells = {}
     for f in files:
@@ -91,8 +99,8 @@ def load_cells(files: list[str], rule: str | None, baseline: str | None) -> dict
         if rule is None:
             cells[Path(f).stem] = pool_outcomes(result)
         else:
-            base = json.loads((Path(baseline) / Path(f).name).read_text())
-            cells[Path(f).stem] = rule_outcomes(result, base, rule)
+            base = None if base_pool else json.loads((Path(baseline) / Path(f).name).read_text())
+            cells[Path(f).stem] = rule_outcomes(result, base, rule, base_pool)
     return cells
 
 
@@ -133,22 +141,24 @@ def main() -> None:
                    help="the first test's rule (every target on every cell) or the second's (challenger vs shipped)")
     p.add_argument("--challenger-rule", help="compare this ranking rule's pick (each JSON's rules) with --baseline")
     p.add_argument("--baseline", help="folder of the earlier test's JSONs, same cell names: the shipped pick")
-    p.add_argument("--targets-run", help="a further run whose --challenger-rule pick must meet both targets")
+    p.add_argument("--baseline-pool", help="or: the shipped pick is this pool's in each JSON itself (--pools)")
+    p.add_argument("--targets-run", action="append", default=[],
+                   help="a further run whose --challenger-rule pick must meet both targets (repeatable)")
     args = p.parse_args()
-    if (args.challenger_rule is None) != (args.baseline is None):
-        p.error("--challenger-rule and --baseline go together")
-    cells = load_cells(args.results, args.challenger_rule, args.baseline)
+    if (args.challenger_rule is None) != (args.baseline is None and args.baseline_pool is None):
+        p.error("--challenger-rule goes with --baseline or --baseline-pool")
+    cells = load_cells(args.results, args.challenger_rule, args.baseline, args.baseline_pool)
     bests = {Path(f).stem: json.loads(Path(f).read_text())["best_in_hindsight"] for f in args.results}
     lines = table(cells, bests)
     challenger = args.challenger_rule or "shipped + multimahalanobis"
     decision, means = decide(cells) if args.rule == "targets" else decide_relative(cells, challenger=challenger)
     lines += ["", "Mean over the cells of the choice's real mean FPR95: " +
               ", ".join(f"{p} {100 * m:.1f}" for p, m in means.items())]
-    if args.targets_run:
-        sentence, ok = targets_line(args.targets_run, challenger)
+    for run in args.targets_run:
+        sentence, ok = targets_line(run, challenger)
         lines += ["", sentence]
         if decision == challenger and not ok:
-            decision = f"shipped ({Path(args.targets_run).stem} misses the targets)"
+            decision = f"shipped ({Path(run).stem} misses the targets)"
     lines += ["", f"Decision: **{decision}**"]
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)

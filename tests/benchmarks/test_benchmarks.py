@@ -269,3 +269,31 @@ def test_pool_report_compares_a_ranking_rule_with_the_baseline_and_a_targets_run
     text = report(run)
     assert "misses the 5-point gap:" not in text and "(+6.0, 0.60x energy): misses the 5-point gap" in text
     assert "Decision: **shipped (r56 misses the targets)**" in text
+
+
+def test_pool_report_takes_the_shipped_pick_from_the_same_run_and_every_targets_run(tmp_path):
+    """The fourth test: the shipped pool ran beside the challenger (``pools``), and each shared model's run must
+    meet both targets."""
+    def pick(name, fpr, gap=1.0):
+        return {"pick": f"{name} (none)", "real_mean_fpr95": fpr, "gap_to_best_points": gap, "ratio_to_energy": 0.5}
+    rule = "both-family object-destroying kinds"
+    best = {"score": "pnml", "real": {"mean": {"fpr95": 0.2}}}
+    files = []
+    for name, (base, new) in {"a": (0.30, 0.25), "b": (0.40, 0.404), "c": (0.50, 0.50)}.items():
+        files.append(tmp_path / f"{name}.json")
+        rules = {"object-destroying kinds": pick("combood", 0.9), rule: pick("knn", new)}
+        files[-1].write_text(json.dumps({"rules": rules, "pools": {"shipped": pick("pnml", base)},
+                                         "best_in_hindsight": best}))
+    runs = []
+    for name, gap in (("r20", 1.0), ("r56", 7.0)):
+        runs.append(tmp_path / f"{name}.json")
+        runs[-1].write_text(json.dumps({"rules": {rule: pick("knn", 0.3, gap=gap)}}))
+    out = tmp_path / "report.md"
+    command = [sys.executable, str(BENCHMARKS / "pool_report.py"), *map(str, files), "--rule", "relative",
+               "--challenger-rule", rule, "--baseline-pool", "shipped", "--out", str(out)]
+    subprocess.run([*command, "--targets-run", str(runs[0])], check=True, capture_output=True)
+    text = out.read_text()
+    assert "| a | pnml 20.0 | pnml 30.0" in text and f"Decision: **{rule}**" in text and "r20:" in text
+    subprocess.run([*command, "--targets-run", str(runs[0]), "--targets-run", str(runs[1])], check=True,
+                   capture_output=True)
+    assert "Decision: **shipped (r56 misses the targets)**" in out.read_text()

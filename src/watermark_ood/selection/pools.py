@@ -36,7 +36,7 @@ def candidate_pool(names: Sequence[str], model: nn.Module | None = None) -> tupl
     >>> candidate_pool(["knn+vim"])
     Traceback (most recent call last):
     ...
-    watermark_ood.core.errors.WatermarkOODError: --candidates takes single detectors or shipped/all, not 'knn+vim' (combinations of the best are ranked anyway)
+    watermark_ood.core.errors.WatermarkOODError: --candidates takes single detectors ... not 'knn+vim' (...)
     """
     if not names:
         raise WatermarkOODError("--candidates needs at least one name: shipped, all or detector names")
