@@ -11,24 +11,15 @@ CHOICE_ARGS=(--candidates shipped --pools "shipped + multimahalanobis" --rules "
 # shellcheck source=benchmarks/cells.sh
 source "$ROOT/benchmarks/cells.sh"
 DATA="$RUNS/data"
-train_seed1() {  # name model data epochs: bf16 autocast (this CPU has AVX-512 BF16; on AVX2 use fp32)
-  local out="$RUNS/$1-seed1/$2.safetensors"
-  if [ ! -f "${out%.safetensors}.json" ]; then
-    echo "$(date -u +%T) training $1 seed 1"
-    "$PY" "$ROOT/benchmarks/train_classifier.py" --model "$2" --id-data "$3" --epochs "$4" --device cpu \
-      --precision "${PRECISION:-bf16}" --seed 1 --out "$out"
-  fi
-  cp "${out%.safetensors}.json" "$ROOT/benchmarks/results/models/$1-seed1.json"
-}
 # shellcheck disable=SC2086
 cell cifar10-wrn16_4-far wrn16_4 "$RUNS/cifar10-wrn16_4/wrn16_4.safetensors" "$SHARED/data/cifar10" $FAR
-train_seed1 cifar6b-resnet14 resnet14 "$DATA/cifar10-k234567" 10
+train_seeded cifar6b-resnet14 resnet14 "$DATA/cifar10-k234567" 10 1
 cell cifar6b-resnet14-seed1-near resnet14 "$RUNS/cifar6b-resnet14-seed1/resnet14.safetensors" "$DATA/cifar10-k234567" \
   "$DATA/cifar10-k234567/ood/cifar10-unknown4.npz"
-train_seed1 fmnist-resnet14 resnet14 "$DATA/fashion-mnist" 10
+train_seeded fmnist-resnet14 resnet14 "$DATA/fashion-mnist" 10 1
 # shellcheck disable=SC2086
 cell fmnist-resnet14-seed1-grey resnet14 "$RUNS/fmnist-resnet14-seed1/resnet14.safetensors" "$DATA/fashion-mnist" $GREY
-train_seed1 cifar6-resnet14 resnet14 "$DATA/cifar10-6v4" 10
+train_seeded cifar6-resnet14 resnet14 "$DATA/cifar10-6v4" 10 1
 # shellcheck disable=SC2086
 cell cifar6-resnet14-seed1-far resnet14 "$RUNS/cifar6-resnet14-seed1/resnet14.safetensors" "$DATA/cifar10-6v4" $FAR
 cell cifar6-resnet14-seed1-near resnet14 "$RUNS/cifar6-resnet14-seed1/resnet14.safetensors" "$DATA/cifar10-6v4" \
