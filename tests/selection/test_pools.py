@@ -80,7 +80,7 @@ def test_cli_full_pool_ranks_every_detector_the_model_runs(tmp_path):
     rows = {r["score"]: r for r in selection["ranking"] if "+" not in r["score"]}
     assert set(rows) == set(selection["candidates"])
     assert all(r["ok"] or r.get("error") for r in rows.values())
-    assert sum(r["ok"] and not r.get("raced_out") for r in rows.values()) > len(AUTO_CANDIDATES)
+    assert sum(r["ok"] and not r.get("raced_out") for r in rows.values()) > len(rows) // 2
     loaded = Detector.load(det, model, ExecutionConfig(device="cpu"))
     assert loaded.score == selection["chosen"]["score"]
     assert len(loaded.predict(torch.rand(4, 3, 8, 8)).is_ood) == 4
