@@ -7,9 +7,10 @@ from conftest import make_images, write_npz_dataset
 
 from watermark_ood.cli import main
 from watermark_ood.core.errors import WatermarkOODError
-from watermark_ood.data.synthetic import OUTLIER_KINDS
+from watermark_ood.data.synthetic import OUTLIER_KINDS, synthesized_kinds
 from watermark_ood.detection.detector import Detector, WatermarkDetector
 from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.selection.auto_score import SelectionSettings
 from watermark_ood.watermark.config import FitConfig
 from watermark_ood.watermark.file import Watermark
 
@@ -182,7 +183,8 @@ def test_cli_score_auto_ranks_without_reading_ood_data(tmp_path, monkeypatch, ca
     assert meta["score"] == meta["selection"]["chosen"]["score"]
     ok = [r for r in ranking if r["ok"]]
     assert ok == sorted(ok, key=lambda r: (not r.get("admitted", True), r["ranking_fpr95"], -r["ranking_auroc"]))
-    assert all(set(r["per_kind"]) == set(OUTLIER_KINDS) for r in ok if not r.get("raced_out"))
+    made = set(synthesized_kinds(SelectionSettings().ranking_kinds))  # every kind made, ranked or not
+    assert made >= set(OUTLIER_KINDS) and all(set(r["per_kind"]) == made for r in ok if not r.get("raced_out"))
     assert all(r["refused"].startswith("raced out") and not r["admitted"] for r in ok if r.get("raced_out"))
     admitted = [r for r in ok if r.get("admitted", True)]
     assert "chance_better_than_chosen" not in admitted[0] and all(0 <= r["chance_better_than_chosen"] <= 1

@@ -197,9 +197,9 @@ def _calibrate_command(sub: Any) -> None:
                           "with and without --watermark, on held-out ID training data vs synthetic outliers (no OOD "
                           "data) [the watermark's score, else energy]")
     cal.add_argument("--candidates", nargs="+", metavar="NAME", default=None,
-                     help="the detectors --score auto ranks: shipped (those measured on the shared models), all "
-                          "(every detector the model runs; chosen better on some models, worse on others: see "
-                          "benchmarks/README), and/or detector names, e.g. shipped multimahalanobis [shipped]")
+                     help="the detectors --score auto ranks: shipped (every detector but combood and mcd), all "
+                          "(every detector the model runs), and/or detector names, e.g. shipped combood or "
+                          "msp energy knn [shipped]")
     _add_layers(cal)
     cal.add_argument("--tpr", type=float, default=0.95,
                      help="share of ID inputs to accept, in (0, 1): the split-conformal threshold guarantees that an "

@@ -107,7 +107,7 @@ class DetectorKind:
     after_fit: Callable[[Any, torch.Tensor, torch.Tensor], None] | None = None  # keep what saving needs
     after_load: Callable[[Any], None] | None = None  # rebuild what was not saved from what was
     library: str = ""  # the pytorch_ood.detector class it is (or, for our closed forms, equals)
-    in_auto: bool = True  # a candidate of --score auto (kinds join once measured on the shared models)
+    in_auto: bool = True  # in --score auto's default pool (selection/pools.py; issue 26's fourth pool test)
     change_map: Callable[[], Callable[[torch.Tensor], torch.Tensor]] | None = None  # reads "map": the change made
     score_images: Callable[..., Any] | None = None  # reads "gradient" / "sampling": scores the images themselves
     reduce_layers: Callable[[int], Callable[[torch.Tensor], torch.Tensor]] | None = None  # reads "layers": what the
@@ -200,7 +200,7 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
                  StateSchema({"centers": ("K", "K"), "weibull": ("K", 3)},
                              {"tailsize": Value("int", 1), "alpha": Value("int", 1)}),
                  lambda h: PackedOpenMax(), "logits", after_load=PackedOpenMax.rebuild, export_refusal=_OPENMAX_REFUSAL,
-                 library="OpenMax", in_auto=False),
+                 library="OpenMax"),
     DetectorKind("odin", "gradient", "Liang et al., ICLR 2018", export_refusal=_ODIN_REFUSAL, library="ODIN",
                  score_images=odin_scores),
     DetectorKind("mahalanobis", "features", "Lee et al., NeurIPS 2018", True, StateSchema(_GAUSSIAN),
@@ -236,42 +236,39 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
         optional_tensors={"_log_num_classes": ()}),  # log K, cached by the library after its first score
         lambda h: _pod().PNML(None, head=h.flat), library="PNML"),
     # Issue 26: the rest of pytorch-ood's detectors that a fixed classifier's logits or pooled features feed.
-    # Not yet candidates of --score auto (in_auto=False) until measured on the shared models.
     DetectorKind("tempscale", "logits", "Guo et al., ICML 2017 (MSP at a temperature fitted on ID labels)", True,
                  StateSchema({"t": ()}, {"_is_fitted": Value("bool")}), lambda h: _pod().TemperatureScaling(None),
-                 "logits", library="TemperatureScaling", in_auto=False),
+                 "logits", library="TemperatureScaling"),
     DetectorKind("gradnorm", "features", "Huang et al., NeurIPS 2021 (of the last layer's weights, in closed "
                  "form: the L1 norm of softmax - 1/K times the L1 norm of the features)",
-                 outlier=lambda logits, features: F.gradnorm_outlier(logits, features), library="GradNorm",
-                 in_auto=False),
+                 outlier=lambda logits, features: F.gradnorm_outlier(logits, features), library="GradNorm"),
     DetectorKind("fdbd", "features", "Liu & Qin, ICML 2024 (feature distance to the decision boundaries)", True,
                  StateSchema({"train_mean": ("D",), "_denom_matrix": ("K", "K")}),
-                 lambda h: _pod().fDBD(None, head=h.need()), library="fDBD", in_auto=False),
+                 lambda h: _pod().fDBD(None, head=h.need()), library="fDBD"),
     DetectorKind("nci", "features", "Liu et al., CVPR 2025 (neural collapse inspired)", True,
                  StateSchema({"global_mean": ("D",)}, {"alpha": Value("float", 0.0)}),
-                 lambda h: _pod().NCI(None, head=h.need()), library="NCI", in_auto=False,  # attribute writes in
+                 lambda h: _pod().NCI(None, head=h.need()), library="NCI",  # attribute writes in
                  traced=lambda impl, logits, features: F.nci_outlier(  # its forward pass: exported in torch
                      features, impl.head, impl.global_mean, impl.alpha)),
     DetectorKind("nnguide", "features", "Park et al., ICCV 2023 (nearest-neighbour guidance)", True,
                  StateSchema({"_scaled_features": ("N", "D")}, {"k": Value("int", 1, "N")}),
-                 lambda h: _pod().NNGuide(None, head=h.flat, k=min(10, h.count or 10)), library="NNGuide",
-                 in_auto=False),
+                 lambda h: _pod().NNGuide(None, head=h.flat, k=min(10, h.count or 10)), library="NNGuide"),
     DetectorKind("gmm", "features", "one Gaussian per class with its own covariance, on the penultimate features "
                  "(pytorch-ood)", True,
                  StateSchema({"_mu": ("K", "D"), "_precision": ("K", "D", "D"), "_log_det": ("K",),
                               "_log_weights": ("K",)}, {"reg": Value("float", 0.0)}),
-                 lambda h: _pod().GMM(None), library="GMM", in_auto=False),
+                 lambda h: _pod().GMM(None), library="GMM"),
     DetectorKind("scale", "features", "Xu et al., ICLR 2024 (SCALE on the pooled penultimate activations, not the "
                  "last feature map)", False, StateSchema({}, {"percentile": Value("float", 0.0, 1.0)}),
-                 lambda h: _pod().SCALE(None, head=h.flat), "feature_maps", library="SCALE", in_auto=False),
+                 lambda h: _pod().SCALE(None, head=h.flat), "feature_maps", library="SCALE"),
     DetectorKind("lts", "features", "Djurisic et al., Machine Vision and Applications 2025 (logit scaling)", False,
                  StateSchema({}, {"p": Value("float", 0.0, 1.0)}), lambda h: _pod().LTS(None, head=h.flat),
-                 library="LTS", in_auto=False),
+                 library="LTS"),
     DetectorKind("vra", "features", "Xu et al., NeurIPS 2023 (variational rectified activation, on the pooled "
                  "penultimate activations)", True, StateSchema(
                      {"_lower_threshold": ("D", 1, 1), "_upper_threshold": ("D", 1, 1)},
                      {"lower_percentile": Value("float", 0.0, 1.0), "upper_percentile": Value("float", 0.0, 1.0)}),
-                 lambda h: _pod().VRA(None, head=h.flat), "feature_maps", library="VRA", in_auto=False),
+                 lambda h: _pod().VRA(None, head=h.flat), "feature_maps", library="VRA"),
     # Published post-hoc detectors in neither library, written here from their papers and authors' code.
     DetectorKind("weiper", "features", "Granz et al., NeurIPS 2024 (WeiPer+KLD: weight perturbations of the class "
                  "projections; detection/weiper.py)", True, StateSchema(
@@ -282,19 +279,18 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
                       "smoothing": Value("int", 1), "smoothing_perturbed": Value("int", 1),
                       "eps": Value("float", 0.0, low_open=True), "eps_perturbed": Value("float", 0.0, low_open=True),
                       "lambda_1": Value("float"), "lambda_2": Value("float"), "seed": Value("int", 0)}),
-                 lambda h: WeiPer(h.need()), after_load=WeiPer.check_loaded, in_auto=False),
+                 lambda h: WeiPer(h.need()), after_load=WeiPer.check_loaded),
     # Issue 26 item 2: detectors on intermediate layers (models/layers.py taps them; --layers names them).
     DetectorKind("multimahalanobis", "layers", "Lee et al., NeurIPS 2018 (Mahalanobis summed over layers: reads "
                  "the spatial mean of each tapped layer, by default each stage's output)", True,
                  StateSchema({"mu": ("K", "S"), "precision": ("S", "S"), "widths": ("L",)}),
                  lambda h: LayerMahalanobis(h.widths), after_load=LayerMahalanobis.rebuild,
-                 traced=lambda impl, logits, features: impl.traced_outlier(features), library="MultiMahalanobis",
-                 in_auto=False),
+                 traced=lambda impl, logits, features: impl.traced_outlier(features), library="MultiMahalanobis"),
     DetectorKind("gram", "layers", "Sastry & Oore, ICML 2020 (Gram-matrix deviations: reads row-summed Gram "
                  "vectors of poles 1..L of each tapped layer, by default each stage's output; detection/layer_gram.py)",
                  True, StateSchema({"feature_min": ("K", "S"), "feature_max": ("K", "S"), "layer_norm": ("L",),
                                     "widths": ("L",)}, {"seed": Value("int", 0)}),
-                 lambda h: LayerGram(h.widths), "structured", library="Gram", in_auto=False, reduce_layers=gram_reducer),
+                 lambda h: LayerGram(h.widths), "structured", library="Gram", reduce_layers=gram_reducer),
     DetectorKind("combood", "layers", "Rajasekaran et al., SDM 2024 (CombOOD: -sqrt(D) log r_k^2 - d_M^2, the "
                  "k-th neighbour distance of the last tapped layer's pooled features fused with the Mahalanobis "
                  "distance of the extremes of each tapped layer and of the logits, by default each stage's output; "
@@ -304,7 +300,7 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
                               "precision": ("E", "E"), "bank": ("N", "C")}, {"k": Value("int", 1, "N")}),
                  lambda h: CombOOD(h.widths), "structured", after_load=CombOOD.check_loaded,
                  traced=lambda impl, logits, features: impl.predict_structured(logits, features, chunk=None),
-                 in_auto=False, reduce_layers=combood_reducer),
+                 in_auto=False, reduce_layers=combood_reducer),  # not in the default pool: benchmarks/README
     DetectorKind("nac", "coverage", "Liu et al., ICLR 2024 (NAC-UE, neuron activation coverage: the gradient of "
                  "the softmax's KL to uniform times each neuron's activation, binned; reads each tapped layer, by "
                  "default each stage's output; detection/nac.py)", True,
@@ -312,24 +308,24 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
                              {"m": Value("int", 50, 50), "alpha": Value("float", 0.0, low_open=True),
                               "o_star": Value("int", 1)}),
                  lambda h: PackedNAC(h.widths), after_load=PackedNAC.rebuild, export_refusal=_GRADIENT_REFUSAL,
-                 library="NACUE", in_auto=False),
+                 library="NACUE"),
     DetectorKind("graduncertainty", "gradient", "Igoe et al., 2022 (gradients as a measure of uncertainty: every "
                  "parameter's gradient to an all-ones label, per image)", export_refusal=_GRADIENT_REFUSAL,
-                 library="GradUncertainty", in_auto=False,
+                 library="GradUncertainty",
                  score_images=parameter_gradient_scores("GradUncertainty")),
     DetectorKind("gradnorm-all", "gradient", "Huang et al., NeurIPS 2021 (as pytorch-ood's default computes it: "
                  "the L1 norm of every parameter's per-image gradient of the cross-entropy to uniform; gradnorm is "
                  "the paper's last-layer form)", export_refusal=_GRADIENT_REFUSAL, library="GradNorm",
-                 in_auto=False, score_images=parameter_gradient_scores("GradNorm")),
+                 score_images=parameter_gradient_scores("GradNorm")),
     DetectorKind("mahalanobis-odin", "perturbed", "Lee et al., NeurIPS 2018 (Mahalanobis on inputs perturbed "
                  "against the distance, ODIN-style; fitted on the penultimate features)", True,
                  StateSchema(_GAUSSIAN, {"eps": Value("float", 0.0, 1.0, low_open=True)}),
                  lambda h: _pod().MahalanobisODIN(None), after_fit=_expose_gaussian, after_load=_restore_gaussian,
-                 export_refusal=_GRADIENT_REFUSAL, library="MahalanobisODIN", in_auto=False),
+                 export_refusal=_GRADIENT_REFUSAL, library="MahalanobisODIN"),
     DetectorKind("mcd", "sampling", "Gal & Ghahramani, ICML 2016 (Monte-Carlo dropout: the softmax's variance "
                  "over 30 passes with dropout on; models with dropout only)", export_refusal=_MCD_REFUSAL,
-                 library="MCD", in_auto=False, score_images=mcd_scores),
-    *(DetectorKind(name, "map", paper, outlier=_energy_of_changed, library=cls, in_auto=False,
+                 library="MCD", in_auto=False, score_images=mcd_scores),  # --candidates all, with dropout
+    *(DetectorKind(name, "map", paper, outlier=_energy_of_changed, library=cls,
                    change_map=_changed_map(cls), export_refusal=refusal) for name, cls, paper, refusal in (
         ("ash-map", "ASH", "Djurisic et al., ICLR 2023 (ASH-S on the last feature map, as the paper applies it; the "
                            "rest of the model runs on the pruned map, then its energy)", ""),

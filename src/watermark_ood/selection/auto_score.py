@@ -3,8 +3,9 @@
 The ID training split is divided, by seed, into a part the scores are fitted on, a ranking part and a
 calibration part. Synthetic outliers are built from the ranking part (:mod:`validation`: patch-shuffled,
 rotated, low-frequency noise, greyscale, flat colour). Every single score is ranked by FPR95 (then AUROC) on
-ranking ID vs the outliers of ``ranking_kinds`` (by default those that destroy the object: patch-shuffled, noise,
-flat colour; greyscale and rotated copies keep it, and ranking on them chose worse detectors on real OOD sets),
+ranking ID vs the outliers of ``ranking_kinds`` (by default those that destroy the object: patch-shuffled and
+phase-scrambled, noise, flat colour; greyscale and rotated copies keep it, and ranking on them chose worse
+detectors on real OOD sets),
 under each condition (no watermark; the given watermark); then mean-of-z-scores combinations of
 the best two and three feature/logit scores of each condition join the ranking.
 
@@ -30,7 +31,7 @@ from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.data.streaming import without_skipped
-from watermark_ood.data.synthetic import (OBJECT_DESTROYING_KINDS, OUTLIER_KINDS, kind_rows, synthesize_outliers,
+from watermark_ood.data.synthetic import (OUTLIER_KINDS, RANKING_KINDS, kind_rows, synthesize_outliers,
                                           synthesized_kinds)
 from watermark_ood.detection.detector import FIT_IMAGES, Detector
 from watermark_ood.detection.registry import AUTO_CANDIDATES, DETECTOR_KINDS, reads_layers
@@ -46,12 +47,13 @@ CLOSE = 0.2  # a candidate better than the chosen one in at least this share of 
 
 @dataclass
 class SelectionSettings:
-    candidates: Sequence[str] = AUTO_CANDIDATES  # the registry's kinds measured on the shared models
+    candidates: Sequence[str] = AUTO_CANDIDATES  # the default pool: every registered kind but combood and mcd
     fit_images: int = FIT_IMAGES
-    rank_images: int = 3000  # ID images ranked against as many synthetic outliers (600 per kind)
+    rank_images: int = 3000  # ID images ranked against as many synthetic outliers (500 of each of six kinds)
     # the kinds the ranking's FPR95 is taken over: those that destroy the object (benchmarks/README, issue 13: chosen
-    # on five models, then tested on two trained afterwards); greyscale and rotated copies still guard watermarks
-    ranking_kinds: Sequence[str] = OBJECT_DESTROYING_KINDS
+    # on five models, then tested on two trained afterwards; issue 26 added phase-scrambled images, tested on five
+    # retrains); greyscale and rotated copies still guard watermarks
+    ranking_kinds: Sequence[str] = RANKING_KINDS
     calibration_images: int = 2000
     holdout_fraction: float = 0.12  # half ranks, half calibrates: 3,000 each of CIFAR's 50,000
     combine: Sequence[int] = (2, 3)  # combinations of the best k scores of each condition
@@ -67,7 +69,7 @@ class Selection:
     detector: Detector
     ranking: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
-    ranking_kinds: Sequence[str] = OBJECT_DESTROYING_KINDS
+    ranking_kinds: Sequence[str] = RANKING_KINDS
     sizes: dict[str, int] = field(default_factory=dict)  # ranking ID images and ranked outliers
     forward_seconds: float = 0.0  # of the forward passes alone (logits and features once per set, odin's passes)
     candidates: Sequence[str] = ()  # the pool ranked (selection.pools)

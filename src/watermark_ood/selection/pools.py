@@ -1,10 +1,9 @@
 """The candidate pools of ``--score auto``: which detectors the choice ranks.
 
-``shipped`` is the default: the detectors measured on the shared models before issue 26 (``AUTO_CANDIDATES``).
-``all`` is every registered detector the model can run (mcd only where the model has dropout). Three
-pre-registered tests (benchmarks/README, issue 26) kept ``shipped`` the default: with every detector the choice was
-the best in hindsight on ResNet-56 and Fashion-MNIST, but 14.7 points worse than the best on ResNet-20 (combood)
-and 5.4 points worse than the shipped pool on a WRN-16-4 (multimahalanobis), so the larger pool is an opt-in.
+``shipped`` is the default: every registered detector but combood (which the synthetic outliers overrated on
+ResNet-20) and mcd (dropout models only), chosen by issue 26's fourth pre-registered pool test (benchmarks/README)
+after three earlier tests had kept the 16 detectors measured before issue 26. ``all`` is every registered detector
+the model can run (mcd only where the model has dropout).
 Named detectors may be added to either (``shipped multimahalanobis``) or given alone.
 """
 
