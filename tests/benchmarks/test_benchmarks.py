@@ -88,7 +88,8 @@ def test_detector_choice_measures_both_ranking_rules(tmp_path):
     every, but = candidates_for("all", cifar_resnet(8)), candidates_for("all but combood", cifar_resnet(8))
     assert "combood" in every and set(every) - set(but) == {"combood"}
     shipped = candidates_for("shipped", cifar_resnet(8))
-    assert candidates_for("shipped + multimahalanobis", cifar_resnet(8)) == (*shipped, "multimahalanobis")
+    plus = candidates_for("shipped + multimahalanobis", cifar_resnet(8))  # the default holds it since issue 26
+    assert plus[:len(shipped)] == shipped and set(plus) == set(shipped) | {"multimahalanobis"}
 
     from watermark_ood.selection.auto_score import SelectionSettings
 
