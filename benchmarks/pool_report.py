@@ -36,20 +36,28 @@ def pool_outcomes(result: dict) -> dict[str, dict]:
     """{pool: {pick, real_mean_fpr95, gap_to_best_points, ratio_to_energy, meets}} of one cell's JSON."""
     shipped = next(iter(result["rules"].values()))
     out = {"shipped": shipped, **result["pools"]}
-    return {pool: {**o, "meets": meets(o)} for pool, o in out.items()}
+    return {pool: with_meets(o) for pool, o in out.items()}
+
+
+def missed_targets(outcome: dict) -> list[str]:
+    """Issue 26's targets the pick misses: within 5 points of the best in hindsight, at most 0.7x energy's FPR95."""
+    return [t for t, hit in (("the 5-point gap", outcome["gap_to_best_points"] <= 5.0),
+                             ("0.7x energy", outcome["ratio_to_energy"] <= 0.7)) if not hit]
 
 
 def meets(outcome: dict) -> bool:
-    """Issue 26's targets: within 5 points of the best in hindsight and at most 0.7x energy's FPR95."""
-    return bool(outcome["gap_to_best_points"] <= 5.0 and outcome["ratio_to_energy"] <= 0.7)
+    return not missed_targets(outcome)
+
+
+def with_meets(outcome: dict) -> dict:
+    return {**outcome, "meets": meets(outcome)}
 
 
 def rule_outcomes(result: dict, baseline: dict | None, rule: str, base_pool: str | None = None) -> dict[str, dict]:
     """{"shipped": the shipped default's pick, rule: ``rule``'s pick in ``result``} of one cell. The shipped pick is
     ``baseline``'s (an earlier test's JSON of the cell) or, with ``base_pool``, that pool's in ``result`` itself."""
-    base = {**result["pools"][base_pool], "meets": meets(result["pools"][base_pool])} if base_pool else \
-        pool_outcomes(baseline)["shipped"]
-    return {"shipped": base, rule: {**result["rules"][rule], "meets": meets(result["rules"][rule])}}
+    base = with_meets(result["pools"][base_pool]) if base_pool else pool_outcomes(baseline)["shipped"]
+    return {"shipped": base, rule: with_meets(result["rules"][rule])}
 
 
 def decide(cells: dict[str, dict[str, dict]]) -> tuple[str, dict[str, float]]:
@@ -91,17 +99,19 @@ def decide_relative(cells: dict[str, dict[str, dict]], base: str = "shipped",
 
 
 def load_cells(files: list[str], rule: str | None, baseline: str | None,
-               base_pool: str | None = None) -> dict[str, dict[str, dict]]:
-    """Each cell's outcomes by pool (or, with ``rule``, the rule's pick next to the baseline's shipped pick)."""
-    cells = {}
+               base_pool: str | None = None) -> tuple[dict[str, dict[str, dict]], dict[str, dict]]:
+    """Each cell's outcomes by pool (or, with ``rule``, the rule's pick next to the baseline's shipped pick), and
+    each cell's best in hindsight."""
+    cells, bests = {}, {}
     for f in files:
         result = json.loads(Path(f).read_text())
+        bests[Path(f).stem] = result["best_in_hindsight"]
         if rule is None:
             cells[Path(f).stem] = pool_outcomes(result)
         else:
             base = None if base_pool else json.loads((Path(baseline) / Path(f).name).read_text())
             cells[Path(f).stem] = rule_outcomes(result, base, rule, base_pool)
-    return cells
+    return cells, bests
 
 
 def table(cells: dict[str, dict[str, dict]], bests: dict[str, dict]) -> list[str]:
@@ -125,8 +135,7 @@ def table(cells: dict[str, dict[str, dict]], bests: dict[str, dict]) -> list[str
 def targets_line(path: str, rule: str) -> tuple[str, bool]:
     """One run's pick by ``rule`` against both targets, as a sentence, and whether it meets them."""
     o = json.loads(Path(path).read_text())["rules"][rule]
-    missed = [t for t, hit in (("the 5-point gap", o["gap_to_best_points"] <= 5.0),
-                               ("0.7x energy", o["ratio_to_energy"] <= 0.7)) if not hit]
+    missed = missed_targets(o)
     verdict = "meets both targets" if not missed else "misses " + " and ".join(missed)
     return (f"{Path(path).stem}: {rule} chose {o['pick'].replace(' (none)', '')}, real mean FPR95 "
             f"{100 * o['real_mean_fpr95']:.1f} (+{o['gap_to_best_points']:.1f}, {o['ratio_to_energy']:.2f}x "
@@ -147,8 +156,7 @@ def main() -> None:
     args = p.parse_args()
     if (args.challenger_rule is None) != (args.baseline is None and args.baseline_pool is None):
         p.error("--challenger-rule goes with --baseline or --baseline-pool")
-    cells = load_cells(args.results, args.challenger_rule, args.baseline, args.baseline_pool)
-    bests = {Path(f).stem: json.loads(Path(f).read_text())["best_in_hindsight"] for f in args.results}
+    cells, bests = load_cells(args.results, args.challenger_rule, args.baseline, args.baseline_pool)
     lines = table(cells, bests)
     challenger = args.challenger_rule or "shipped + multimahalanobis"
     decision, means = decide(cells) if args.rule == "targets" else decide_relative(cells, challenger=challenger)
@@ -163,6 +171,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
     print(text)
+
 
 if __name__ == "__main__":
     main()

@@ -16,26 +16,17 @@ DATA="$RUNS/data"
 [ -f "$DATA/cifar10-6v4/train.npz" ] || "$PY" "$ROOT/benchmarks/prepare_proving_ground.py" --shared "$SHARED" --out "$DATA"
 [ -f "$DATA/cifar10-k234567/train.npz" ] || "$PY" "$ROOT/benchmarks/prepare_proving_ground.py" --shared "$SHARED" \
   --out "$DATA" --classes 2 3 4 5 6 7
-train_seed2() {  # name model data epochs: bf16 autocast (this CPU has AVX-512 BF16; on AVX2 use PRECISION=fp32)
-  local out="$RUNS/$1-seed2/$2.safetensors"
-  if [ ! -f "${out%.safetensors}.json" ]; then
-    echo "$(date -u +%T) training $1 seed 2"
-    "$PY" "$ROOT/benchmarks/train_classifier.py" --model "$2" --id-data "$3" --epochs "$4" --device cpu \
-      --precision "${PRECISION:-bf16}" --seed 2 --out "$out"
-  fi
-  cp "${out%.safetensors}.json" "$ROOT/benchmarks/results/models/$1-seed2.json"
-}
-train_seed2 cifar6b-resnet14 resnet14 "$DATA/cifar10-k234567" 10
+train_seeded cifar6b-resnet14 resnet14 "$DATA/cifar10-k234567" 10 2
 cell cifar6b-resnet14-seed2-near resnet14 "$RUNS/cifar6b-resnet14-seed2/resnet14.safetensors" "$DATA/cifar10-k234567" \
   "$DATA/cifar10-k234567/ood/cifar10-unknown4.npz"
-train_seed2 fmnist-resnet14 resnet14 "$DATA/fashion-mnist" 10
+train_seeded fmnist-resnet14 resnet14 "$DATA/fashion-mnist" 10 2
 # shellcheck disable=SC2086
 cell fmnist-resnet14-seed2-grey resnet14 "$RUNS/fmnist-resnet14-seed2/resnet14.safetensors" "$DATA/fashion-mnist" $GREY
-train_seed2 cifar6-resnet14 resnet14 "$DATA/cifar10-6v4" 10
+train_seeded cifar6-resnet14 resnet14 "$DATA/cifar10-6v4" 10 2
 # shellcheck disable=SC2086
 cell cifar6-resnet14-seed2-far resnet14 "$RUNS/cifar6-resnet14-seed2/resnet14.safetensors" "$DATA/cifar10-6v4" $FAR
 cell cifar6-resnet14-seed2-near resnet14 "$RUNS/cifar6-resnet14-seed2/resnet14.safetensors" "$DATA/cifar10-6v4" \
   "$DATA/cifar10-6v4/ood/cifar10-unknown4.npz"
-train_seed2 cifar10-wrn16_4 wrn16_4 "$SHARED/data/cifar10" 4
+train_seeded cifar10-wrn16_4 wrn16_4 "$SHARED/data/cifar10" 4 2
 # shellcheck disable=SC2086
 cell cifar10-wrn16_4-seed2-far wrn16_4 "$RUNS/cifar10-wrn16_4-seed2/wrn16_4.safetensors" "$SHARED/data/cifar10" $FAR

@@ -22,6 +22,7 @@ from watermark_ood.pipelines.fit import FitSettings, fit_pipeline
 from watermark_ood.pipelines.predict import PredictSettings, predict
 from watermark_ood.pipelines.source import ModelSource
 from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.selection.pools import DEFAULT_POOL
 
 FIT_OVERRIDES = ("sigma", "rho", "beta", "t_in", "t_out", "m_in", "m_out", "alpha", "epochs", "batch_size",
                  "train_limit", "seed", "linf_budget", "l2_budget", "schedule", "noise_scale", "surrogate")
@@ -99,7 +100,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     settings = CalibrateSettings(args.id_data, args.out, args.score, args.watermark, args.tpr, args.per_class,
                                  args.split, args.image_size, data_options(args), args.seed,
                                  tuple(args.layers) if args.layers else None,
-                                 tuple(args.candidates) if args.candidates else ("shipped",))
+                                 tuple(args.candidates or DEFAULT_POOL))
     made = calibrate(settings, source(args), execution(args), log=None if args.no_progress else say)
     if made.report is not None:
         selection = made.detector.selection

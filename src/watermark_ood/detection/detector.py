@@ -36,7 +36,8 @@ from watermark_ood.detection.detector_file import (FORMAT, FORMAT_VERSION, check
                                                    read_detector_file)
 from watermark_ood.detection.own_passes import SCORED_ON_IMAGES, fit_on_images, scores_on_images
 from watermark_ood.detection.posthoc import Combination, PosthocScore, build_score
-from watermark_ood.detection.registry import DETECTOR_KINDS, LAYER_SCORES, check_name, reads_features, reads_layers
+from watermark_ood.detection.registry import (DETECTOR_KINDS, LAYER_SCORES, check_name, needs_dropout, reads_features,
+                                              reads_layers)
 from watermark_ood.models.layers import has_dropout, layer_widths, resolve_layers, spatial_mean
 from watermark_ood.models.taps import last_linear
 from watermark_ood.runtime.device import ExecutionConfig
@@ -113,7 +114,7 @@ class Detector:
         self.model_id = model_id
         head = last_linear(model) if reads_features(score) else None
         self.scorer = build_score(score, head)
-        if "+" not in score and DETECTOR_KINDS[score].reads == "sampling" and not has_dropout(model):
+        if needs_dropout(score) and not has_dropout(model):
             raise WatermarkOODError(f"{score} needs dropout at test time; {type(model).__name__} has no dropout layer "
                                     "(pick another score)")
         # the layers a detector on intermediate layers taps: as named, else the architecture's stage outputs

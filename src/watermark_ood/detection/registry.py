@@ -235,7 +235,7 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
                                              "_log_num_classes": Value("float-or-null", required=False)},
         optional_tensors={"_log_num_classes": ()}),  # log K, cached by the library after its first score
         lambda h: _pod().PNML(None, head=h.flat), library="PNML"),
-    # Issue 26: the rest of pytorch-ood's detectors that a fixed classifier's logits or pooled features feed.
+    # Issue 26: the rest of pytorch-ood's detectors on logits or pooled features, then layers, gradients, maps.
     DetectorKind("tempscale", "logits", "Guo et al., ICML 2017 (MSP at a temperature fitted on ID labels)", True,
                  StateSchema({"t": ()}, {"_is_fitted": Value("bool")}), lambda h: _pod().TemperatureScaling(None),
                  "logits", library="TemperatureScaling"),
@@ -342,8 +342,6 @@ NOT_WIRED = {
                    "none, and with equal weights it is the energy score",
     "MCM": "needs a CLIP text encoder (zero-shot vision-language models), not a fixed classifier",
 }
-
-
 _OWN_INPUTS = {"gradient": "needs gradients", "coverage": "needs gradients", "perturbed": "needs input gradients",
                "sampling": "samples dropout masks"}
 
@@ -366,6 +364,11 @@ def check_name(name: str) -> None:
 def reads_features(name: str) -> bool:
     """Whether a score (or any part of a combination) reads the penultimate features."""
     return any(DETECTOR_KINDS[part].reads == "features" for part in name.split("+"))
+
+
+def needs_dropout(name: str) -> bool:
+    """Whether a single detector samples with dropout on (runs only on models that have dropout)."""
+    return "+" not in name and DETECTOR_KINDS[name].reads == "sampling"
 
 
 def reads_layers(name: str) -> bool:

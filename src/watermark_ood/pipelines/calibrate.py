@@ -22,7 +22,7 @@ from watermark_ood.pipelines.source import ModelSource
 from watermark_ood.reporting.selection import write_selection_report
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.selection.auto_score import SelectionSettings, select_detector
-from watermark_ood.selection.pools import candidate_pool
+from watermark_ood.selection.pools import DEFAULT_POOL, candidate_pool
 from watermark_ood.watermark.config import OBJECTIVES
 from watermark_ood.watermark.file import Watermark
 
@@ -43,7 +43,7 @@ class CalibrateSettings:
     data: DataOptions = field(default_factory=DataOptions)
     seed: int = 0
     layers: tuple[str, ...] | None = None  # the layers a detector on intermediate layers taps [the stage outputs]
-    candidates: tuple[str, ...] = ("shipped",)  # --score auto's pool: shipped, all and/or names (selection.pools)
+    candidates: tuple[str, ...] = DEFAULT_POOL  # --score auto's pool: shipped, all and/or names (selection.pools)
 
 
 @dataclass
@@ -84,7 +84,7 @@ def check_calibrate(settings: CalibrateSettings) -> None:
         raise WatermarkOODError(f"split must be one of {SPLITS}, got {settings.split!r}")
     if settings.score == "auto":
         candidate_pool(settings.candidates)
-    elif tuple(settings.candidates) != ("shipped",):
+    elif tuple(settings.candidates) != DEFAULT_POOL:
         raise WatermarkOODError("--candidates is the pool of --score auto; add --score auto or drop --candidates")
     if settings.score == "auto" and settings.split == "test":
         raise WatermarkOODError("--score auto chooses and calibrates on held-out training data; drop --split test")

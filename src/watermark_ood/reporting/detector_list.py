@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from watermark_ood.detection.registry import DETECTOR_KINDS, NOT_WIRED
+from watermark_ood.detection.registry import DETECTOR_KINDS, NOT_WIRED, needs_dropout
 
 MARKER = "DETECTORS"
 
@@ -25,7 +25,7 @@ def _pool(kind) -> str:
     """The smallest pool of ``--score auto`` the detector is a candidate of."""
     if kind.in_auto:
         return "shipped"
-    return "all (models with dropout)" if kind.reads == "sampling" else "all"
+    return "all (models with dropout)" if needs_dropout(kind.name) else "all"
 
 
 def replace_block(text: str, body: str, marker: str = MARKER) -> str:

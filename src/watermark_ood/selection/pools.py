@@ -14,10 +14,11 @@ from typing import Sequence
 from torch import nn
 
 from watermark_ood.core.errors import WatermarkOODError
-from watermark_ood.detection.registry import AUTO_CANDIDATES, DETECTOR_KINDS, SCORE_NAMES
+from watermark_ood.detection.registry import AUTO_CANDIDATES, DETECTOR_KINDS, SCORE_NAMES, needs_dropout
 from watermark_ood.models.layers import has_dropout
 
 POOL_NAMES = ("shipped", "all")
+DEFAULT_POOL = ("shipped",)
 
 
 def candidate_pool(names: Sequence[str], model: nn.Module | None = None) -> tuple[str, ...]:
@@ -61,4 +62,4 @@ def candidate_pool(names: Sequence[str], model: nn.Module | None = None) -> tupl
 
 def _runs_on(name: str, model: nn.Module) -> bool:
     """Whether the model has what the detector needs beyond its forward pass (dropout, for sampling kinds)."""
-    return DETECTOR_KINDS[name].reads != "sampling" or has_dropout(model)
+    return not needs_dropout(name) or has_dropout(model)
