@@ -6,12 +6,19 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/benchmarks/results/both-family"
-CHOICE_ARGS=(--candidates "all but combood" --rules "both-family object-destroying kinds" --pools shipped)
+# --measure picks (2026-12-05): only the two picks and energy are measured on the real sets, what the rule decides
+# on; measuring every candidate (gradient detectors on 16,000 images of a WRN) did not fit a session after the
+# training. MEASURE=all measures every candidate as the other four cells did.
+CHOICE_ARGS=(--candidates "all but combood" --rules "both-family object-destroying kinds" --pools shipped
+             --measure "${MEASURE:-picks}")
 # shellcheck source=benchmarks/cells.sh
 source "$ROOT/benchmarks/cells.sh"
 train_seeded cifar10-wrn16_4 wrn16_4 "$SHARED/data/cifar10" 4 2
 CODE="$RUNS/pre26"
 [ -d "$CODE" ] || git -C "$ROOT" worktree add --detach "$CODE" 0b7a2c3
+# the selection is 0b7a2c3's (its library code and pools); the benchmark script is this checkout's, which differs
+# from 0b7a2c3's only by --measure (git diff 0b7a2c3 -- benchmarks/detector_choice.py)
+cp "$ROOT/benchmarks/detector_choice.py" "$CODE/benchmarks/detector_choice.py"
 export PYTHONPATH="$CODE/src"
 ROOT="$CODE"  # `cell` runs this commit's detector_choice.py
 # shellcheck disable=SC2086

@@ -104,6 +104,22 @@ def test_detector_choice_measures_both_ranking_rules(tmp_path):
     for rule in [*result["rules"].values(), *result["pools"].values()]:
         assert rule["pick"] in measured and rule["gap_to_best_points"] >= -1e-9
         assert abs(rule["gap_to_best_points"] - 100 * (rule["real_mean_fpr95"] - best)) < 1e-9
+    # --measure picks: the same selections, and only the picks (and energy) measured, to the same figures
+    picks = tmp_path / "picks.json"
+    subprocess.run([sys.executable, str(BENCHMARKS / "detector_choice.py"), "--model", "small_cnn", "--checkpoint",
+                    str(weights), "--id-data", str(data), "--ood-data", str(ood), "--pools", "all but combood",
+                    "--measure", "picks", "--out", str(picks)], check=True, capture_output=True)
+    cheap = json.loads(picks.read_text())
+    assert cheap["measured"] == "picks" and result["measured"] == "all"
+    assert cheap["best_in_hindsight"] is None and cheap["spearman_synthetic_vs_real"] is None
+    every_pick = {r["pick"] for r in [*result["rules"].values(), *result["pools"].values()]} | {"energy (none)"}
+    assert {f"{r['score']} ({r['watermark']})" for r in cheap["candidates"] + cheap["candidates_of_other_rules"]} \
+        == every_pick and len(every_pick) < len(measured)
+    for group in ("rules", "pools"):
+        for label, outcome in cheap[group].items():
+            assert outcome["pick"] == result[group][label]["pick"] and outcome["gap_to_best_points"] is None
+            assert abs(outcome["real_mean_fpr95"] - result[group][label]["real_mean_fpr95"]) < 1e-12
+            assert abs(outcome["ratio_to_energy"] - result[group][label]["ratio_to_energy"]) < 1e-12
     cost = tmp_path / "cost.json"
     subprocess.run([sys.executable, str(BENCHMARKS / "detector_choice.py"), "--model", "small_cnn", "--checkpoint",
                     str(weights), "--id-data", str(data), "--cost-only", "--out", str(cost)], check=True,
@@ -270,6 +286,29 @@ def test_pool_report_compares_a_ranking_rule_with_the_baseline_and_a_targets_run
     text = report(run)
     assert "misses the 5-point gap:" not in text and "(+6.0, 0.60x energy): misses the 5-point gap" in text
     assert "Decision: **shipped (r56 misses the targets)**" in text
+
+
+def test_pool_report_decides_cells_measured_by_their_picks_only(tmp_path):
+    """A cell run with ``detector_choice.py --measure picks`` has no best in hindsight and no gaps: the report says
+    so, counts the gap target as not met, and the relative rule still decides on the picks' figures."""
+    def pick(name, fpr):
+        return {"pick": f"{name} (none)", "real_mean_fpr95": fpr, "gap_to_best_points": None, "ratio_to_energy": 0.5}
+    rule = "both-family object-destroying kinds"
+    files = []
+    for name, (base, new) in {"a": (0.30, 0.25), "b": (0.40, 0.41), "c": (0.50, 0.50)}.items():
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps({"rules": {rule: pick("knn", new)}, "pools": {"shipped": pick("pnml", base)},
+                                         "best_in_hindsight": None, "measured": "picks"}))
+    out = tmp_path / "report.md"
+    subprocess.run([sys.executable, str(BENCHMARKS / "pool_report.py"), *map(str, files), "--rule", "relative",
+                    "--challenger-rule", rule, "--baseline-pool", "shipped", "--out", str(out)], check=True,
+                   capture_output=True)
+    text = out.read_text()
+    assert "| b | not measured | pnml 40.0 (gap n/m, 0.50x) MISS | knn 41.0 (gap n/m, 0.50x) MISS |" in text
+    assert "Decision: **shipped (both-family object-destroying kinds worse by more than 0.5 points on b)**" in text
+    from pool_report import missed_targets
+
+    assert missed_targets(pick("knn", 0.2)) == ["the 5-point gap (not measured)"]
 
 
 def test_pool_report_takes_the_shipped_pick_from_the_same_run_and_every_targets_run(tmp_path):

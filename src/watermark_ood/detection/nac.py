@@ -34,7 +34,7 @@ class PackedNAC:
         return NACUE(model, layers=list(layers), m_bins=self.m, alpha=self.alpha, o_star=self.o_star)
 
     def fit_images(self, model: nn.Module, layers: Sequence[nn.Module], batches: Iterable[torch.Tensor]) -> None:
-        """The library's two passes over ``batches`` (normalized images; a list, so it can be read twice)."""
+        """The library's two passes over ``batches`` (normalized images, iterable twice)."""
         library = self._new_library(model, layers)
         library.fit(batches)
         self.counts = torch.cat([stats.counts.float() for stats in library._stats])

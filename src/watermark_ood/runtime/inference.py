@@ -132,10 +132,44 @@ class WatermarkedModel(nn.Module):
 
 GRADIENT_BATCH = 250  # images per backward pass: its graph holds every activation (ODIN at 1,000 on a ResNet-20
 #                      was 1.8 GB of calibrate --score auto's 2.1 GB peak); per-image scores do not depend on it
+GRADIENT_MEMORY = 128 * 2**20  # bytes one backward pass's graph may hold: NAC's fit at 250 images of a ResNet-20
+#                                held 0.9 GB, the peak of calibrate --score auto with the default pool (2.6 GB RSS)
 
 
-def gradient_batch(execution: ExecutionConfig) -> int:
-    return min(execution.eval_batch_size, GRADIENT_BATCH)
+def gradient_batch(execution: ExecutionConfig, module: nn.Module | None = None,
+                   image_shape: Sequence[int] | None = None) -> int:
+    """Images per backward pass: at most ``GRADIENT_BATCH`` and, given the module that runs with gradients and
+    its input shape, as many as keep its graph under ``GRADIENT_MEMORY``; a wider model or larger image gets
+    smaller batches.
+
+    >>> flat = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))  # saves 12 KiB per image
+    >>> gradient_batch(ExecutionConfig(device="cpu", eval_batch_size=4000), flat, (3, 32, 32))
+    250
+    """
+    cap = min(execution.eval_batch_size, GRADIENT_BATCH)
+    if module is None or image_shape is None:
+        return cap
+    per_image = graph_bytes_per_image(module, image_shape, execution.torch_device())
+    return max(1, min(cap, GRADIENT_MEMORY // max(per_image, 1)))
+
+
+def graph_bytes_per_image(module: nn.Module, image_shape: Sequence[int], device: torch.device) -> int:
+    """Bytes an autograd graph of ``module`` saves per input image (the tensors its backward pass will read):
+    two small passes with saved-tensor hooks counting them, one image apart, so the parameters both save cancel."""
+    def saved(batch: int) -> int:
+        total = 0
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            total += tensor.numel() * tensor.element_size()
+            return tensor
+
+        x = torch.zeros((batch, *image_shape), device=device, requires_grad=True)
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            module(x)
+        return total
+
+    return max(0, saved(2) - saved(1))
 
 
 def batched_scores(images: ImageSet, normalization: Normalization, device: torch.device, batch: int,
@@ -157,7 +191,8 @@ def odin_scores(model: nn.Module, images: ImageSet, normalization: Normalization
     device = execution.torch_device()
     module = WatermarkedModel(model, watermark).eval().to(device)
     detector = ODIN(module, eps=eps, temperature=temperature, norm_std=list(normalization.std))
-    return batched_scores(images, normalization, device, gradient_batch(execution), lambda x, _: detector.predict(x))
+    batch = gradient_batch(execution, module, images.image_shape)
+    return batched_scores(images, normalization, device, batch, lambda x, _: detector.predict(x))
 
 
 def mcd_scores(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
@@ -208,7 +243,7 @@ def perturbed_scores(model: nn.Module, images: ImageSet, normalization: Normaliz
     encoder = split_at_head(WatermarkedModel(model, watermark))[0].eval().to(device)
     detector._base.encoder, detector.norm_std = encoder, list(normalization.std)
     try:
-        return batched_scores(images, normalization, device, gradient_batch(execution),
+        return batched_scores(images, normalization, device, gradient_batch(execution, encoder, images.image_shape),
                               lambda x, _: detector.predict(x))
     finally:
         detector._base.encoder, detector.norm_std = None, None
@@ -227,14 +262,25 @@ def coverage_fit(model: nn.Module, images: ImageSet, normalization: Normalizatio
     """Fit a library detector that runs the model itself with gradients on the named layers (NAC-UE) on
     ``images``: its own passes over the (watermarked) model."""
     module, taps, device = _tapped(model, watermark, execution, layers)
-    batches = [normalization(pixels.to(device)) for _, pixels in images.batches(gradient_batch(execution))
-               if len(pixels)]
-    detector.fit_images(module, taps, batches)
+    batch = gradient_batch(execution, module, images.image_shape)
+    detector.fit_images(module, taps, NormalizedBatches(images, normalization, device, batch))
+
+
+class NormalizedBatches:
+    """The normalized batches of a set, made anew on each iteration: a detector that reads its data twice (NAC's
+    two passes) gets it without every batch being held at once."""
+
+    def __init__(self, images: ImageSet, normalization: Normalization, device: torch.device, batch: int) -> None:
+        self.images, self.normalization, self.device, self.batch = images, normalization, device, batch
+
+    def __iter__(self):
+        return (self.normalization(pixels.to(self.device)) for _, pixels in self.images.batches(self.batch)
+                if len(pixels))
 
 
 def coverage_scores(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
                     execution: ExecutionConfig, detector, layers: Sequence[str]) -> np.ndarray:
     """The same detector's scores (higher = more ID), batch by batch."""
     module, taps, device = _tapped(model, watermark, execution, layers)
-    return batched_scores(images, normalization, device, gradient_batch(execution),
+    return batched_scores(images, normalization, device, gradient_batch(execution, module, images.image_shape),
                           lambda x, _: detector.predict_images(module, taps, x))
