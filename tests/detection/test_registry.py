@@ -58,6 +58,23 @@ def test_torch_twins_equal_pytorch_ood():
     assert torch.allclose(gen_outlier(confident), GEN.score(confident.double()), rtol=1e-7, atol=0)
 
 
+@pytest.mark.parametrize("width", [1, 7, 64, 513])
+def test_lts_twin_equals_pytorch_ood_for_every_width_and_fraction(width):
+    """The traced LTS takes its top-k count from the feature width (a trace turns shapes into tensors): the same
+    count, hence the same score, as the library's for narrow, odd and wide features."""
+    from pytorch_ood.detector import LTS
+
+    from watermark_ood.detection.functional import lts_outlier
+
+    torch.manual_seed(width)
+    head, features = torch.nn.Linear(width, 10), torch.randn(50, width)
+    for p in (0.01, 0.05, 0.3, 0.9):
+        with torch.no_grad():  # width 1 with a negative feature is 0 / 0 in both: NaN where the library's is
+            torch.testing.assert_close(lts_outlier(features, head, width, p),
+                                       LTS(None, head=head, p=p).predict_features(features), rtol=0, atol=0,
+                                       equal_nan=True)
+
+
 def test_gen_exports_within_1e4_for_confident_images(trained_toy, tmp_path):
     """GEN's clamp at 1 - 1e-7 must stay float64 in ONNX: confident images sit on that bound."""
     import copy
@@ -83,11 +100,15 @@ def test_gen_exports_within_1e4_for_confident_images(trained_toy, tmp_path):
         assert np.allclose(onnx_logits, model(norm(test.images)).numpy(), rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("name", [n for n in SCORE_NAMES if n != "mcd"] + ["knn+vim+energy"])  # mcd: below
+# the combinations --score auto chose on the shared models (pnml+knn+lts: ResNet-20) ship like any single kind
+AUTO_CHOICES = ["knn+vim+energy", "pnml+knn+lts", "pnml+gmm", "pnml+vim"]
+
+
+@pytest.mark.parametrize("name", [n for n in SCORE_NAMES if n != "mcd"] + AUTO_CHOICES)  # mcd: below
 def test_fit_save_load_export_for_every_detector(name, trained_toy, tmp_path):
     import onnxruntime as ort
 
-    from watermark_ood.detection.export import export_onnx
+    from watermark_ood.detection.export import export_onnx, export_torchscript
 
     model, norm, train = trained_toy
     mark = Watermark(torch.randn(1, 3, 8, 8) * 0.05)
@@ -102,7 +123,13 @@ def test_fit_save_load_export_for_every_detector(name, trained_toy, tmp_path):
     if export_refusal(name):  # odin, detectors on intermediate layers: one line saying why
         with pytest.raises(WatermarkOODError, match="cannot be exported"):
             export_onnx(loaded, tmp_path / "d.onnx")
+        with pytest.raises(WatermarkOODError, match="cannot be exported"):
+            export_torchscript(loaded, tmp_path / "d.pt")
         return
+    traced = torch.jit.load(str(export_torchscript(loaded, tmp_path / "d.pt")))
+    assert all(p.requires_grad for p in model.parameters())  # export froze a copy, not the caller's model
+    with torch.no_grad():
+        ts_scores = traced(test.images.float() / 255)[1].numpy()
     session = ort.InferenceSession(str(export_onnx(loaded, tmp_path / "d.onnx")))
     onnx_logits, onnx_scores, onnx_ood = session.run(None, {"images": (test.images.float() / 255).numpy()})
     with torch.no_grad():
@@ -111,8 +138,9 @@ def test_fit_save_load_export_for_every_detector(name, trained_toy, tmp_path):
     # RMD subtracts two large squared distances (~1e3 here, for scores ~1e-2) and pNML multiplies by a pseudo-
     # inverse (condition number ~2e5 on this toy model's features): float32 rounding in either implementation's
     # operation order reaches ~3e-4 of the score's range. benchmarks/export_check.py measures the real models.
-    tolerance = 1e-3 if name in ("rmd", "pnml") else 1e-4
+    tolerance = 1e-3 if {"rmd", "pnml"} & set(name.split("+")) else 1e-4
     assert np.allclose(onnx_scores, lib, rtol=tolerance, atol=tolerance * np.abs(lib).max() + 1e-6)
+    assert np.allclose(ts_scores, lib, rtol=tolerance, atol=tolerance * np.abs(lib).max() + 1e-6)
     margin = np.abs(lib - detector.threshold) > 1e-4 * (np.abs(lib).max() + 1)
     assert np.array_equal(onnx_ood[margin], (lib < detector.threshold)[margin])
 

@@ -16,7 +16,10 @@ inference, which neither format carries.
 
 from __future__ import annotations
 
+import copy
+import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,7 +40,7 @@ class DeployedDetector(nn.Module):
             raise WatermarkOODError("calibrate the detector before exporting it (watermark-ood calibrate)")
         if detector.input_shape is None:
             raise WatermarkOODError("the detector does not record its input shape; calibrate it again")
-        model = detector.model.cpu().eval()
+        model, scorer = frozen_copy(detector.model.cpu().eval(), detector.scorer)
         self.features_model, self.head = split_at_head(model)
         self.features_model.eval()
         norm = detector.normalization
@@ -66,7 +69,7 @@ class DeployedDetector(nn.Module):
         if with_p_value and calibration is None:
             raise WatermarkOODError("this detector file predates conformal calibration and holds no calibration "
                                     "scores, so its exported module cannot give p-values; calibrate it again")
-        self.scorer = detector.scorer
+        self.scorer = scorer
         self.input_shape = tuple(detector.input_shape)
         self._check_split(model)
         self.reads = detector.reads
@@ -74,8 +77,6 @@ class DeployedDetector(nn.Module):
 
     def _tap(self, detector: Detector, model: nn.Module) -> tuple[nn.Module | None, LayerTaps | None]:
         """A copy of the model with the detector's hooks: its tapped layers' statistics, or its changed map."""
-        import copy
-
         if detector.reads not in ("layers", "map"):
             return None, None
         tapped = copy.deepcopy(model).eval()
@@ -119,6 +120,47 @@ class DeployedDetector(nn.Module):
         return logits.detach(), score, is_ood, p_value
 
 
+_MODULE_REGISTRIES = {"_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"}
+
+
+def _freeze(value: Any, seen: set[int], depth: int = 0) -> Any:
+    """``value`` with every tensor it holds detached and every module's parameters frozen, in place where it can."""
+    if id(value) in seen or depth > 6:
+        return value
+    seen.add(id(value))
+    if isinstance(value, nn.Module):
+        value.requires_grad_(False)
+        for child in value.children():
+            _freeze(child, seen, depth + 1)
+        for name, item in list(vars(value).items()):
+            if name not in _MODULE_REGISTRIES:
+                object.__setattr__(value, name, _freeze(item, seen, depth + 1))
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.detach() if value.requires_grad else value
+    if isinstance(value, (list, dict)):
+        for key, item in list(value.items() if isinstance(value, dict) else enumerate(value)):
+            frozen = _freeze(item, seen, depth + 1)
+            if frozen is not item:
+                value[key] = frozen
+        return value
+    if hasattr(value, "__dict__") and not isinstance(value, type):
+        for name, item in list(vars(value).items()):
+            frozen = _freeze(item, seen, depth + 1)
+            if frozen is not item:
+                setattr(value, name, frozen)
+    return value
+
+
+def frozen_copy(model: nn.Module, scorer: Any) -> tuple[nn.Module, Any]:
+    """Copies of the model and the score that share their layers as the originals do, with nothing that requires
+    grad: a trace records every tensor the score reads that is not the module's own as a constant, and TorchScript
+    refuses a constant that requires grad (the classifier's head inside pnml, she, react, ...: its weights do). The
+    caller's model and detector keep their gradients."""
+    model, scorer = copy.deepcopy((model, scorer))
+    return model.requires_grad_(False), _freeze(scorer, set())
+
+
 def deployable(detector: Detector, with_p_value: bool = False) -> DeployedDetector:
     return DeployedDetector(detector, with_p_value).eval()
 
@@ -134,8 +176,6 @@ def export_torchscript(detector: Detector, path: str | Path, with_p_value: bool 
     not generalize": that int is ``min(k + spare, bank size)``, a constant of the detector file, not of the batch.
     Both warnings are silenced here for that reason; tests check batch sizes 1, 3, 17 and 400 against the library.
     """
-    import warnings
-
     module = deployable(detector, with_p_value)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
@@ -143,7 +183,7 @@ def export_torchscript(detector: Detector, path: str | Path, with_p_value: bool 
         try:
             traced = torch.jit.trace(module, (_example(module),), check_trace=False)
         except Exception as error:  # noqa: BLE001 - tracing fails in many ways
-            raise WatermarkOODError(f"TorchScript export of {detector.score} failed: {describe(error)}") from None
+            raise WatermarkOODError(f"TorchScript export of {detector.score} failed: {describe(error)}") from error
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -171,6 +211,6 @@ def export_onnx(detector: Detector, path: str | Path, opset: int = 18, with_p_va
                                   dynamic_axes={"images": {0: "batch"}})
         except Exception:  # noqa: BLE001
             tmp.unlink(missing_ok=True)
-            raise WatermarkOODError(f"ONNX export of {detector.score} failed: {describe(error)}") from None
+            raise WatermarkOODError(f"ONNX export of {detector.score} failed: {describe(error)}") from error
     tmp.replace(path)
     return path

@@ -82,3 +82,13 @@ def nci_outlier(features: torch.Tensor, head: torch.nn.Linear, global_mean: torc
     weights = head.weight[head(features).argmax(dim=1)]
     score = (centred * weights).sum(dim=1) / centred.pow(2).sum(dim=1).sqrt()
     return -score - alpha * features.abs().sum(dim=1) if alpha > 0 else -score
+
+
+def lts_outlier(features: torch.Tensor, head: torch.nn.Module, width: int, p: float) -> torch.Tensor:
+    """pytorch-ood's LTS outlier score with its top-k count ``k = max(1, D - round(D (1 - p)))`` computed from the
+    feature width ``width`` (a constant of the detector) instead of the tensor's shape, which a trace turns into
+    a tensor that ``round`` refuses: minus the energy of the logits scaled by ``(sum(relu z) / top-k sum)^2``."""
+    z = features.relu()
+    k = max(1, width - round(width * (1 - p)))
+    scale = (z.sum(dim=1) / z.topk(k, dim=1).values.sum(dim=1)).square()
+    return -torch.logsumexp(head(features) * scale[:, None], dim=1)

@@ -263,6 +263,8 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
                  lambda h: _pod().SCALE(None, head=h.flat), "feature_maps", library="SCALE"),
     DetectorKind("lts", "features", "Djurisic et al., Machine Vision and Applications 2025 (logit scaling)", False,
                  StateSchema({}, {"p": Value("float", 0.0, 1.0)}), lambda h: _pod().LTS(None, head=h.flat),
+                 traced=lambda impl, logits, features: F.lts_outlier(features, impl.head,
+                                                                     impl.head.head.in_features, impl.p),
                  library="LTS"),
     DetectorKind("vra", "features", "Xu et al., NeurIPS 2023 (variational rectified activation, on the pooled "
                  "penultimate activations)", True, StateSchema(
