@@ -72,7 +72,8 @@ def main() -> None:
         for nproc in args.nprocs:
             out = Path(tmp) / f"fit-{nproc}"
             t0 = time.perf_counter()
-            proc = torchrun(nproc, ["-m", "watermark_ood", "fit", "--model", args.model, "--id-data", str(data),
+            proc = torchrun(nproc, ["-m", "watermark_ood", "fit", "--model", args.model, "--random-weights",
+                                    "--id-data", str(data),
                                     "--epochs", "1", "--device", "cpu", "--threads", str(threads), "--no-progress",
                                     "--checkpoint-every", "100000", "--out", str(out)], env)
             wall = time.perf_counter() - t0

@@ -9,7 +9,7 @@ from conftest import write_npz_dataset
 from watermark_ood.cli import main
 from watermark_ood.watermark.file import Watermark
 
-FAST = ["--model", "small_cnn", "--epochs", "2", "--batch-size", "16", "--device", "cpu", "--no-progress"]
+FAST = ["--model", "small_cnn", "--random-weights", "--epochs", "2", "--batch-size", "16", "--device", "cpu", "--no-progress"]
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_fit_then_evaluate(data, tmp_path, capsys):
     assert torch.equal(Watermark.load(out / "watermark.safetensors").tensor, w.tensor)
 
     ev = tmp_path / "eval"
-    assert main(["evaluate", "--model", "small_cnn", "--device", "cpu", "--no-progress",
+    assert main(["evaluate", "--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress",
                  "--watermark", str(out / "watermark.safetensors"), "--id-data", str(id_data),
                  "--ood-data", str(noise), "synthetic:uniform", "--out", str(ev)]) == 0
     results = json.loads((ev / "results.json").read_text())
@@ -114,13 +114,13 @@ def test_missing_inputs_leave_nothing_behind(data, tmp_path, capsys):
 def test_wrong_shape_watermark_is_refused(data, tmp_path, capsys):
     id_data, noise = data
     Watermark(torch.zeros(1, 3, 32, 32)).save(tmp_path / "w32.safetensors")
-    code = main(["evaluate", "--model", "small_cnn", "--device", "cpu", "--watermark", str(tmp_path / "w32.safetensors"),
+    code = main(["evaluate", "--model", "small_cnn", "--random-weights", "--device", "cpu", "--watermark", str(tmp_path / "w32.safetensors"),
                  "--id-data", str(id_data), "--ood-data", str(noise), "--out", str(tmp_path / "e")])
     assert code == 2 and "shape" in capsys.readouterr().err
 
 
 def test_subprocess_error_is_one_line_without_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "watermark_ood", "evaluate", "--model", "resnet20",
+    proc = subprocess.run([sys.executable, "-m", "watermark_ood", "evaluate", "--model", "resnet20", "--random-weights",
                            "--watermark", str(tmp_path / "missing.safetensors"), "--id-data", str(tmp_path),
                            "--ood-data", "synthetic:gaussian", "--out", str(tmp_path / "o")],
                           capture_output=True, text=True)
@@ -182,7 +182,7 @@ def test_a_signal_after_the_work_finished_still_exits_130(data, tmp_path, monkey
 def test_resumed_fit_says_so_and_logs_plain_epoch_lines(data, tmp_path, capsys):
     id_data, _ = data
     out = tmp_path / "fit"
-    args = ["fit", "--model", "small_cnn", "--batch-size", "16", "--device", "cpu", "--id-data", str(id_data),
+    args = ["fit", "--model", "small_cnn", "--random-weights", "--batch-size", "16", "--device", "cpu", "--id-data", str(id_data),
             "--objective", "energy", "--out", str(out)]
     assert main([*args, "--epochs", "1"]) == 0
     first = capsys.readouterr().err
@@ -251,7 +251,7 @@ def test_options_are_checked_before_any_work(tmp_path, capsys, monkeypatch, comm
         monkeypatch.setattr(module, "load_id_data", trap)
     data = write_npz_dataset(tmp_path / "toy", n_train=20, n_test=10)
     out = tmp_path / ("never.safetensors" if command == "calibrate" else "never")
-    code = main([command, "--model", "small_cnn", "--device", "cpu", "--no-progress", "--id-data", str(data),
+    code = main([command, "--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress", "--id-data", str(data),
                  *extra, "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1 and not out.exists()
@@ -309,3 +309,103 @@ def test_evaluate_taps_the_named_layers_and_refuses_them_where_no_score_reads_la
     default = json.loads((plain / "results.json").read_text())["runs"][0]["scores"]["multimahalanobis"]["cost"]
     named = run["scores"]["multimahalanobis"]["cost"]  # bn1-3 by default: a larger fitted state than bn2-3's
     assert default["baseline"]["file_bytes"] > named["baseline"]["file_bytes"]
+
+
+@pytest.mark.parametrize("command, extra", [
+    ("fit", []), ("calibrate", []), ("evaluate", ["--ood-data", "synthetic:uniform"]),
+    ("bench", ["--ood-data", "synthetic:uniform"]), ("predict", ["--detector", "D", "--input", "D"]),
+    ("export", ["--detector", "D"]),
+])
+def test_every_command_with_a_model_refuses_it_without_weights(tmp_path, capsys, command, extra):
+    """A forgotten --checkpoint is one line, exit 2, nothing written; --random-weights says it is meant."""
+    data = write_npz_dataset(tmp_path / "toy", n_train=20, n_test=10)
+    (tmp_path / "D").write_bytes(b"")
+    extra = [str(tmp_path / "D") if x == "D" else x for x in extra]
+    data_args = [] if command in ("predict", "export") else ["--id-data", str(data)]
+    out = tmp_path / "out"
+    code = main([command, "--model", "resnet8", "--device", "cpu", "--no-progress", *data_args, *extra,
+                 "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and not out.exists()
+    assert "--model resnet8 without --checkpoint: give its trained weights with --checkpoint FILE, or " \
+           "--random-weights" in err
+    (tmp_path / "w.th").write_bytes(b"")
+    assert main([command, "--model", "resnet8", "--checkpoint", str(tmp_path / "w.th"), "--random-weights",
+                 *data_args, *extra, "--out", str(out)]) == 2
+    assert "exclude each other" in capsys.readouterr().err and not out.exists()
+
+
+TINY_NET = """
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+"""
+
+
+def test_a_model_of_ones_own_ships_end_to_end_from_its_file(data, tmp_path, capsys, monkeypatch):
+    """A user's nn.Module in a .py file with a state_dict saved by torch.save: calibrate (refused without its
+    normalization), predict and export in both formats, from another working directory, no PYTHONPATH."""
+    import numpy as np
+    import onnxruntime as ort
+
+    id_data, noise = data
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "mynet.py").write_text(TINY_NET)
+    sys.path.insert(0, str(tmp_path / "mine"))
+    try:
+        import mynet
+    finally:
+        sys.path.remove(str(tmp_path / "mine"))
+        sys.modules.pop("mynet", None)
+    torch.manual_seed(0)
+    torch.save(mynet.TinyNet().state_dict(), tmp_path / "mine" / "weights.pt")
+    monkeypatch.chdir(tmp_path / "mine")
+    model = ["--model", "mynet.py:TinyNet", "--checkpoint", "weights.pt", "--device", "cpu", "--no-progress"]
+    det = tmp_path / "det.safetensors"
+    assert main(["calibrate", *model, "--id-data", str(id_data), "--score", "knn", "--split", "test",
+                 "--out", str(det)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--model mynet.py:TinyNet: give the input normalization it was trained with, --mean" in err
+    assert len(err.splitlines()) == 1 and not det.exists()
+    model += ["--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"]
+    assert main(["calibrate", *model, "--id-data", str(id_data), "--score", "knn", "--split", "test",
+                 "--out", str(det)]) == 0
+    monkeypatch.chdir(tmp_path)
+    model[1:4] = [f"{tmp_path / 'mine' / 'mynet.py'}:TinyNet", "--checkpoint", str(tmp_path / "mine" / "weights.pt")]
+    assert main(["predict", *model, "--detector", str(det), "--input", str(noise), "--out", "p.json"]) == 0
+    expected = np.array([row["score"] for row in json.loads((tmp_path / "p.json").read_text())["rows"]])
+    assert main(["export", *model, "--detector", str(det), "--out", "exp"]) == 0
+    pixels = np.load(noise)["x"].transpose(0, 3, 1, 2).astype(np.float32) / 255
+    onnx_scores = ort.InferenceSession(str(tmp_path / "exp" / "detector.onnx")).run(None, {"images": pixels})[1]
+    with torch.no_grad():
+        ts_scores = torch.jit.load(str(tmp_path / "exp" / "detector.torchscript.pt"))(torch.from_numpy(pixels))[1]
+    # both formats measure KNN's distance in float32 matrix products, the library in scikit-learn's float64
+    assert np.abs(onnx_scores - expected).max() <= 1e-5 and np.abs(ts_scores.numpy() - expected).max() <= 1e-5
+
+
+def test_a_detector_for_another_architecture_names_the_detectors_model(data, tmp_path, capsys):
+    """The file's model is checked before the model is built: the message names it, not a checkpoint mismatch."""
+    from safetensors.torch import save_file
+
+    from watermark_ood.models.registry import build_model
+
+    id_data, noise = data
+    det = tmp_path / "d.safetensors"
+    assert main(["calibrate", "--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress",
+                 "--id-data", str(id_data), "--score", "energy", "--split", "test", "--out", str(det)]) == 0
+    save_file(build_model("resnet20")[0].state_dict(), str(tmp_path / "r20.safetensors"))
+    capsys.readouterr()
+    assert main(["predict", "--model", "resnet20", "--checkpoint", str(tmp_path / "r20.safetensors"), "--device",
+                 "cpu", "--detector", str(det), "--input", str(noise), "--out", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{det} was made for model 'small_cnn'" in err and "--model resnet20 was given" in err
+    assert "does not fit the architecture" not in err and len(err.splitlines()) == 1

@@ -56,7 +56,7 @@ def test_labels_of_another_length_and_the_cli(tmp_path, capsys):
     with pytest.raises(WatermarkOODError, match="11 labels for the 12 images"):
         load_id_data(root)
     gzip.open(root / "train-images-idx3-ubyte.gz", "wb").write(b"\x00\x00\x08\x03" + b"\x00" * 12)
-    code = main(["calibrate", "--model", "small_cnn", "--device", "cpu", "--no-progress", "--id-data", str(root),
+    code = main(["calibrate", "--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress", "--id-data", str(root),
                  "--score", "energy", "--out", str(tmp_path / "never.safetensors")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "train-images-idx3-ubyte.gz" in err and len(err.splitlines()) == 1

@@ -78,7 +78,7 @@ def test_streamed_fit_equals_in_memory_fit(tmp_path, toy_model, norm3):
 
 
 def fit_command(data: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "watermark_ood", "fit", "--model", "small_cnn", "--id-data", str(data),
+    return [sys.executable, "-m", "watermark_ood", "fit", "--model", "small_cnn", "--random-weights", "--id-data", str(data),
             "--image-size", "12", "--stream", "--workers", "2", "--epochs", "3", "--batch-size", "16",
             "--checkpoint-every", "1", "--threads", "1", "--device", "cpu", "--no-progress", "--seed", "3",
             "--out", str(out), *extra]
@@ -91,7 +91,7 @@ def test_sigkill_while_streaming_then_resume_is_bit_identical(tmp_path):
 
 def test_two_torchrun_processes_streaming_equal_one(tmp_path):
     data = image_folder(tmp_path / "data", n_train=60, size=8)
-    args = ["fit", "--model", "small_cnn", "--id-data", str(data), "--image-size", "8", "--stream", "--workers", "1",
+    args = ["fit", "--model", "small_cnn", "--random-weights", "--id-data", str(data), "--image-size", "8", "--stream", "--workers", "1",
             "--epochs", "2", "--batch-size", "15", "--device", "cpu", "--threads", "1", "--no-progress"]
     one = subprocess.run([sys.executable, "-m", "watermark_ood", *args, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, timeout=300)
@@ -126,7 +126,7 @@ def test_unreadable_training_image_stops_with_its_path_then_skips_and_counts(tmp
     data = image_folder(tmp_path / "data")
     bad = corrupt(data)
     out = tmp_path / "run"
-    common = ["--model", "small_cnn", "--id-data", str(data), "--image-size", "12", "--stream", "--workers", "2",
+    common = ["--model", "small_cnn", "--random-weights", "--id-data", str(data), "--image-size", "12", "--stream", "--workers", "2",
               "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-progress"]
     assert main(["fit", *common, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
@@ -147,7 +147,7 @@ def test_evaluate_and_predict_stream_and_count_unreadable_files(tmp_path, capsys
         Image.fromarray(rng.integers(0, 256, (20, 16, 3), dtype=np.uint8)).save(ood / f"{i}.png")
     (ood / "5.png").write_bytes(b"broken")
     Watermark(torch.randn(1, 3, 12, 12) * 0.05, {"objective": "energy"}).save(tmp_path / "w.safetensors")
-    common = ["--model", "small_cnn", "--device", "cpu", "--no-progress"]
+    common = ["--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress"]
     args = ["evaluate", *common, "--watermark", str(tmp_path / "w.safetensors"), "--id-data", str(data),
             "--image-size", "12", "--ood-data", str(ood), "--all-ood", "--stream"]
     assert main([*args, "--out", str(tmp_path / "e1")]) == 2
@@ -180,7 +180,7 @@ def test_predict_survives_a_skipped_image_with_every_kind_of_detector(tmp_path, 
     for f in sorted((data / "test" / "class0").iterdir())[:5]:
         (folder / f.name).write_bytes(f.read_bytes())
     (folder / "zz-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    common = ["--model", "small_cnn", "--device", "cpu", "--no-progress"]
+    common = ["--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress"]
     assert main(["calibrate", *common, "--tpr", "0.8", "--score", score, "--id-data", str(data), "--image-size", "12",
                  "--out", str(tmp_path / "d.safetensors")]) == 0
     with pytest.warns(RuntimeWarning, match="skipped"):
@@ -214,7 +214,7 @@ def test_calibrate_on_a_streamed_folder_leaves_unreadable_training_images_out(tm
     corrupt(data)
     out = tmp_path / "knn.safetensors"
     with pytest.warns(RuntimeWarning, match="skipped"):
-        assert main(["calibrate", "--model", "small_cnn", "--device", "cpu", "--no-progress", "--score", "knn",
+        assert main(["calibrate", "--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress", "--score", "knn",
                      "--tpr", "0.8",  # 10 hold-out images: a conformal threshold at 0.8 needs 4
                      "--id-data", str(data), "--image-size", "12", "--stream", "--skip-bad-images",
                      "--out", str(out)]) == 0

@@ -126,7 +126,7 @@ def test_exported_p_values_match_the_library(pool, tmp_path):
 
 def test_cli_per_class_shift_and_bad_input(tmp_path, capsys):
     data = write_npz_dataset(tmp_path / "toy", n_train=300, n_test=30)
-    common = ["--model", "small_cnn", "--device", "cpu", "--no-progress"]
+    common = ["--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress"]
     det = tmp_path / "d.safetensors"
     assert main(["calibrate", *common, "--id-data", str(data), "--score", "energy", "--tpr", "0.9",
                  "--out", str(det)]) == 0

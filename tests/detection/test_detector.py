@@ -105,7 +105,7 @@ def test_exported_torchscript_and_onnx_agree_with_the_library(detector, tmp_path
 def test_cli_calibrate_predict_export(tmp_path, capsys):
     data = write_npz_dataset(tmp_path / "toy", n_train=200, n_test=30)
     fit_out = tmp_path / "fit"
-    common = ["--model", "small_cnn", "--device", "cpu", "--no-progress"]
+    common = ["--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress"]
     assert main(["fit", *common, "--id-data", str(data), "--epochs", "1", "--batch-size", "16", "--objective",
                  "energy", "--out", str(fit_out)]) == 0
     det = tmp_path / "det.safetensors"
@@ -129,7 +129,7 @@ def test_cli_calibrate_predict_export(tmp_path, capsys):
 def test_cli_plain_feature_detector_calibrate_export_evaluate(tmp_path, capsys):
     """The detector that works best on our models (a feature score, no watermark) can be shipped and evaluated."""
     data = write_npz_dataset(tmp_path / "toy", n_train=300, n_test=30)
-    common = ["--model", "small_cnn", "--device", "cpu", "--no-progress"]
+    common = ["--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress"]
     det = tmp_path / "knn.safetensors"
     assert main(["calibrate", *common, "--score", "knn", "--id-data", str(data), "--out", str(det)]) == 0
     assert json.loads(det.with_suffix(".json").read_text())["score"] == "knn"
@@ -174,7 +174,7 @@ def test_cli_score_auto_ranks_without_reading_ood_data(tmp_path, monkeypatch, ca
     np.savez(tmp_path / "decoy.npz", x=np.zeros((4, 8, 8, 3), np.uint8))  # an OOD set lying next to the data
     Watermark(torch.randn(1, 3, 8, 8) * 0.05, {"objective": "energy"}).save(tmp_path / "w.safetensors")
     det = tmp_path / "auto.safetensors"
-    assert main(["calibrate", "--model", "small_cnn", "--device", "cpu", "--no-progress", "--score", "auto",
+    assert main(["calibrate", "--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress", "--score", "auto",
                  "--watermark", str(tmp_path / "w.safetensors"), "--id-data", str(data), "--out", str(det)]) == 0
     meta = json.loads(det.with_suffix(".json").read_text())
     ranking = meta["selection"]["ranking"]
@@ -200,7 +200,7 @@ def test_cli_score_auto_ranks_without_reading_ood_data(tmp_path, monkeypatch, ca
                                                     / "test.npz").items()})
     data = other  # the trap now admits this folder
     det2 = tmp_path / "auto2.safetensors"
-    assert main(["calibrate", "--model", "small_cnn", "--device", "cpu", "--no-progress", "--score", "auto",
+    assert main(["calibrate", "--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress", "--score", "auto",
                  "--watermark", str(tmp_path / "w.safetensors"), "--id-data", str(other), "--out", str(det2)]) == 0
     first, second = json.loads(det.with_suffix(".json").read_text()), json.loads(det2.with_suffix(".json").read_text())
     assert first["threshold"] == second["threshold"] and first["score"] == second["score"]

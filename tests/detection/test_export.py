@@ -74,7 +74,7 @@ def test_cli_exports_a_layer_detector_on_named_layers_and_refuses_rankfeat(tmp_p
     from watermark_ood.cli import main
 
     data = write_npz_dataset(tmp_path / "toy", n_train=300, n_test=30, classes=10)  # no checkpoint: 10 classes
-    common = ["--model", "small_cnn", "--device", "cpu", "--no-progress"]
+    common = ["--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress"]
     det = tmp_path / "mm.safetensors"
     assert main(["calibrate", *common, "--score", "multimahalanobis", "--layers", "bn1", "bn2", "--id-data",
                  str(data), "--out", str(det)]) == 0

@@ -105,11 +105,62 @@ def test_torchvision_and_callable_models(tmp_path):
     source, _ = build_model("torchvision:resnet18", num_classes=4)
     torch.save(source.state_dict(), tmp_path / "tv.pt")
     assert torch.equal(load_model("torchvision:resnet18", tmp_path / "tv.pt").module.fc.weight, source.fc.weight)
-    custom = load_model("watermark_ood.architectures:SmallCNN")
-    assert custom.module.__class__.__name__ == "SmallCNN"
+    custom = load_model("watermark_ood.architectures:SmallCNN", mean=(0.5,) * 3, std=(0.25,) * 3)
+    assert custom.module.__class__.__name__ == "SmallCNN" and custom.normalization.std == (0.25,) * 3
+    with pytest.raises(WatermarkOODError, match=r"give the input normalization it was trained with, --mean"):
+        load_model("watermark_ood.architectures:SmallCNN")  # no silent CIFAR statistics for a user's model
     with pytest.raises(WatermarkOODError):
         load_model("torchvision:not_a_model")
     with pytest.raises(WatermarkOODError):
         load_model("no_such_module:thing")
     with pytest.raises(WatermarkOODError, match="known"):
         load_model("resnet21")
+
+
+TINY_NET = """
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+class Normalized(TinyNet):
+    normalization = None  # set below: a model may carry the statistics it was trained with
+
+
+def build():
+    return TinyNet()
+"""
+
+
+def test_a_model_of_ones_own_by_file_path_or_by_module_from_the_working_directory(tmp_path, monkeypatch):
+    """``file.py:callable`` needs no PYTHONPATH; ``module:callable`` is found in the working directory too."""
+    (tmp_path / "mynet.py").write_text(TINY_NET)
+    by_path = load_model(f"{tmp_path / 'mynet.py'}:TinyNet", mean=(0.5,) * 3, std=(0.2,) * 3)
+    assert type(by_path.module).__name__ == "TinyNet" and by_path.module.fc.out_features == 3
+    assert type(load_model(f"{tmp_path / 'mynet.py'}:build", mean=(0.5,) * 3, std=(0.2,) * 3).module).__name__ == \
+        "TinyNet"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
+    assert type(load_model("mynet:TinyNet", mean=(0.5,) * 3, std=(0.2,) * 3).module).__name__ == "TinyNet"
+    with pytest.raises(WatermarkOODError, match=r"no such Python file"):
+        load_model(f"{tmp_path / 'other.py'}:TinyNet")
+    with pytest.raises(WatermarkOODError, match=r"cannot import model factory .*called with no arguments"):
+        load_model(f"{tmp_path / 'mynet.py'}:Missing")
+
+
+def test_a_model_with_its_own_normalization_needs_no_mean_and_std(tmp_path):
+    from watermark_ood.data.preprocessing import Normalization
+
+    (tmp_path / "normed.py").write_text(TINY_NET + "\nNormalized.normalization = __import__('watermark_ood')"
+                                                   ".Normalization((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))\n")
+    loaded = load_model(f"{tmp_path / 'normed.py'}:Normalized")
+    assert loaded.normalization == Normalization((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))

@@ -62,7 +62,7 @@ def test_every_score_with_and_without_watermark(toy_model, toy_train, toy_test, 
 def test_bench_scores_option(tmp_path):
     data = write_npz_dataset(tmp_path / "toy", n_train=64, n_test=30)
     out = tmp_path / "b"
-    assert main(["bench", "--model", "small_cnn", "--device", "cpu", "--no-progress", "--epochs", "1",
+    assert main(["bench", "--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress", "--epochs", "1",
                  "--batch-size", "16", "--objective", "energy", "--id-data", str(data), "--ood-data",
                  "synthetic:uniform", "--scores", "energy", "knn", "mahalanobis", "--out", str(out)]) == 0
     run = json.loads((out / "results.json").read_text())["runs"][0]
@@ -73,7 +73,7 @@ def test_bench_scores_option(tmp_path):
 def test_bench_with_the_bounded_objectives_and_feature_detectors(tmp_path):
     data = write_npz_dataset(tmp_path / "toy", n_train=64, n_test=30)
     out = tmp_path / "b"
-    assert main(["bench", "--model", "small_cnn", "--device", "cpu", "--no-progress", "--epochs", "1",
+    assert main(["bench", "--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress", "--epochs", "1",
                  "--batch-size", "16", "--objective", "hinge", "features", "--id-data", str(data), "--ood-data",
                  "synthetic:uniform", "--scores", "knn", "energy", "--out", str(out)]) == 0
     runs = json.loads((out / "results.json").read_text())["runs"]
@@ -87,7 +87,7 @@ def test_evaluate_scores_option(tmp_path):
     data = write_npz_dataset(tmp_path / "toy", n_train=64, n_test=30)
     Watermark(torch.randn(1, 3, 8, 8) * 0.1, {"objective": "msp"}).save(tmp_path / "w.safetensors")
     out = tmp_path / "e"
-    assert main(["evaluate", "--model", "small_cnn", "--device", "cpu", "--no-progress", "--watermark",
+    assert main(["evaluate", "--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress", "--watermark",
                  str(tmp_path / "w.safetensors"), "--id-data", str(data), "--ood-data", "synthetic:gaussian",
                  "--scores", "msp", "vim", "odin", "--out", str(out)]) == 0
     run = json.loads((out / "results.json").read_text())["runs"][0]

@@ -11,7 +11,7 @@ from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.evaluation.metrics import fpr_at_tpr, mean_fpr_standard_error
 from watermark_ood.pipelines.evaluate import EvaluateSettings, check_evaluate
 
-RUN = ["--model", "small_cnn", "--device", "cpu", "--no-progress"]
+RUN = ["--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress"]
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_detector_for_another_model_is_refused(data, tmp_path, capsys):
     assert main(["calibrate", *RUN, "--id-data", str(id_data), "--score", "energy", "--out", str(detector)]) == 0
     capsys.readouterr()
     out = tmp_path / "never"
-    code = main(["evaluate", "--model", "resnet8", "--device", "cpu", "--no-progress", "--detector", str(detector),
+    code = main(["evaluate", "--model", "resnet8", "--random-weights", "--device", "cpu", "--no-progress", "--detector", str(detector),
                  "--id-data", str(id_data), "--ood-data", str(noise), "--scores", "energy", "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "made for model" in err and len(err.splitlines()) == 1 and not out.exists()

@@ -16,7 +16,7 @@ from watermark_ood.watermark.file import Watermark
 
 
 def bench_args(data, noise, out, extra=()):
-    return ["bench", "--model", "small_cnn", "--id-data", str(data), "--ood-data", str(noise), "synthetic:uniform",
+    return ["bench", "--model", "small_cnn", "--random-weights", "--id-data", str(data), "--ood-data", str(noise), "synthetic:uniform",
             "--objective", "msp", "energy", "--epochs", "2", "--batch-size", "15", "--device", "cpu", "--threads", "1",
             "--no-progress", "--out", str(out), *extra]
 
@@ -69,7 +69,7 @@ def test_imagenet_style_imagefolder_at_224(tmp_path):
     from watermark_ood.cli import main
 
     out = tmp_path / "out"
-    code = main(["bench", "--model", "torchvision:resnet18", "--id-data", str(tmp_path / "imagenet"),
+    code = main(["bench", "--model", "torchvision:resnet18", "--random-weights", "--id-data", str(tmp_path / "imagenet"),
                  "--image-size", "224", "--ood-data", str(tmp_path / "iNaturalist"), "--objective", "msp",
                  "--epochs", "1", "--batch-size", "4", "--all-ood", "--device", "cpu", "--no-progress",
                  "--out", str(out)])
@@ -93,7 +93,7 @@ def test_ctrl_c_under_torchrun_stops_every_rank_with_a_checkpoint_and_resumes(tm
 
     def command(out):
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
-                "watermark_ood", "fit", "--model", "small_cnn", "--id-data", str(data), "--epochs", "8",
+                "watermark_ood", "fit", "--model", "small_cnn", "--random-weights", "--id-data", str(data), "--epochs", "8",
                 "--batch-size", "16", "--checkpoint-every", "1", "--threads", "1", "--device", "cpu",
                 "--no-progress", "--seed", "3", "--out", str(out)]
 

@@ -13,7 +13,7 @@ from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.runtime.inference import predict_logits
 from watermark_ood.watermark.file import Watermark
 
-FIT = ["fit", "--model", "small_cnn", "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-progress"]
+FIT = ["fit", "--model", "small_cnn", "--random-weights", "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-progress"]
 
 
 def test_compiled_fit_gives_the_eager_watermark(tmp_path):

@@ -16,7 +16,7 @@ from watermark_ood.watermark.file import Watermark
 
 
 def fit_command(data: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "watermark_ood", "fit", "--model", "small_cnn", "--id-data", str(data),
+    return [sys.executable, "-m", "watermark_ood", "fit", "--model", "small_cnn", "--random-weights", "--id-data", str(data),
             "--epochs", "3", "--batch-size", "16", "--checkpoint-every", "1", "--threads", "1",
             "--device", "cpu", "--no-progress", "--seed", "3", "--out", str(out)]
 
@@ -31,7 +31,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path):
 def long_command(command: str, data: Path, out: Path) -> list[str]:
     """fit or bench long enough (8 epochs of 30 steps, a checkpoint every step) that a signal sent after the first
     checkpoint always lands mid-work."""
-    base = [sys.executable, "-m", "watermark_ood", command, "--model", "small_cnn", "--id-data", str(data),
+    base = [sys.executable, "-m", "watermark_ood", command, "--model", "small_cnn", "--random-weights", "--id-data", str(data),
             "--epochs", "8", "--batch-size", "16", "--checkpoint-every", "1", "--threads", "1", "--device", "cpu",
             "--no-progress", "--seed", "3", "--out", str(out)]
     return base + (["--objective", "energy", "--ood-data", "synthetic:uniform"] if command == "bench" else [])

@@ -42,7 +42,7 @@ def test_bad_candidates_are_refused_in_one_line(names, model, says):
 def test_cli_ranks_exactly_the_named_pool_and_records_it(tmp_path, capsys):
     data = write_npz_dataset(tmp_path / "toy", n_train=400, n_test=20)
     det = tmp_path / "auto.safetensors"
-    assert main(["calibrate", "--model", "small_cnn", "--device", "cpu", "--no-progress", "--score", "auto",
+    assert main(["calibrate", "--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress", "--score", "auto",
                  "--candidates", "knn", "energy", "msp", "--id-data", str(data), "--out", str(det)]) == 0
     selection = json.loads(det.with_suffix(".json").read_text())["selection"]
     singles = {r["score"] for r in selection["ranking"] if "+" not in r["score"]}
@@ -56,7 +56,7 @@ def test_cli_ranks_exactly_the_named_pool_and_records_it(tmp_path, capsys):
 def test_cli_bad_candidates_exit_2_in_one_line_and_write_nothing(tmp_path, capsys, extra, says):
     data = write_npz_dataset(tmp_path / "toy", n_train=60, n_test=10)
     det = tmp_path / "d.safetensors"
-    assert main(["calibrate", "--model", "small_cnn", "--device", "cpu", "--no-progress", *extra,
+    assert main(["calibrate", "--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress", *extra,
                  "--id-data", str(data), "--out", str(det)]) == 2
     err = capsys.readouterr().err.strip()
     assert says in err and len(err.splitlines()) == 1
@@ -72,7 +72,7 @@ def test_cli_full_pool_ranks_every_detector_the_model_runs(tmp_path):
 
     data = write_npz_dataset(tmp_path / "toy", n_train=400, n_test=20)
     det = tmp_path / "all.safetensors"
-    assert main(["calibrate", "--model", "small_cnn", "--device", "cpu", "--no-progress", "--score", "auto",
+    assert main(["calibrate", "--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress", "--score", "auto",
                  "--candidates", "all", "--id-data", str(data), "--out", str(det)]) == 0
     selection = json.loads(det.with_suffix(".json").read_text())["selection"]
     model = load_model("small_cnn", None, None, 3).module

@@ -119,7 +119,7 @@ def test_auto_choice_does_not_depend_on_the_ood_sets(tmp_path):
     chosen = []
     for name, ood in (("one", ["synthetic:uniform", str(tmp_path / "a.npz")]), ("two", [str(tmp_path / "b.npz")])):
         out = tmp_path / name
-        assert main(["bench", "--model", "small_cnn", "--device", "cpu", "--no-progress", "--preset", "auto",
+        assert main(["bench", "--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress", "--preset", "auto",
                      "--objective", "energy", "--epochs", "2", "--batch-size", "16", "--id-data", str(data),
                      "--ood-data", *ood, "--out", str(out)]) == 0
         run = json.loads((out / "results.json").read_text())["runs"][0]

@@ -14,7 +14,7 @@ from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.watermark.config import FitConfig
 from watermark_ood.watermark.learner import WatermarkLearner
 
-FAST = ["--model", "small_cnn", "--epochs", "1", "--batch-size", "16", "--no-progress"]
+FAST = ["--model", "small_cnn", "--random-weights", "--epochs", "1", "--batch-size", "16", "--no-progress"]
 
 
 def test_damaged_fit_checkpoint_says_how_to_recover(tmp_path, capsys):

@@ -40,7 +40,7 @@ def execution(args: argparse.Namespace) -> ExecutionConfig:
 
 
 def source(args: argparse.Namespace) -> ModelSource:
-    return ModelSource(args.model, args.checkpoint, args.mean, args.std)
+    return ModelSource(args.model, args.checkpoint, args.mean, args.std, args.random_weights)
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -89,7 +89,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         out=str(check_out(args.out)), objectives=args.objective, preset=args.preset, overrides=overrides(args),
         protocol=not args.all_ood, mean=args.mean, std=args.std, checkpoint_every=args.checkpoint_every,
         execution=execution(args), image_size=args.image_size, data=data_options(args),
-        scores=expand_scores(args.scores), auto_tolerance=args.auto_tolerance,
+        scores=expand_scores(args.scores), auto_tolerance=args.auto_tolerance, random_weights=args.random_weights,
     )
     run_benchmark(cfg, progress=not args.no_progress)
     print(f"wrote {cfg.out}/results.json and {cfg.out}/report.md")
@@ -156,6 +156,8 @@ def check_options(args: argparse.Namespace) -> None:
     if getattr(args, "scores", None):
         expand_scores(args.scores)
     _check_files(args)
+    if getattr(args, "model", None) is not None:
+        source(args).check()
 
 
 def _check_files(args: argparse.Namespace) -> None:

@@ -48,8 +48,13 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True,
                    help="registry name (wrn40_2, resnet20/32/44/56/110, small_cnn), torchvision:NAME, "
-                        "or package.module:callable")
-    g.add_argument("--checkpoint", help="weights file (.pt/.th/.pth loaded with weights_only=True, or .safetensors)")
+                        "or your own: path/to/file.py:callable or package.module:callable (called with no "
+                        "arguments, it returns the nn.Module; give --mean/--std unless it has a `normalization`)")
+    g.add_argument("--checkpoint", help="weights file (.pt/.th/.pth loaded with weights_only=True, or .safetensors); "
+                                        "required unless --random-weights")
+    g.add_argument("--random-weights", action="store_true",
+                   help="use the architecture's seeded random weights instead of a --checkpoint (to try the tool; "
+                        "a detector for an untrained model detects nothing useful)")
     g.add_argument("--mean", type=_floats, help="override the model's input mean, e.g. 0.485,0.456,0.406")
     g.add_argument("--std", type=_floats, help="override the model's input std")
 

@@ -8,7 +8,9 @@ Checkpoints load with ``weights_only=True`` and never unpickle code.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -70,25 +72,52 @@ def _torchvision_model(name: str, num_classes: int) -> nn.Module:
         raise WatermarkOODError(f"unknown torchvision model {name!r} (e.g. {known}, ...)") from None
 
 
+def _import_factory(module_name: str) -> Any:
+    """The module holding a user's model factory: a ``.py`` file by its path, else an importable module name
+    (the working directory is searched too, as ``python -m`` does: a model defined beside the user's script)."""
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.is_file():
+            raise WatermarkOODError(f"--model {module_name}: no such Python file")
+        spec = importlib.util.spec_from_file_location(f"watermark_ood_user_model.{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses and typing resolve a class's module by name
+        spec.loader.exec_module(module)
+        return module
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.append(str(Path.cwd()))
+    return importlib.import_module(module_name)
+
+
 def _callable_model(target: str) -> nn.Module:
-    module_name, _, attr = target.partition(":")
+    """``module:callable`` or ``path/to/file.py:callable``; the callable is called with no arguments and returns the
+    classifier (its weights come from ``--checkpoint``)."""
+    module_name, _, attr = target.rpartition(":")
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
+        factory = getattr(_import_factory(module_name), attr)
     except (ImportError, AttributeError) as error:
-        raise WatermarkOODError(f"cannot import model factory {target!r}: {error}") from None
+        raise WatermarkOODError(f"cannot import model factory {target!r}: {describe(error)} (give "
+                                "path/to/file.py:callable or module:callable; the callable is called with no "
+                                "arguments)") from None
     model = factory()
     if not isinstance(model, nn.Module):
         raise WatermarkOODError(f"{target} returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
-def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> tuple[nn.Module, Normalization]:
-    """An untrained architecture and its default normalization."""
+def is_user_model(name: str) -> bool:
+    """A model the user defines (``module:callable`` or ``file.py:callable``), not a registry or torchvision one."""
+    return ":" in name and not name.startswith("torchvision:")
+
+
+def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> tuple[nn.Module, Normalization | None]:
+    """An untrained architecture and its default normalization (None for a user's model without a
+    ``normalization`` attribute: only its author knows the statistics it was trained with)."""
     if name.startswith("torchvision:"):
         return _torchvision_model(name.split(":", 1)[1], num_classes), IMAGENET
-    if ":" in name:
+    if is_user_model(name):  # no default: its normalization is whatever it was trained with
         model = _callable_model(name)
-        return model, getattr(model, "normalization", CIFAR)
+        return model, getattr(model, "normalization", None)
     if name not in REGISTRY:
         raise WatermarkOODError(
             f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))}, torchvision:NAME, package.module:callable"
@@ -206,5 +235,9 @@ def load_model(
         raise WatermarkOODError("give both --mean and --std, or neither")
     if mean is not None:
         normalization = Normalization(tuple(mean), tuple(std))
+    if normalization is None:
+        raise WatermarkOODError(f"--model {name}: give the input normalization it was trained with, --mean M1,M2,M3 "
+                                "--std S1,S2,S3 (per channel, on [0, 1] pixels), or give the model a "
+                                "`normalization` attribute (watermark_ood.Normalization)")
     model_id = name if checkpoint is None else f"{name}@{Path(checkpoint).name}"
     return LoadedModel(model.eval(), normalization, model_id)

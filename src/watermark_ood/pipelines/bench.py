@@ -20,7 +20,8 @@ from watermark_ood.data.images import ImageSet
 from watermark_ood.data.readers import DataOptions, load_id_data, load_ood_data
 from watermark_ood.detection.logit_scores import score_for_objective
 from watermark_ood.evaluation.protocol import condition_logits, evaluate, evaluate_scores, protocol_subsample
-from watermark_ood.models.registry import LoadedModel, load_model
+from watermark_ood.models.registry import LoadedModel
+from watermark_ood.pipelines.source import ModelSource
 from watermark_ood.reporting.plots import plot_histograms, plot_history, plot_roc, plot_watermark
 from watermark_ood.reporting.results import build_run, skipped_images, write_results
 from watermark_ood.reporting.tables import format_terminal_table, write_report
@@ -48,6 +49,11 @@ class BenchConfig:
     scores: Sequence[str] = ()
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     auto_tolerance: float = 0.0  # --preset auto: see tuning.AutoSettings.tolerance
+    random_weights: bool = False  # the model without a checkpoint on purpose (ModelSource)
+
+    @property
+    def source(self) -> ModelSource:
+        return ModelSource(self.model, self.checkpoint, self.mean, self.std, self.random_weights)
 
 
 def fit_config_for(preset: str, objective: str, overrides: dict[str, Any]) -> FitConfig:
@@ -59,8 +65,7 @@ def fit_config_for(preset: str, objective: str, overrides: dict[str, Any]) -> Fi
 def load_inputs(cfg: BenchConfig) -> tuple[LoadedModel, ImageSet, ImageSet, list[ImageSet]]:
     """Everything is read and checked before anything is written."""
     train, test = load_id_data(cfg.id_data, cfg.image_size, options=cfg.data)
-    model = load_model(cfg.model, cfg.checkpoint, None, train.image_shape[0], cfg.mean, cfg.std,
-                       fallback_classes=train.num_classes)
+    model = cfg.source.load(train.image_shape[0], fallback_classes=train.num_classes)
     model.normalization.check_channels(train.image_shape[0])
     ood = [load_ood_data(spec, test.image_shape, count=len(test), options=cfg.data) for spec in cfg.ood_data]
     names = [s.name for s in ood]

@@ -53,9 +53,26 @@ class PredictOutcome:
         return f"wrote {self.out}: {self.flagged} of {self.inputs} inputs flagged as OOD{skipped}"
 
 
+def architecture_of(model_id: str) -> str:
+    """The architecture part of a recorded model id (``resnet20@resnet20-12fca82f.th`` -> ``resnet20``); a user's
+    ``path/to/file.py:Net`` is known by its callable, since the same file may be given by another path."""
+    name = model_id.split("@", 1)[0]
+    return name.rpartition(":")[2] if ":" in name and not name.startswith("torchvision:") else name
+
+
+def check_architecture(path: str | Path, recorded: str, given: str) -> None:
+    """The detector file's model before the model is built: a file for another architecture is named as such,
+    instead of a checkpoint that "does not fit" the wrong architecture."""
+    if architecture_of(recorded) != architecture_of(given):
+        raise WatermarkOODError(f"{path} was made for model {recorded.split('@', 1)[0]!r} (recorded as {recorded!r}); "
+                                f"--model {given} was given: use --model {recorded.split('@', 1)[0]} with its "
+                                "--checkpoint")
+
+
 def load_detector(path: str, source: ModelSource, execution: ExecutionConfig | None = None) -> Detector:
     """A detector file with its classifier (the file's fingerprint is checked against the model)."""
     meta, _ = Detector.read(path)
+    check_architecture(path, meta["model"], source.name)
     model = source.load((meta.get("input_shape") or DEFAULT_SHAPE)[0])
     return Detector.load(path, model.module, execution)
 
