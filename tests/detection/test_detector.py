@@ -229,8 +229,10 @@ def test_selection_refuses_a_watermark_that_costs_accuracy(trained_toy):
                                                    if r["watermark"] == "none" and r["ok"])
 
 
-def test_selection_ranks_on_the_chosen_outlier_kinds_only(trained_toy):
-    """The ranking's criterion is FPR95 over ``ranking_kinds``; every kind is still reported and guards watermarks."""
+def test_selection_ranks_on_the_chosen_outlier_kinds_only(trained_toy, tmp_path, capsys):
+    """The ranking's criterion is FPR95 over ``ranking_kinds``; every kind is still reported and guards watermarks.
+    Called from Python it says what it ranks on stderr (it takes minutes on real models), and the detector it
+    ships saves the same three files as the CLI (safetensors, its JSON, the ranking as .md)."""
     from watermark_ood.selection.auto_score import SelectionSettings, select_detector
 
     model, norm, train = trained_toy
@@ -238,6 +240,11 @@ def test_selection_ranks_on_the_chosen_outlier_kinds_only(trained_toy):
                                  rank_images=50, calibration_images=20, ranking_kinds=("flat-colour",),
                                  holdout_fraction=0.2)
     selection = select_detector(model, norm, train, settings=settings, execution=CPU)
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) >= len(selection.ranking) and any(line.startswith("knn") or " knn" in line for line in said)
+    path = selection.detector.save(tmp_path / "chosen.safetensors")
+    report = path.with_suffix(".md").read_text()
+    assert report.startswith(f"# Detector chosen: {selection.detector.score}") and path.with_suffix(".json").is_file()
     ok = [r for r in selection.ranking if r["ok"]]
     assert all(r["ranking_fpr95"] == r["per_kind"]["flat-colour"] and set(r["per_kind"]) == set(OUTLIER_KINDS)
                for r in ok)

@@ -38,6 +38,7 @@ from watermark_ood.detection.own_passes import SCORED_ON_IMAGES, fit_on_images, 
 from watermark_ood.detection.posthoc import Combination, PosthocScore, build_score
 from watermark_ood.detection.registry import (DETECTOR_KINDS, LAYER_SCORES, check_name, needs_dropout, reads_features,
                                               reads_layers)
+from watermark_ood.detection.selection_report import write_selection_report
 from watermark_ood.models.layers import has_dropout, layer_widths, resolve_layers, spatial_mean
 from watermark_ood.models.taps import last_linear
 from watermark_ood.runtime.device import ExecutionConfig
@@ -318,8 +319,9 @@ class Detector:
             **({} if self.layers is None else {"layers": list(self.layers)}),
         }
 
-    def save(self, path: str | Path) -> Path:
-        """``path`` (safetensors: watermark and fitted state) and a readable ``.json`` beside it."""
+    def save(self, path: str | Path, watermark_label: str = "given") -> Path:
+        """``path`` (safetensors: watermark and fitted state) and a readable ``.json`` beside it; a detector chosen
+        by ``--score auto`` also gets its ranking as ``.md`` (``watermark_label`` names the watermark there)."""
         if not self.fitted:
             raise WatermarkOODError(f"the {self.score} detector is not fitted; fit it before saving")
         path = Path(path)
@@ -336,6 +338,8 @@ class Detector:
             tensors["none"] = torch.zeros(1)
         atomic_write_bytes(path, save_bytes(tensors, metadata={"detector": json.dumps(meta)}))
         atomic_write_json(path.with_suffix(".json"), meta)
+        if self.selection is not None:
+            write_selection_report(path.with_suffix(".md"), self.selection, watermark_label)
         return path
 
     @staticmethod

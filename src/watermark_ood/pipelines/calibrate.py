@@ -19,7 +19,6 @@ from watermark_ood.detection.detector import Detector
 from watermark_ood.detection.logit_scores import score_for_objective
 from watermark_ood.detection.registry import LAYER_SCORES, check_name, reads_layers
 from watermark_ood.pipelines.source import ModelSource
-from watermark_ood.reporting.selection import write_selection_report
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.selection.auto_score import SelectionSettings, select_detector
 from watermark_ood.selection.pools import DEFAULT_POOL, candidate_pool
@@ -118,6 +117,5 @@ def calibrate(settings: CalibrateSettings, source: ModelSource, execution: Execu
                                 calibration, settings.tpr, settings.per_class, train.num_classes)
     detector.class_names = getattr(train, "class_names", None)
     path = Path(detector.save(settings.out))
-    report = (write_selection_report(path.with_suffix(".md"), detector.selection)
-              if detector.selection is not None else None)
+    report = path.with_suffix(".md") if detector.selection is not None else None  # written by save
     return Calibrated(detector, path, calibration, report)

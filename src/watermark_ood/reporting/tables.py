@@ -3,16 +3,12 @@ standard errors, the shipped file's own row)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
 from watermark_ood.core.fileio import atomic_write_text
+from watermark_ood.core.figures import percent  # noqa: F401 - also its old import path
 from watermark_ood.evaluation.metrics import METRIC_NAMES
-
-
-def percent(value: float | None) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
 
 
 def table_rows(run: dict[str, Any]) -> list[list[str]]:

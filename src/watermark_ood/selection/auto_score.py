@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.core.progress import say
 from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.data.streaming import without_skipped
@@ -104,8 +105,10 @@ def selection_splits(train: ImageSet, settings: SelectionSettings) -> tuple[Imag
 def select_detector(model: torch.nn.Module, normalization: Normalization, train: ImageSet,
                     watermark: Watermark | None = None, tpr: float = 0.95,
                     settings: SelectionSettings | None = None, execution: ExecutionConfig | None = None,
-                    model_id: str = "model", log: Callable[[str], None] | None = None) -> Selection:
-    """Rank every candidate on ID-only validation, fit and calibrate the best; see the module docstring."""
+                    model_id: str = "model", log: Callable[[str], None] | None = say) -> Selection:
+    """Rank every candidate on ID-only validation, fit and calibrate the best; see the module docstring.
+
+    It takes minutes on a CPU, so by default it says what it does on stderr (``log=None``: silent)."""
     settings = settings or SelectionSettings()
     execution = execution or ExecutionConfig()
     t0 = time.perf_counter()
