@@ -122,6 +122,13 @@ def corrupt(root: Path) -> Path:
     return bad
 
 
+def assert_said_skipped(err: str, path) -> None:
+    """A skipped file is said in one plain line on stderr: no Python warning with its source line."""
+    said = [line for line in err.splitlines() if line.startswith("skipped ")]
+    assert said and said[0].startswith(f"skipped {path}: not a readable image (")
+    assert "Warning" not in err and "yield from" not in err
+
+
 def test_unreadable_training_image_stops_with_its_path_then_skips_and_counts(tmp_path, capsys):
     data = image_folder(tmp_path / "data")
     bad = corrupt(data)
@@ -132,8 +139,8 @@ def test_unreadable_training_image_stops_with_its_path_then_skips_and_counts(tmp
     err = capsys.readouterr().err.strip()
     assert str(bad) in err and "--skip-bad-images" in err and len(err.splitlines()) == 1
     assert "resume" in err and (out / "checkpoint.safetensors").exists() and not (out / "watermark.safetensors").exists()
-    with pytest.warns(RuntimeWarning, match="skipped"):
-        assert main(["fit", *common, "--skip-bad-images", "--out", str(out)]) == 0
+    assert main(["fit", *common, "--skip-bad-images", "--out", str(out)]) == 0
+    assert_said_skipped(capsys.readouterr().err, bad)
     meta = json.loads((out / "watermark.json").read_text())
     assert meta["skipped_images"] == [str(bad)]
 
@@ -152,8 +159,8 @@ def test_evaluate_and_predict_stream_and_count_unreadable_files(tmp_path, capsys
             "--image-size", "12", "--ood-data", str(ood), "--all-ood", "--stream"]
     assert main([*args, "--out", str(tmp_path / "e1")]) == 2
     assert str(ood / "5.png") in capsys.readouterr().err
-    with pytest.warns(RuntimeWarning):
-        assert main([*args, "--skip-bad-images", "--out", str(tmp_path / "e2")]) == 0
+    assert main([*args, "--skip-bad-images", "--out", str(tmp_path / "e2")]) == 0
+    assert_said_skipped(capsys.readouterr().err, ood / "5.png")
     run = json.loads((tmp_path / "e2" / "results.json").read_text())["runs"][0]
     assert run["skipped_images"] == {"count": 1, "files": [str(ood / "5.png")]}
     assert run["num_ood"]["Textures"] == 12  # files listed; the unreadable one is left out of the metrics
@@ -161,15 +168,21 @@ def test_evaluate_and_predict_stream_and_count_unreadable_files(tmp_path, capsys
     assert main(["calibrate", *common, "--tpr", "0.8", "--score", "energy", "--id-data", str(data), "--image-size", "12",
                  "--out", str(tmp_path / "d.safetensors")]) == 0
     capsys.readouterr()
-    with pytest.warns(RuntimeWarning):
-        assert main(["predict", *common, "--detector", str(tmp_path / "d.safetensors"), "--input", str(ood),
-                     "--skip-bad-images", "--out", str(tmp_path / "p.csv")]) == 0
+    assert main(["predict", *common, "--detector", str(tmp_path / "d.safetensors"), "--input", str(ood),
+                 "--skip-bad-images", "--out", str(tmp_path / "p.csv")]) == 0
     rows = (tmp_path / "p.csv").read_text().splitlines()
-    assert len(rows) == 13 and "5.png,,unreadable,,," in rows
-    assert rows[0] == "input,score,is_ood,predicted_class,class_name,p_value"  # the ImageFolder's class names travel
+    assert len(rows) == 13 and "5.png,,,unreadable,,," in rows  # no score, no decision: its own status
+    # the ImageFolder's class names travel
+    assert rows[0] == "input,score,is_ood,status,predicted_class,class_name,p_value"
     for row in (r.split(",") for r in rows[1:] if "unreadable" not in r):  # small_cnn has 10 outputs, 3 named
-        assert row[4] == (f"class{row[3]}" if int(row[3]) < 3 else "")
-    assert "1 unreadable files skipped" in capsys.readouterr().out
+        assert row[3] == "ok" and row[2] in ("True", "False") and row[5] == (f"class{row[4]}" if int(row[4]) < 3
+                                                                              else "")
+    out, err = capsys.readouterr()
+    assert "1 unreadable files skipped" in out
+    assert_said_skipped(err, ood / "5.png")
+    # the 16x20 files were resized to the detector's 12x12: said in one line with the count, never silently
+    assert "adapted 11 of 12 input files to the detector's 3x12x12 (shorter side resized, then center crop): " \
+           "11 resized from 16x20\n" in err
 
 
 @pytest.mark.parametrize("score", ["energy", "vim", "knn", "odin", "knn+energy"])  # logits, features, bank,
@@ -183,12 +196,14 @@ def test_predict_survives_a_skipped_image_with_every_kind_of_detector(tmp_path, 
     common = ["--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress"]
     assert main(["calibrate", *common, "--tpr", "0.8", "--score", score, "--id-data", str(data), "--image-size", "12",
                  "--out", str(tmp_path / "d.safetensors")]) == 0
-    with pytest.warns(RuntimeWarning, match="skipped"):
-        assert main(["predict", *common, "--detector", str(tmp_path / "d.safetensors"), "--input", str(folder),
-                     "--skip-bad-images", "--out", str(tmp_path / "p.csv")]) == 0
+    capsys.readouterr()
+    assert main(["predict", *common, "--detector", str(tmp_path / "d.safetensors"), "--input", str(folder),
+                 "--skip-bad-images", "--out", str(tmp_path / "p.csv")]) == 0
+    assert_said_skipped(capsys.readouterr().err, folder / "zz-broken.png")
     rows = [r.split(",") for r in (tmp_path / "p.csv").read_text().splitlines()[1:]]
-    assert len(rows) == 6 and rows[-1][:3] == ["zz-broken.png", "", "unreadable"]
-    assert all(np.isfinite(float(r[1])) and r[2] in ("True", "False") and r[3].isdigit() for r in rows[:5])
+    assert len(rows) == 6 and rows[-1][:4] == ["zz-broken.png", "", "", "unreadable"]
+    assert all(np.isfinite(float(r[1])) and r[2] in ("True", "False") and r[3] == "ok" and r[4].isdigit()
+               for r in rows[:5])
 
 
 def test_transform_needs_a_size_for_random_crops_and_valid_channels():
@@ -213,10 +228,10 @@ def test_calibrate_on_a_streamed_folder_leaves_unreadable_training_images_out(tm
     data = image_folder(tmp_path / "data")
     corrupt(data)
     out = tmp_path / "knn.safetensors"
-    with pytest.warns(RuntimeWarning, match="skipped"):
-        assert main(["calibrate", "--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress", "--score", "knn",
-                     "--tpr", "0.8",  # 10 hold-out images: a conformal threshold at 0.8 needs 4
-                     "--id-data", str(data), "--image-size", "12", "--stream", "--skip-bad-images",
-                     "--out", str(out)]) == 0
+    assert main(["calibrate", "--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress",
+                 "--score", "knn", "--tpr", "0.8",  # 10 hold-out images: a conformal threshold at 0.8 needs 4
+                 "--id-data", str(data), "--image-size", "12", "--stream", "--skip-bad-images",
+                 "--out", str(out)]) == 0
+    assert "skipped " in capsys.readouterr().err
     meta = json.loads(out.with_suffix(".json").read_text())
     assert np.isfinite(meta["threshold"])

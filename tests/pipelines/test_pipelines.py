@@ -104,3 +104,33 @@ def test_standard_error_matches_a_simulation():
     estimates = [fpr_at_tpr(id_scores, rng.normal(0, 1, 200)) for _ in range(400)]
     p = float(np.mean(estimates))
     assert abs(np.std(estimates) - mean_fpr_standard_error([p], [200])) < 0.2 * mean_fpr_standard_error([p], [200])
+
+
+def test_predict_says_what_it_adapted_in_a_folder_of_grey_or_larger_images(data, tmp_path, capsys):
+    """Greyscale 64x64 PNGs given to an RGB 8x8 detector are converted and resized: one line with the counts on
+    stderr and an ``adapted`` block in the JSON, so changed scores are never silent; files that need nothing are
+    not counted."""
+    from PIL import Image
+
+    id_data, _ = data
+    det = tmp_path / "d.safetensors"
+    assert main(["calibrate", *RUN, "--id-data", str(id_data), "--score", "energy", "--out", str(det)]) == 0
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8), "L").save(folder / f"grey{i}.png")
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / "big.png")
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / "fits.png")
+    capsys.readouterr()
+    assert main(["predict", *RUN, "--detector", str(det), "--input", str(folder), "--out", str(tmp_path / "p.json")]) == 0
+    err = capsys.readouterr().err
+    assert ("adapted 4 of 5 input files to the detector's 3x8x8 (shorter side resized, then center crop): "
+            "3 converted from L to RGB; resized from 64x64; 1 resized from 64x64\n") in err
+    written = json.loads((tmp_path / "p.json").read_text())
+    assert written["adapted"] == {"converted from L to RGB; resized from 64x64": 3, "resized from 64x64": 1}
+    assert [row["status"] for row in written["rows"]] == ["ok"] * 5
+    for name in ("grey0.png", "grey1.png", "grey2.png", "big.png"):
+        (folder / name).unlink()
+    assert main(["predict", *RUN, "--detector", str(det), "--input", str(folder), "--out", str(tmp_path / "q.json")]) == 0
+    assert "adapted" not in capsys.readouterr().err and json.loads((tmp_path / "q.json").read_text())["adapted"] == {}

@@ -115,6 +115,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     outcome = predict(PredictSettings(args.detector, args.input, args.out, args.fail_on_shift, data_options(args),
                                       not args.no_progress), source(args), execution(args))
     print(outcome.summary())
+    if outcome.adaptation():
+        print(outcome.adaptation(), file=sys.stderr)
     print(outcome.shift["message"], file=sys.stderr)
     return 3 if outcome.shift["fail"] else 0
 

@@ -9,12 +9,12 @@ out with 0 or 8 workers, after a resume, and under torchrun, where each rank dec
 every global batch.
 
 A file that cannot be decoded stops the run with its path; with ``skip_bad=True`` it is left out of its
-batch, logged once and recorded in ``skipped``.
+batch, said once on stderr (one line) and recorded in ``skipped``. What reading changed in readable files
+(greyscale to RGB, resized) is counted in ``adapted``.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from watermark_ood.core.errors import WatermarkOODError, describe
+from watermark_ood.core.progress import say
 from watermark_ood.data.images import ImageSet, sample_indices, split_indices
 
 STREAM_ABOVE_BYTES = 2 * 1024 ** 3  # decoded uint8 size above which a folder is streamed instead of loaded
@@ -68,23 +69,42 @@ class ImageTransform:
         return v2.functional.pil_to_tensor(image)
 
 
-def open_image(path: Path, channels: int):
-    """One file as an RGB (or grey) PIL image, read fully so that the file is closed."""
+def open_image(path: Path, channels: int, transform: ImageTransform | None = None):
+    """One file as an RGB (or grey) PIL image, read fully so that the file is closed, and what reading it changed
+    for ``transform`` (None when the file already had the mode and size it is read at; see :func:`adaptation`)."""
     from PIL import Image
 
     with Image.open(path) as image:
-        return image.convert("RGB" if channels == 3 else "L")
+        note = None if transform is None else adaptation(image.mode, image.size, channels, transform)
+        return image.convert("RGB" if channels == 3 else "L"), note
+
+
+def adaptation(mode: str, size: tuple[int, int], channels: int, transform: ImageTransform) -> str | None:
+    """What reading a file of PIL ``mode`` and ``size`` (W, H) changes, in words; None when nothing.
+
+    >>> adaptation("L", (64, 64), 3, ImageTransform(32))
+    'converted from L to RGB; resized from 64x64'
+    >>> adaptation("RGB", (32, 32), 3, ImageTransform(32)) is None
+    True
+    """
+    notes = []
+    if mode != ("RGB" if channels == 3 else "L"):
+        notes.append(f"converted from {mode} to {'RGB' if channels == 3 else 'L'}")
+    if transform.size is not None and (transform.random_resized_crop or tuple(size) != (transform.size,) * 2):
+        notes.append(f"resized from {size[0]}x{size[1]}")
+    return "; ".join(notes) or None
 
 
 def decode_image(path: Path, channels: int) -> torch.Tensor:
     """One file as a (C, H, W) uint8 tensor."""
     from torchvision.transforms.v2.functional import pil_to_tensor
 
-    return pil_to_tensor(open_image(path, channels))
+    return pil_to_tensor(open_image(path, channels)[0])
 
 
 class _Decoder(torch.utils.data.Dataset):
-    """(file index, sample seed) -> (file index, image or None, error or None); errors travel as values.
+    """(file index, sample seed) -> (file index, image or None, error or None, adaptation or None); errors and
+    what was adapted travel as values, so they reach the main process from any worker.
 
     Returning errors instead of raising keeps DataLoader's worker traceback out of the user's message.
     """
@@ -95,14 +115,15 @@ class _Decoder(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[int, torch.Tensor | None, str | None]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[int, torch.Tensor | None, str | None, str | None]:
         index, seed = item
         path = self.files[index]
         try:
-            image = self.transform(open_image(path, self.transform.channels), seed)
+            image, note = open_image(path, self.transform.channels, self.transform)
+            image = self.transform(image, seed)
         except Exception as error:  # noqa: BLE001 - decoders raise many types on damaged files
-            return index, None, f"{path}: not a readable image ({describe(error)})"
-        return index, image.contiguous(), None
+            return index, None, f"{path}: not a readable image ({describe(error)})", None
+        return index, image.contiguous(), None, note
 
 
 def _keep_list(items: list) -> list:
@@ -124,6 +145,8 @@ class FileImageSet:
     workers: int = 2
     skip_bad: bool = False
     skipped: list[str] = field(default_factory=list)  # shared by every subset of this set
+    adapted: dict[str, int] = field(default_factory=dict)  # what reading changed ("resized from 64x64"): count of
+    #                                                        files, shared by every subset (reported by predict)
     _shape: tuple[int, int, int] | None = None
 
     is_streaming = True
@@ -166,7 +189,7 @@ class FileImageSet:
     def subset(self, indices: torch.Tensor | np.ndarray | Sequence[int], name: str | None = None) -> "FileImageSet":
         indices = torch.as_tensor(indices, dtype=torch.int64)
         return replace(self, files=[self.files[i] for i in indices.tolist()], labels=self.labels[indices],
-                       name=name or self.name, skipped=self.skipped, _shape=self._shape)
+                       name=name or self.name, skipped=self.skipped, adapted=self.adapted, _shape=self._shape)
 
     def sample(self, count: int, seed: int) -> "FileImageSet":
         """A seeded random subset of ``count`` files (the same indices ImageSet.sample picks)."""
@@ -195,13 +218,15 @@ class FileImageSet:
         loader = torch.utils.data.DataLoader(decoder, batch_sampler=items, num_workers=workers,
                                              collate_fn=_keep_list, prefetch_factor=2 if workers else None)
         for batch in loader:
-            for index, image, error in batch:
+            for index, image, error, note in batch:
                 if error is not None:
                     self._bad(error)
                 elif tuple(image.shape) != shape:  # readable but of another size: not skippable
                     raise WatermarkOODError(f"{self.files[index]}: image is {tuple(image.shape)}, the set's images "
                                             f"are {shape}; give an image size (--image-size)")
-            kept = [p for p, (_, _, error) in enumerate(batch) if error is None]
+                elif note is not None:
+                    self.adapted[note] = self.adapted.get(note, 0) + 1
+            kept = [p for p, (_, _, error, _) in enumerate(batch) if error is None]
             pixels = torch.stack([batch[p][1] for p in kept]) if kept else torch.zeros((0, *shape), dtype=torch.uint8)
             if pin_memory:
                 pixels = pixels.pin_memory()
@@ -213,7 +238,7 @@ class FileImageSet:
         path = error.split(": ", 1)[0]
         if path not in self.skipped:
             self.skipped.append(path)
-            warnings.warn(f"skipped {error}", RuntimeWarning, stacklevel=3)
+            say(f"skipped {error}")
 
     def materialize(self) -> ImageSet:
         """Decode every file into an in-memory ImageSet (bad files skipped only with ``skip_bad``)."""

@@ -57,15 +57,17 @@ class Prediction:
     p_values: np.ndarray | None = None  # conformal p-values (small = unusual); None for files without calibration
 
     def to_rows(self, names: list[str] | None = None) -> list[dict[str, Any]]:
-        """One dict per input: input, score, is_ood, predicted_class (and class_name when names are known)."""
+        """One dict per input: input, score, is_ood, status ("ok", or "unreadable" for a file skipped with
+        --skip-bad-images: no score and no decision), predicted_class (and class_name when names are known)."""
         names = names or [str(i) for i in range(len(self.scores))]
         classes = self.classes if self.classes is not None else np.full(len(self.scores), -1)
         p_values = self.p_values if self.p_values is not None else [None] * len(self.scores)
         rows = []
         for n, s, o, c, p in zip(names, self.scores, self.is_ood, classes, p_values):
             # A file skipped as unreadable (--skip-bad-images) has no score: its row says so instead of deciding.
-            row: dict[str, Any] = ({"input": n, "score": float(s), "is_ood": bool(o)} if not np.isnan(s) else
-                                   {"input": n, "score": None, "is_ood": "unreadable"})
+            row: dict[str, Any] = ({"input": n, "score": float(s), "is_ood": bool(o), "status": "ok"}
+                                   if not np.isnan(s) else
+                                   {"input": n, "score": None, "is_ood": None, "status": "unreadable"})
             row["predicted_class"] = int(c) if c >= 0 and not np.isnan(s) else None
             if self.p_values is not None:
                 row["p_value"] = None if np.isnan(s) else float(p)

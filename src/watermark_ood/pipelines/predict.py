@@ -47,10 +47,23 @@ class PredictOutcome:
     flagged: int  # of those, rejected as OOD
     unreadable: int
     shift: dict[str, Any]  # the shift alarm: counts, p-value, message, whether it fails at fail_on_shift
+    adapted: dict[str, int] = field(default_factory=dict)  # what reading changed in image files, with counts
+    shape: tuple[int, ...] = DEFAULT_SHAPE  # what the detector reads
 
     def summary(self) -> str:
         skipped = f"; {self.unreadable} unreadable files skipped" if self.unreadable else ""
         return f"wrote {self.out}: {self.flagged} of {self.inputs} inputs flagged as OOD{skipped}"
+
+    def adaptation(self) -> str | None:
+        """One line saying what was changed in the input files to fit the detector, with counts; None if nothing.
+
+        Scores of resized or converted images are not those of the images as they were, so it is never silent."""
+        if not self.adapted:
+            return None
+        changed = "; ".join(f"{count} {what}" for what, count in sorted(self.adapted.items(), key=lambda i: -i[1]))
+        c, h, w = self.shape
+        return (f"adapted {sum(self.adapted.values())} of {self.inputs + self.unreadable} input files to the "
+                f"detector's {c}x{h}x{w} (shorter side resized, then center crop): {changed}")
 
 
 def architecture_of(model_id: str) -> str:
@@ -104,13 +117,14 @@ def predict(settings: PredictSettings, source: ModelSource, execution: Execution
     try:
         rows, flagged, unreadable = _write_rows(detector, images, names, tmp, out.suffix == ".json", settings.progress)
         shift = shift_alarm(detector, flagged, len(names) - unreadable, settings.fail_on_shift)
+        adapted = dict(getattr(images, "adapted", {}))
         if out.suffix == ".json":
             atomic_write_text(tmp, json.dumps({"threshold": detector.threshold, "score": detector.score,
-                                               "shift": shift, "rows": rows}, indent=1))
+                                               "shift": shift, "adapted": adapted, "rows": rows}, indent=1))
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
-    return PredictOutcome(out, len(names) - unreadable, flagged, unreadable, shift)
+    return PredictOutcome(out, len(names) - unreadable, flagged, unreadable, shift, adapted, shape)
 
 
 def _write_rows(detector: Detector, images: ImageSet, names: list[str], tmp: Path, as_json: bool,
@@ -118,7 +132,7 @@ def _write_rows(detector: Detector, images: ImageSet, names: list[str], tmp: Pat
     """CSV rows are written chunk by chunk; JSON rows are returned to be written whole."""
     rows, flagged, unreadable = [], 0, 0
     with tmp.open("w", newline="") as handle:
-        columns = ["input", "score", "is_ood", "predicted_class"] + (["class_name"] if detector.class_names else []) \
+        columns = ["input", "score", "is_ood", "status", "predicted_class"] + (["class_name"] if detector.class_names else []) \
             + (["p_value"] if detector.calibration is not None else [])
         writer = csv.DictWriter(handle, fieldnames=columns)
         if not as_json:
@@ -127,7 +141,7 @@ def _write_rows(detector: Detector, images: ImageSet, names: list[str], tmp: Pat
             part = images.subset(torch.arange(start, min(start + CHUNK, len(images))))
             chunk = detector.predict(part).to_rows(names[start:start + CHUNK])
             flagged += sum(r["is_ood"] is True for r in chunk)
-            unreadable += sum(r["is_ood"] == "unreadable" for r in chunk)
+            unreadable += sum(r["status"] == "unreadable" for r in chunk)
             if as_json:
                 rows += chunk
             else:
