@@ -21,11 +21,25 @@ def data(tmp_path):
     return root, tmp_path / "noise.npz"
 
 
-def test_leaderboard_without_a_watermark(data, tmp_path):
+def test_leaderboard_without_a_watermark(data, tmp_path, capsys):
+    """A leaderboard says one line per detector as it goes (stderr is not a terminal here), its summary and
+    report.md are a leaderboard (no `baseline -> watermarked` layout without a watermark), and it says where
+    every file went."""
     id_data, noise = data
     out = tmp_path / "lb"
-    assert main(["evaluate", *RUN, "--id-data", str(id_data), "--ood-data", str(noise), "synthetic:uniform",
+    progress = [x for x in RUN if x != "--no-progress"]
+    assert main(["evaluate", *progress, "--id-data", str(id_data), "--ood-data", str(noise), "synthetic:uniform",
                  "--scores", "energy", "knn", "knn+energy", "--out", str(out)]) == 0
+    printed, said = capsys.readouterr()
+    lines = [line for line in said.splitlines() if line.startswith("[")]
+    assert [line.split(" (")[0] for line in lines] == ["[1/3] energy", "[2/3] knn", "[3/3] knn+energy"]
+    assert all("(baseline): mean FPR95 " in line for line in lines)
+    assert f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / 'leaderboard.md'}" in printed
+    assert "3 detectors without a watermark, best mean FPR95 first" in printed
+    assert "objective=None" not in printed and "->" not in printed and "fit 0.0s" not in printed
+    report = (out / "report.md").read_text()
+    assert "->" not in report and "Hyperparameters" not in report and "objective" not in report
+    assert "## Leaderboard" in report and "ID test accuracy" in report and report.count("| none |") == 3
     run = json.loads((out / "results.json").read_text())["runs"][0]
     assert run["has_watermark"] is False and run["watermarked"] == {} and run["score"] == "energy"
     assert set(run["scores"]) == {"energy", "knn", "knn+energy"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -127,8 +127,12 @@ def evaluate_scores(
     scores: Sequence[str],
     execution: ExecutionConfig | None = None,
     layers: Sequence[str] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Every requested detector with and without the watermark, through the one :class:`Detector` interface.
+
+    ``log`` gets one line per detector and condition as it is done (a leaderboard of every detector runs for
+    minutes to an hour on a CPU; its progress must show in a log file, where bars are hidden).
 
     Returns ``{score: {"baseline"|"watermarked": {set: metrics, "mean": ...}, "cost": {condition: {...}}}}``;
     ``cost`` holds the fit time (the forward pass over the fit images included, for fitted detectors), scoring
@@ -152,7 +156,7 @@ def evaluate_scores(
     conditions = [("baseline", None)] + ([("watermarked", watermark)] if watermark is not None else [])
     fit_part, z_part = id_fit.split(0.2, 0) if len(id_fit) > 4 else (id_fit, id_fit)
     with tempfile.TemporaryDirectory() as tmp:
-        for condition, mark in conditions:
+        for c_index, (condition, mark) in enumerate(conditions):
             logits_and_features(model, id_test.subset(torch.arange(min(8, len(id_test)))), normalization, mark,
                                 execution)  # warm-up: one-time preparation must not count as scoring time
             t0 = time.perf_counter()
@@ -164,7 +168,7 @@ def evaluate_scores(
             fit_out = logits_and_features(model, fit_part, normalization, mark, execution)
             z_out = logits_and_features(model, z_part, normalization, mark, execution)
             fit_forward_seconds = time.perf_counter() - t0  # part of every fitted detector's fit time
-            for score in scores:
+            for s_index, score in enumerate(scores):
                 detector = Detector(model, normalization, mark, score, execution=execution,
                                     layers=layers_for(score, layers))
                 own = detector.own_passes
@@ -190,6 +194,11 @@ def evaluate_scores(
                 table[score]["cost"][condition] = {
                     "fit_seconds": fit_seconds, "images_per_second": n_scored / max(seconds, 1e-9),
                     "file_bytes": size}
+                if log is not None:
+                    fpr = 100 * table[score][condition]["mean"]["fpr95"]
+                    log(f"[{c_index * len(scores) + s_index + 1}/{len(scores) * len(conditions)}] {score} "
+                        f"({condition}): mean FPR95 {fpr:.2f}%, fit {fit_seconds:.1f}s, scored {n_scored} images in "
+                        f"{seconds:.1f}s")
     return table
 
 

@@ -116,7 +116,8 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, log: Callable[[str], 
         if cfg.scores:
             log(f"{objective}: scoring with {', '.join(cfg.scores)}, with and without the watermark")
             extra["scores"] = evaluate_scores(model.module, model.normalization, train.sample(5000, seed), test, sets,
-                                              result.watermark, cfg.scores, cfg.execution)
+                                              result.watermark, cfg.scores, cfg.execution,
+                                              log=log if progress else None)
         run = build_run(
             objective, score, hyperparameters, evaluation, fit_seconds, images / max(fit_seconds, 1e-9),
             request=request, preset=cfg.preset, **extra,

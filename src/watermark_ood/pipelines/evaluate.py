@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.core.progress import say
 from watermark_ood.data.readers import DataOptions, load_id_data, load_ood_data
 from watermark_ood.pipelines.source import ModelSource
 from watermark_ood.runtime.device import ExecutionConfig
@@ -130,7 +131,7 @@ def evaluate_pipeline(settings: EvaluateSettings, source: ModelSource, execution
     if settings.layers is not None:
         run["layers"] = list(settings.layers)  # what the detectors on intermediate layers tapped
     _write(out, run, settings)
-    log(_terminal(run))
+    log(_terminal(run, settings))
     return run
 
 
@@ -152,7 +153,7 @@ def _evaluate_detector_file(settings, detector, train, test, sets, scores, execu
     run["detector"] = str(settings.detector)
     if scores:
         run["scores"] = evaluate_scores(detector.model, detector.normalization, train.sample(5000, settings.seed),
-                                        test, sets, detector.watermark, scores, execution)
+                                        test, sets, detector.watermark, scores, execution, log=_progress(settings))
         label = _mark_label(detector.watermark)
         run["shipped_row"] = shipped_row(detector.score, label, run["watermarked"], run["num_ood"],
                                          Path(settings.detector).stat().st_size)
@@ -177,7 +178,7 @@ def _evaluate_watermark(settings, model, train, test, sets, scores, execution, o
     if table_scores:
         extra["scores"] = evaluate_scores(model.module, model.normalization, train.sample(5000, settings.seed),
                                           test, sets, watermark, table_scores, execution,
-                                          settings.layers)
+                                          settings.layers, log=_progress(settings))
     headline = score if score in LOGIT_SCORES else "energy"
     run = build_run(objective, headline, watermark.metadata.get("hyperparameters", {}), evaluation, 0.0, 0.0,
                     model=model.model_id, watermark=str(settings.watermark), **extra)
@@ -202,7 +203,7 @@ def _evaluate_plain(settings, model, train, test, sets, scores, execution, out: 
     if score not in scores:
         scores = [score, *scores]
     table = evaluate_scores(model.module, model.normalization, train.sample(5000, settings.seed), test, sets, None,
-                            scores, execution, settings.layers)
+                            scores, execution, settings.layers, log=_progress(settings))
     logits = predict_logits(model.module, test, model.normalization, None, execution)
     return {"objective": None, "score": score, "hyperparameters": {},
             "accuracy": {"baseline": accuracy(logits, test.labels)},
@@ -214,6 +215,11 @@ def _evaluate_plain(settings, model, train, test, sets, scores, execution, out: 
 
 
 # ------------------------------------------------------------------ outputs
+def _progress(settings: EvaluateSettings) -> Callable[[str], None] | None:
+    """One stderr line per detector measured, unless progress is off (--no-progress)."""
+    return say if settings.progress else None
+
+
 def _mark_label(watermark) -> str:
     """One name for a watermark in every table: its objective and preset, as bench names it."""
     if watermark is None:
@@ -225,7 +231,8 @@ def _mark_label(watermark) -> str:
 def _write(out: Path, run: dict[str, Any], settings: EvaluateSettings) -> None:
     from watermark_ood.reporting.plots import plot_leaderboard
     from watermark_ood.reporting.results import write_results
-    from watermark_ood.reporting.tables import leaderboard_rows, sort_rows, write_leaderboard, write_report
+    from watermark_ood.reporting.tables import (leaderboard_rows, sort_rows, write_leaderboard,
+                                                write_leaderboard_report, write_report)
 
     out.mkdir(parents=True, exist_ok=True)
     images = [(caption, f"{kind}-{run['score']}.png") for caption, kind in (("score histograms", "hist"),
@@ -241,6 +248,10 @@ def _write(out: Path, run: dict[str, Any], settings: EvaluateSettings) -> None:
         plot_leaderboard(rows, out / "leaderboard.png")
         images.append(("leaderboard", "leaderboard.png"))
     write_results(out / "results.json", [run])
+    if not settings.detector and not run.get("has_watermark", True):  # a leaderboard, nothing to compare with
+        write_leaderboard_report(out / "report.md", rows, "watermark-ood evaluation", run,
+                                 "No watermark: every detector on the model as given.", images)
+        return
     notes = ("`watermarked` is the detector as shipped; `baseline` the same score without its watermark "
              "(identical when it has none)." if settings.detector else
              "" if run.get("has_watermark", True) else "No watermark: every detector on the model as given.")
@@ -249,7 +260,18 @@ def _write(out: Path, run: dict[str, Any], settings: EvaluateSettings) -> None:
     write_report(out / "report.md", [run], title, notes=notes, images=images)
 
 
-def _terminal(run: dict[str, Any]) -> str:
-    from watermark_ood.reporting.tables import format_terminal_table
+def _terminal(run: dict[str, Any], settings: EvaluateSettings) -> str:
+    """The summary printed at the end: the paper's table for a watermark or a detector file, the best rows of the
+    leaderboard otherwise; then where every file went."""
+    from watermark_ood.reporting.tables import format_terminal_leaderboard, format_terminal_table, leaderboard_rows
 
-    return format_terminal_table(run)
+    out = Path(settings.out)
+    files = [out / "results.json", out / "report.md"] + ([out / "leaderboard.md", out / "leaderboard.png"]
+                                                         if run.get("scores") else [])
+    written = "wrote " + ", ".join(str(f) for f in files)
+    if settings.detector or run.get("has_watermark", True):
+        return format_terminal_table(run) + "\n" + written
+    rows = leaderboard_rows(run["scores"], "none", run["num_ood"])
+    heading = (f"model={run['model']}; accuracy {100 * run['accuracy']['baseline']:.2f}%; {len(rows)} detectors "
+               "without a watermark, best mean FPR95 first:")
+    return format_terminal_leaderboard(rows, heading) + "\n" + written

@@ -176,3 +176,30 @@ def write_leaderboard(path: str | Path, scores: dict[str, Any] | Sequence[dict[s
                       num_id: int | None = None, num_ood: dict[str, int] | None = None) -> Path:
     rows = leaderboard_rows(scores, counts=num_ood) if isinstance(scores, dict) else list(scores)
     return atomic_write_text(path, format_leaderboard(rows, title, num_id, num_ood))
+
+
+def format_terminal_leaderboard(rows: Sequence[dict[str, Any]], heading: str, limit: int = 10) -> str:
+    """The best ``limit`` rows of a leaderboard for the terminal (the whole of it is in leaderboard.md)."""
+    width = max([len(r["detector"]) for r in rows[:limit]] + [8])
+    out = [heading, f"{'rank':>4}  {'detector':<{width}}  {'watermark':<10}  mean FPR95  mean AUROC"]
+    for i, r in enumerate(rows[:limit], 1):
+        se = f" ± {100 * r['fpr95_se']:.2f}" if "fpr95_se" in r else ""
+        out.append(f"{i:>4}  {r['detector']:<{width}}  {r['watermark']:<10}  {percent(r['mean']['fpr95']) + se:>9}  "
+                   f"{percent(r['mean']['auroc']):>10}")
+    if len(rows) > limit:
+        out.append(f"      ... {len(rows) - limit} more rows in leaderboard.md")
+    return "\n".join(out)
+
+
+def write_leaderboard_report(path: str | Path, rows: Sequence[dict[str, Any]], title: str, run: dict[str, Any],
+                             notes: str = "", images: Sequence[tuple[str, str]] = ()) -> Path:
+    """report.md of a run without a watermark: the model's accuracy, then the leaderboard itself (there is no
+    `baseline -> watermarked` to show, and no objective or hyperparameters)."""
+    accuracy = run.get("accuracy", {}).get("baseline")
+    lines = [f"# {title}", "", f"Model {run.get('model', 'as given')}; ID test accuracy {percent(accuracy)}%; "
+             f"{len(rows)} detectors, each fitted on ID training images only. {notes}".rstrip(), ""]
+    board = format_leaderboard(rows, "Leaderboard", run.get("num_id_test"), run.get("num_ood"))
+    text = "\n".join(lines) + "\n" + board.replace("# Leaderboard", "## Leaderboard", 1)
+    if images:
+        text += "\n## Pictures\n\n" + "\n".join(f"![{caption}]({file})" for caption, file in images) + "\n"
+    return atomic_write_text(path, text)
