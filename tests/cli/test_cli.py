@@ -144,6 +144,19 @@ def test_demo_end_to_end(tmp_path):
     assert report.index("## What to ship") < report.index("objective=msp")  # the report starts with what to do
     assert f"`{shipped['score']}` detector" in report
     assert 0 <= shipped["real"]["mean"]["fpr95"] <= 1
+    assert "from every detector" not in report and "from its default pool" in report
+    board = [line.split(" | ") for line in (out / "leaderboard.md").read_text().splitlines()
+             if line.startswith("| ") and line[2].isdigit() and "shipped file" not in line]
+    rows = [(frozenset(cells[1].split("+")), cells[2]) for cells in board]
+    assert len(rows) == len(set(rows))  # a combination is one row, whatever order its parts were ranked in
+
+
+def test_history_caption_gives_the_range_of_this_runs_ood_term():
+    from watermark_ood.pipelines.demo import history_caption
+
+    caption = history_caption("energy", "energy", [None, 3.4e11, 2e13, 8.9e14])
+    assert "spans 3.4e+11 to 8.9e+14 here" in caption
+    assert history_caption("msp", "msp", [1e15]) == "msp training history"
 
 
 def test_cuda_graphs_are_the_default_and_can_be_switched_off():
