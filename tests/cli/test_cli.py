@@ -151,6 +151,30 @@ def test_demo_end_to_end(tmp_path):
     assert len(rows) == len(set(rows))  # a combination is one row, whatever order its parts were ranked in
 
 
+def test_help_leads_with_the_detector_and_lists_only_options_that_apply(capsys):
+    """The top-level help starts from shipping a detector (calibrate, predict, export); predict and export do not
+    list the watermark's step options, which stay accepted; every option has a help text."""
+    from watermark_ood.cli import build_parser
+
+    parser = build_parser()
+    top = parser.format_help()
+    assert top.index("calibrate --score auto") < top.index("watermark-ood fit")
+    assert "mynet.py:MyNet" in top
+    commands = parser._subparsers._group_actions[0].choices
+    for name in ("predict", "export"):
+        text = commands[name].format_help()
+        assert "--compile" not in text and "--cuda-graphs" not in text and "forward/backward" not in text
+    assert "--eval-batch-size" not in commands["export"].format_help()
+    assert "forward/backward" in commands["fit"].format_help() and "--compile" in commands["fit"].format_help()
+    for name, command in commands.items():
+        for action in command._actions:
+            assert action.help, f"{name} {action.option_strings} has no help"
+    assert "auto (recommended)" in " ".join(commands["calibrate"].format_help().split())
+    args = parser.parse_args(["predict", "--model", "m", "--detector", "d", "--input", "i", "--out", "o",
+                              "--compile", "--no-cuda-graphs"])  # hidden, still accepted
+    assert args.compile and not args.cuda_graphs
+
+
 def test_history_caption_gives_the_range_of_this_runs_ood_term():
     from watermark_ood.pipelines.demo import history_caption
 

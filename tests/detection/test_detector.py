@@ -192,7 +192,10 @@ def test_cli_score_auto_ranks_without_reading_ood_data(tmp_path, monkeypatch, ca
     assert not any("_scores" in r for r in ranking)  # scores are used, never written
     assert meta["selection"]["close"] == [f"{r['score']} ({r['watermark']})" for r in admitted[1:]
                                           if r["chance_better_than_chosen"] >= meta["selection"]["close_share"]]
-    assert "chose" in capsys.readouterr().out and "resamples" in det.with_suffix(".md").read_text()
+    printed = capsys.readouterr().out
+    assert f"from {len(ok)} ranked candidates" in printed and "resamples" in det.with_suffix(".md").read_text()
+    skipped = sorted({r["score"] for r in ranking if not r["ok"]})  # the console names what was not ranked
+    assert skipped and f"({len(skipped)} skipped: {', '.join(skipped)}; why in the ranking)" in printed
     other = write_npz_dataset(tmp_path / "toy-other-test", n_train=400, n_test=30)
     np.savez_compressed(other / "test.npz", **{k: v[::-1].copy() if k == "x" else v
                                                 for k, v in real_load(write_npz_dataset(

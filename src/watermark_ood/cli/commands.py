@@ -105,8 +105,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if made.report is not None:
         selection = made.detector.selection
         chosen = selection["chosen"]
+        ranked = [r for r in selection["ranking"] if r["ok"]]
+        skipped = sorted({r["score"] for r in selection["ranking"] if not r["ok"]})
+        why = f" ({len(skipped)} skipped: {', '.join(skipped)}; why in the ranking)" if skipped else ""
         print(f"chose {chosen['score']} ({'with' if chosen['watermark'] == 'given' else 'without'} the watermark) "
-              f"from {len(selection['ranking'])} candidates in {selection['seconds']:.0f}s; ranking in {made.report}")
+              f"from {len(ranked)} ranked candidates{why} in {selection['seconds']:.0f}s; ranking in {made.report}")
     print(made.summary(args.split))
     return 0
 

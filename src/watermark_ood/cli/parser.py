@@ -11,13 +11,21 @@ from watermark_ood.detection.registry import LAYER_SCORES, SCORE_NAMES
 from watermark_ood.watermark.config import OBJECTIVES, PRESETS
 
 EPILOG = """examples:
-  watermark-ood demo --out demo-out
+  # ship a detector for your model, chosen without OOD data, then use it
+  watermark-ood calibrate --score auto --model resnet20 --checkpoint resnet20.th --id-data data/cifar10 \\
+      --out detector.safetensors
+  watermark-ood predict --model resnet20 --checkpoint resnet20.th --detector detector.safetensors \\
+      --input photos/ --out scores.csv
+  watermark-ood export --model resnet20 --checkpoint resnet20.th --detector detector.safetensors --out exported
+  # your own model: a file and a callable (called with no arguments), its weights and normalization
+  watermark-ood calibrate --score auto --model mynet.py:MyNet --checkpoint mynet.pt \\
+      --mean 0.49,0.48,0.45 --std 0.25,0.24,0.26 --id-data data/mine --out detector.safetensors
+  # measure detectors on real OOD sets; learn the paper's watermark
+  watermark-ood evaluate --model resnet20 --checkpoint resnet20.th --id-data data/cifar10 \\
+      --ood-data data/ood/textures.npz data/svhn/test_32x32.mat --scores all --out runs/leaderboard
   watermark-ood fit --model resnet20 --checkpoint resnet20.th --id-data data/cifar10 --preset cifar10 \\
       --objective energy --epochs 2 --train-limit 10000 --out runs/r20
-  watermark-ood evaluate --model resnet20 --checkpoint resnet20.th --watermark runs/r20/watermark.safetensors \\
-      --id-data data/cifar10 --ood-data data/ood/textures.npz data/svhn/test_32x32.mat --out runs/r20-eval
-  watermark-ood bench --model resnet20 --checkpoint resnet20.th --id-data data/cifar10 \\
-      --ood-data data/ood/*.npz --objective msp energy --epochs 1 --train-limit 5000 --out runs/bench
+  watermark-ood demo --out demo-out
 """
 
 SCORES_HELP = (f"detectors to compare, each with and without the watermark: names ({' '.join(SCORE_NAMES)}), "
@@ -31,17 +39,35 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
 
 
-def _add_runtime(p: argparse.ArgumentParser) -> None:
+RUNTIME_OPTIONS = ("device", "precision", "compile", "cuda_graphs", "threads", "eval_batch_size")
+FITS = RUNTIME_OPTIONS  # commands that learn a watermark: every execution option applies
+INFERS = ("device", "precision", "threads", "eval_batch_size")  # forward (and detectors' own backward) passes only
+
+
+def _add_runtime(p: argparse.ArgumentParser, applies: tuple[str, ...] = FITS) -> None:
+    """The execution options; those that do not apply to a command stay accepted (scripts keep working) but are
+    not listed in its help."""
+    def shown(name: str, text: str) -> str:
+        return text if name in applies else argparse.SUPPRESS
+
+    fits = "compile" in applies
     g = p.add_argument_group("execution")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA if available) [auto]")
+    g.add_argument("--device", default="auto", help=shown("device", "cpu, cuda, cuda:N or auto (CUDA if available) "
+                                                                    "[auto]"))
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="autocast precision for the model's forward/backward [fp32]")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
+                   help=shown("precision", "autocast precision for the model's " + (
+                       "forward/backward passes" if fits else "forward passes") + " [fp32]"))
+    g.add_argument("--compile", action="store_true",
+                   help=shown("compile", "torch.compile the model for the watermark's steps (slow start, faster "
+                                         "steps)"))
     g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
-                   help="on CUDA, replay each watermark step as a CUDA graph (removes kernel-launch overhead) [on]")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch [PyTorch's default]")
-    g.add_argument("--eval-batch-size", type=int, default=1000, help="batch size for scoring [1000]")
-    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+                   help=shown("cuda_graphs", "on CUDA, replay each watermark step as a CUDA graph (removes "
+                                             "kernel-launch overhead) [on]"))
+    g.add_argument("--threads", type=int, default=None, help=shown("threads", "CPU threads for PyTorch [PyTorch's "
+                                                                              "default]"))
+    g.add_argument("--eval-batch-size", type=int, default=1000,
+                   help=shown("eval_batch_size", "batch size for scoring [1000]"))
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars and progress lines")
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
@@ -128,7 +154,8 @@ def _demo_command(sub: Any) -> None:
                                       "evaluate against held-out digits, photo patches and noise.")
     demo.add_argument("--out", required=True, help="folder for results.json, report.md and the plots")
     demo.add_argument("--epochs", type=int, default=50, help="watermark epochs per objective [50]")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0,
+                      help="seed of the classifier's training, data order, flips and noise [0]")
     demo.add_argument("--preset", default="cifar10", choices=["cifar10", "auto"],
                       help="the paper's CIFAR-10 presets (default) or auto (chosen on held-out training digits)")
     _add_runtime(demo)
@@ -169,7 +196,7 @@ def _evaluate_command(sub: Any) -> None:
     _add_layers(ev, " (a feature-map kind takes one; it keeps its default map when several are named)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the OOD subsampling [0]")
     ev.add_argument("--out", required=True, help="output folder")
-    _add_runtime(ev)
+    _add_runtime(ev, INFERS)
 
 
 def _bench_command(sub: Any) -> None:
@@ -198,9 +225,10 @@ def _calibrate_command(sub: Any) -> None:
     _add_data(cal, ID_HELP, ood=False)
     cal.add_argument("--score", default=None,
                      help=f"a detector name ({' '.join(SCORE_NAMES)}), a combination such as knn+vim+energy, or "
-                          "auto: rank them all, "
-                          "with and without --watermark, on held-out ID training data vs synthetic outliers (no OOD "
-                          "data) [the watermark's score, else energy]")
+                          "auto (recommended): rank the pool of --candidates and their combinations, with and "
+                          "without --watermark, on held-out ID training data vs synthetic outliers (no OOD data), "
+                          "minutes on a CPU [the watermark's score, else energy: seconds, and what scripts written "
+                          "before auto existed expect]")
     cal.add_argument("--candidates", nargs="+", metavar="NAME", default=None,
                      help="the detectors --score auto ranks: shipped (every detector but combood and mcd), all "
                           "(every detector the model runs), and/or detector names, e.g. shipped combood or "
@@ -214,9 +242,10 @@ def _calibrate_command(sub: Any) -> None:
                           "least 1/(1 - tpr) - 1 calibration images)")
     cal.add_argument("--split", default="holdout", choices=["holdout", "test"],
                      help="calibrate on a seeded 10%% hold-out of the training split (default) or on the test split")
-    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--seed", type=int, default=0,
+                     help="seed of the hold-out split, the fit sample and --score auto's synthetic outliers [0]")
     cal.add_argument("--out", required=True, help="detector file to write (.safetensors; a .json is written beside it)")
-    _add_runtime(cal)
+    _add_runtime(cal, INFERS)
 
 
 def _predict_command(sub: Any) -> None:
@@ -232,7 +261,7 @@ def _predict_command(sub: Any) -> None:
                            "calibration data' at level ALPHA, e.g. 0.01 (for pipelines)")
     pred.add_argument("--skip-bad-images", action="store_true",
                       help="write 'unreadable' rows for files that cannot be decoded instead of stopping")
-    _add_runtime(pred)
+    _add_runtime(pred, INFERS)
 
 
 def _export_command(sub: Any) -> None:
@@ -242,18 +271,22 @@ def _export_command(sub: Any) -> None:
                                      "(logits, score, is_ood) out, score higher = more ID.")
     _add_model(exp)
     exp.add_argument("--detector", required=True, help="detector file written by calibrate")
-    exp.add_argument("--format", nargs="+", default=["torchscript", "onnx"], choices=["torchscript", "onnx"])
+    exp.add_argument("--format", nargs="+", default=["torchscript", "onnx"], choices=["torchscript", "onnx"],
+                     help="what to write: detector.torchscript.pt and/or detector.onnx [both]")
     exp.add_argument("--p-value", action="store_true",
                      help="a fourth output: the conformal p-value of each input (the calibration scores inside)")
     exp.add_argument("--out", required=True, help="output folder")
-    _add_runtime(exp)
+    _add_runtime(exp, ("threads",))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="watermark-ood",
-        description="Learn one input-space watermark that makes a fixed, trained classifier better at telling "
-                    "in-distribution inputs from unknown ones (Wang et al., NeurIPS 2022). No weights change.",
+        description="Make a fixed, trained image classifier reject inputs it was never trained for: choose the "
+                    "best OOD detector for it without OOD data (calibrate --score auto), with a guaranteed false-"
+                    "rejection rate, and ship it as one file (predict) or one exported module (export). Optionally "
+                    "learn an input-space watermark that helps some detectors (fit, bench; Wang et al., NeurIPS "
+                    "2022). No weights change.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"watermark-ood {__version__}")
