@@ -78,6 +78,25 @@ def trained_toy():
     return model.eval(), norm, train
 
 
+@pytest.fixture(scope="session")
+def wide_toy():
+    """A classifier of the shapes that broke saved files: 160-d features (wider than 128, ViM's threshold) and 10
+    outputs trained on 3 ID classes (more outputs than the data has classes), as many real models are."""
+    norm = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    train = make_images(300, seed=1, name="toy-train")
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=10, in_channels=3, width=80)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = norm(train.images), train.labels
+    model.train()
+    for _ in range(10):
+        for index in torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).split(32):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[index]), y[index]).backward()
+            optimizer.step()
+    return model.eval(), norm, train
+
+
 def assert_ships(detector, model, test: torch.Tensor, expected: np.ndarray, tmp_path, refusal: str,
                  exports: bool = False) -> None:
     """A kind ships: calibrated, saved and loaded, it gives ``expected`` on ``test`` exactly; a combination with it

@@ -117,7 +117,7 @@ def test_cli_calibrate_predict_export(tmp_path, capsys):
         out = tmp_path / f"pred.{suffix}"
         assert main(["predict", *common, "--detector", str(det), "--input", str(tmp_path / "inputs.npz"),
                      "--out", str(out)]) == 0
-    assert (tmp_path / "pred.csv").read_text().splitlines()[0] == "input,score,is_ood,predicted_class,p_value"
+    assert (tmp_path / "pred.csv").read_text().splitlines()[0] == "input,score,is_ood,status,predicted_class,p_value"
     assert len(json.loads((tmp_path / "pred.json").read_text())["rows"]) == 12
     assert main(["export", *common, "--detector", str(det), "--out", str(tmp_path / "exp")]) == 0
     assert (tmp_path / "exp" / "detector.onnx").is_file() and (tmp_path / "exp" / "detector.torchscript.pt").is_file()

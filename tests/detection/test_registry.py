@@ -167,7 +167,11 @@ def test_detector_for_another_model_or_watermark_shape_is_refused(trained_toy, t
     shifted = Detector(model, norm, Watermark(torch.zeros(1, 3, 8, 8)), "energy", execution=CPU)
     shifted.calibrate(make_images(50, seed=5))
     shifted.input_shape = (3, 4, 4)
-    shifted.save(tmp_path / "w.safetensors")
+    with pytest.raises(WatermarkOODError, match=r"w.safetensors: not written: the energy detector's file would not "
+                                                r"load back for this model \(.*tensor watermark: expected shape"):
+        shifted.save(tmp_path / "w.safetensors")  # saving checks it first: nothing is written
+    assert not any(tmp_path.glob("w.*")) and not any(tmp_path.glob(".w*"))
+    shifted.save(tmp_path / "w.safetensors", verify=False)  # a damaged file, as a hand edit would make it
     with pytest.raises(WatermarkOODError, match="does not match|tensor watermark: expected shape"):
         Detector.load(tmp_path / "w.safetensors", model, CPU)
 
@@ -476,3 +480,66 @@ def test_gradnorm_all_is_the_library_default_and_differs_from_the_last_layer_for
     assert np.allclose(ours, expected, rtol=1e-5) and float(np.std(ours)) > 0
     last_layer = Detector(model, norm, None, "gradnorm", execution=CPU).scores(test)
     assert not np.allclose(ours / np.abs(ours).max(), last_layer / np.abs(last_layer).max(), rtol=1e-2)
+
+
+@pytest.mark.parametrize("name", [n for n in SCORE_NAMES if n != "mcd"] + ["knn+vim+energy", "mahalanobis+gmm"])
+def test_every_kind_ships_for_wide_features_and_more_outputs_than_classes(name, wide_toy, tmp_path):
+    """fit -> calibrate -> save -> load -> predict -> export, for a model with 160-d features and 10 outputs trained
+    on 3 ID classes: per-class state has one row per ID class (not per output), ViM keeps 64 principal dimensions,
+    and what is saved loads and scores as it was, or fitting refuses in one line (she: a pattern per output)."""
+    import onnxruntime as ort
+
+    from watermark_ood.detection.export import export_onnx, export_torchscript
+
+    model, norm, train = wide_toy
+    detector = Detector(model, norm, None, name, execution=CPU)
+    if name == "she":
+        with pytest.raises(WatermarkOODError, match=r"the model has 10 outputs but the ID data only 3 classes"):
+            detector.fit(train)
+        return
+    detector.fit(train).calibrate(make_images(60, seed=4))
+    loaded = Detector.load(detector.save(tmp_path / "d.safetensors"), model, CPU)
+    test = make_images(40, seed=11)
+    expected = detector.scores(test)
+    assert np.array_equal(loaded.scores(test), expected, equal_nan=True)
+    prediction = loaded.predict(test)
+    assert np.array_equal(prediction.is_ood, expected < detector.threshold)
+    if name == "vim":
+        assert loaded.scorer.impl.d == 64 and loaded.scorer.impl.principal_subspace.shape == (160, 160 - 64)
+    if export_refusal(name):
+        with pytest.raises(WatermarkOODError, match="cannot be exported"):
+            export_torchscript(loaded, tmp_path / "d.pt")
+        return
+    images = test.images.float() / 255
+    with torch.no_grad():
+        traced = torch.jit.load(str(export_torchscript(loaded, tmp_path / "d.pt")))(images)[1].numpy()
+    onnx = ort.InferenceSession(str(export_onnx(loaded, tmp_path / "d.onnx"))).run(None, {"images": images.numpy()})[1]
+    # float32 in other operation orders. The Gaussian and pNML kinds invert covariances of 160-d features fitted on
+    # 300 images (nearly singular), so onnxruntime's rounding reaches 2.6e-3 of the range (rmd) and 3.6e-3
+    # (multimahalanobis); the real models' errors are 3e-7 (benchmarks/export_check.py). Scores that are
+    # probabilities near 1 (tempscale, klmatching) keep float32's absolute rounding: 1e-6 is 8 ulps at 1.0.
+    tolerance = 5e-3 if {"rmd", "pnml", "gmm", "multimahalanobis"} & set(name.split("+")) else 1e-4
+    limit = tolerance * float(np.ptp(expected)) + 1e-6
+    assert np.abs(traced - expected).max() <= limit and np.abs(onnx - expected).max() <= limit
+
+
+@pytest.mark.parametrize("width", [32, 64, 128, 129, 512, 1024])
+def test_vim_state_matches_its_schema_for_every_feature_width(width):
+    """ViM keeps D/2 principal dimensions up to 128-d features and 64 beyond (its paper's choice for wide
+    features); the residual space it stores is D x (D - d), which the schema checks, for every D."""
+    from watermark_ood.detection.posthoc import check_state
+
+    torch.manual_seed(width)
+    head = torch.nn.Linear(width, 10)
+    features, labels = torch.randn(3 * width, width).relu(), torch.arange(3 * width) % 10
+    score = PosthocScore("vim", head).fit(head(features).detach(), features, labels)
+    tensors, values = score.state()
+    d = width // 2 if width <= 128 else 64
+    assert values["d"] == d and tuple(tensors["principal_subspace"].shape) == (width, width - d)
+    check_state("vim", values, tensors, head)
+    restored = PosthocScore.from_state("vim", head, tensors, values)
+    query = torch.randn(16, width).relu()
+    assert torch.equal(restored(head(query).detach(), query), score(head(query).detach(), query))
+    bad = dict(tensors, principal_subspace=tensors["principal_subspace"][:, :1])
+    with pytest.raises(WatermarkOODError, match=rf"principal_subspace: expected shape \(D={width}, D-d={width - d}\)"):
+        check_state("vim", values, bad, head)

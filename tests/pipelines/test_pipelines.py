@@ -148,3 +148,51 @@ def test_predict_says_what_it_adapted_in_a_folder_of_grey_or_larger_images(data,
         (folder / name).unlink()
     assert main(["predict", *RUN, "--detector", str(det), "--input", str(folder), "--out", str(tmp_path / "q.json")]) == 0
     assert "adapted" not in capsys.readouterr().err and json.loads((tmp_path / "q.json").read_text())["adapted"] == {}
+
+
+WIDE_NET = """
+from watermark_ood.models.architectures import SmallCNN
+
+
+def build():
+    return SmallCNN(num_classes=10, in_channels=3, width=80)
+"""
+
+
+@pytest.mark.parametrize("candidates", [[], ["--candidates", "mahalanobis", "gmm", "openmax", "multimahalanobis",
+                                              "she"]])
+def test_score_auto_ships_a_file_that_loads_for_wide_features_and_more_outputs_than_classes(
+        candidates, wide_toy, tmp_path, capsys):
+    """calibrate --score auto on a model of one's own with 160-d features and 10 outputs trained on 3 classes,
+    with the default pool and with a pool of per-class kinds only (so the choice has per-class state):
+    the file it writes loads, predicts and exports (or export refuses in one line)."""
+    import torch
+
+    model, norm, train = wide_toy
+    data = tmp_path / "toy"
+    data.mkdir()
+    np.savez(data / "train.npz", x=train.images.permute(0, 2, 3, 1).numpy(), y=train.labels.numpy())
+    from conftest import make_images
+
+    test = make_images(60, seed=4)
+    np.savez(data / "test.npz", x=test.images.permute(0, 2, 3, 1).numpy(), y=test.labels.numpy())
+    (tmp_path / "wide.py").write_text(WIDE_NET)
+    torch.save(model.state_dict(), tmp_path / "wide.pt")
+    common = ["--model", f"{tmp_path / 'wide.py'}:build", "--checkpoint", str(tmp_path / "wide.pt"), "--mean",
+              "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--device", "cpu", "--no-progress"]
+    det = tmp_path / "auto.safetensors"
+    assert main(["calibrate", *common, "--score", "auto", *candidates, "--tpr", "0.9",  # 18 calibration images
+                 "--id-data", str(data), "--out", str(det)]) == 0
+    meta = json.loads(det.with_suffix(".json").read_text())
+    ranking = {(r["score"], r["watermark"]): r for r in meta["selection"]["ranking"]}
+    assert "10 outputs but the ID data only 3 classes" in ranking[("she", "none")]["error"]  # refused, not shipped
+    if candidates:
+        assert set(meta["score"].split("+")) <= {"mahalanobis", "gmm", "openmax", "multimahalanobis"}
+    np.savez(tmp_path / "inputs.npz", x=test.images[:12].permute(0, 2, 3, 1).numpy())
+    assert main(["predict", *common, "--detector", str(det), "--input", str(tmp_path / "inputs.npz"), "--out",
+                 str(tmp_path / "p.json")]) == 0
+    assert len(json.loads((tmp_path / "p.json").read_text())["rows"]) == 12
+    capsys.readouterr()
+    code = main(["export", *common, "--detector", str(det), "--out", str(tmp_path / "exported")])
+    err = capsys.readouterr().err
+    assert code == 0 or (code == 2 and "cannot be exported" in err and len(err.strip().splitlines()) == 1)

@@ -4,7 +4,9 @@ Files travel (shipped, copied, edited by hand), so nothing read from one is trus
 a wrong field stops with one line naming the field, what was expected and what was found, instead of a
 traceback deep inside a detector or a silently wrong decision. Tensor shapes are written with symbols that the
 model fixes: ``D`` (penultimate features, the head's input), ``K`` (classes, the head's output), ``N`` (fit
-images, any size but the same in every tensor of a score) and ``d`` (ViM's principal dimensions, from its ``d``).
+images, any size but the same in every tensor of a score), ``C`` (the ID data's classes, at most ``K``: a model may
+have more outputs than the data has classes, and per-class state has one row per class of the data), ``d`` (ViM's
+principal dimensions, from its ``d``) and ``D-d`` (the dimensions of ViM's residual space, which it stores).
 
 >>> check_float("threshold", 0.5)
 0.5
@@ -172,14 +174,19 @@ class StateSchema:
         for name, shape in expected_tensors.items():
             if name not in tensors:
                 raise fail(f"{prefix}tensor {name}", f"a tensor of shape ({', '.join(map(str, shape))})", "none")
-            if "d" in shape and "d" not in sizes:
+            if ("d" in shape or "D-d" in shape) and "d" not in sizes:
                 d = values.get("d")
                 Value("int", 1, "D").check(f"{prefix}score_state.d", d, sizes)
                 sizes["d"] = d
+                if "D" in sizes:
+                    sizes["D-d"] = sizes["D"] - d
             check_tensor(f"{prefix}tensor {name}", tensors[name], shape, sizes)
         for name, shape in optional.items():
             if name in tensors:
                 check_tensor(f"{prefix}tensor {name}", tensors[name], shape, sizes)
+        if "C" in sizes and "K" in sizes and sizes["C"] > sizes["K"]:
+            raise fail(f"{prefix}per-class tensors", f"at most K={sizes['K']} classes (the model's outputs)",
+                       f"{sizes['C']} classes")
         for name, rule in allowed_values.items():
             if name not in values and not rule.required:
                 continue

@@ -112,6 +112,7 @@ def load_npz(path: str | Path, name: str | None = None, require_labels: bool = F
         raise WatermarkOODError(f"{path}: file not found (expected an .npz with arrays 'x' uint8 NxHxWxC and 'y')")
     try:
         with np.load(path, allow_pickle=False) as archive:
+            _check_members(path, archive.zip)
             if "x" not in archive.files:
                 raise WatermarkOODError(f"{path}: no array 'x' in the archive (found: {', '.join(archive.files) or 'none'})")
             x = archive["x"]
@@ -134,6 +135,29 @@ def load_npz(path: str | Path, name: str | None = None, require_labels: bool = F
     if names is not None and names.ndim == 1 and names.dtype.kind == "U":
         images.class_names = [str(n) for n in names]
     return images
+
+
+def _check_members(path: Path, archive) -> None:
+    """Every member an ``.npy`` array with a plain name whose own header agrees with the directory (opening a member
+    compares the two names; no data is read), and as many as the archive's end record declares: a damaged central
+    directory could otherwise hide or rename a member, and the labels 'y' would vanish without a word (found by the
+    readers' fuzz tests)."""
+    names = archive.namelist()
+    for name in names:
+        with archive.open(name):
+            pass
+    bad = [n for n in names if not n.endswith(".npy") or not n[:-4].isidentifier()]
+    if bad:
+        raise WatermarkOODError(f"{path}: not a readable .npz archive (member {bad[0]!r} is not a named .npy array)")
+    with path.open("rb") as handle:
+        handle.seek(0, 2)
+        handle.seek(max(0, handle.tell() - 65557))  # the end record and its longest comment
+        tail = handle.read()
+    end = tail.rfind(b"PK\x05\x06")
+    declared = int.from_bytes(tail[end + 10:end + 12], "little") if end >= 0 and len(tail) >= end + 12 else None
+    if declared is not None and declared != 0xFFFF and declared != len(names):
+        raise WatermarkOODError(f"{path}: not a readable .npz archive (its directory lists {len(names)} arrays, its "
+                                f"end record {declared})")
 
 
 def _optional_names(archive) -> np.ndarray | None:

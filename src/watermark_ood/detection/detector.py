@@ -17,7 +17,6 @@ The file format (reading and checking every field) is :mod:`.detector_file`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from safetensors.torch import save as save_bytes
 
+from watermark_ood.core.distributed import is_main_process
 from watermark_ood.core.errors import WatermarkOODError, describe
 from watermark_ood.core.fileio import atomic_write_bytes, atomic_write_json
 from watermark_ood.data.images import ImageSet
@@ -36,6 +36,7 @@ from watermark_ood.detection.detector_file import (FORMAT, FORMAT_VERSION, check
                                                    read_detector_file)
 from watermark_ood.detection.own_passes import SCORED_ON_IMAGES, fit_on_images, scores_on_images
 from watermark_ood.detection.posthoc import Combination, PosthocScore, build_score
+from watermark_ood.detection.prediction import Prediction, as_images  # noqa: F401 - part of this module's API
 from watermark_ood.detection.registry import (DETECTOR_KINDS, LAYER_SCORES, check_name, needs_dropout, reads_features,
                                               reads_layers)
 from watermark_ood.detection.selection_report import write_selection_report
@@ -46,62 +47,6 @@ from watermark_ood.watermark.config import FitConfig, get_preset
 from watermark_ood.watermark.file import Watermark
 
 FIT_IMAGES = 5000  # ID training images a score is fitted on (seeded sample)
-
-
-@dataclass
-class Prediction:
-    scores: np.ndarray  # higher = more in-distribution
-    is_ood: np.ndarray  # score below the calibrated threshold
-    classes: np.ndarray | None = None  # the classifier's predicted class (-1 for unreadable files)
-    class_names: list[str] | None = None  # names of the classes, where the ID data had them
-    p_values: np.ndarray | None = None  # conformal p-values (small = unusual); None for files without calibration
-
-    def to_rows(self, names: list[str] | None = None) -> list[dict[str, Any]]:
-        """One dict per input: input, score, is_ood, status ("ok", or "unreadable" for a file skipped with
-        --skip-bad-images: no score and no decision), predicted_class (and class_name when names are known)."""
-        names = names or [str(i) for i in range(len(self.scores))]
-        classes = self.classes if self.classes is not None else np.full(len(self.scores), -1)
-        p_values = self.p_values if self.p_values is not None else [None] * len(self.scores)
-        rows = []
-        for n, s, o, c, p in zip(names, self.scores, self.is_ood, classes, p_values):
-            # A file skipped as unreadable (--skip-bad-images) has no score: its row says so instead of deciding.
-            row: dict[str, Any] = ({"input": n, "score": float(s), "is_ood": bool(o), "status": "ok"}
-                                   if not np.isnan(s) else
-                                   {"input": n, "score": None, "is_ood": None, "status": "unreadable"})
-            row["predicted_class"] = int(c) if c >= 0 and not np.isnan(s) else None
-            if self.p_values is not None:
-                row["p_value"] = None if np.isnan(s) else float(p)
-            if self.class_names is not None:
-                known = row["predicted_class"] is not None and int(c) < len(self.class_names)
-                row["class_name"] = self.class_names[int(c)] if known else None
-            rows.append(row)
-        return rows
-
-
-
-def as_images(images: ImageSet | torch.Tensor | np.ndarray) -> ImageSet:
-    """Images as the detector reads them: an ImageSet, or an NCHW tensor / array of uint8 pixels (0-255) or of
-    floats in [0, 1] (what the exported module takes). Floats are rounded to 8 bits, the precision the detector
-    was fitted and calibrated at: exact for images that came from 8-bit files.
-
-    >>> as_images(torch.full((2, 3, 4, 4), 0.5)).images[0, 0, 0, 0].item()
-    128
-    """
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(np.ascontiguousarray(images))
-    if isinstance(images, torch.Tensor):
-        if images.ndim != 4:
-            raise WatermarkOODError(f"images must be NCHW (N x C x H x W), got shape {tuple(images.shape)}")
-        if images.is_floating_point():
-            finite = torch.isfinite(images).all()
-            if not finite or images.min() < 0 or images.max() > 1:
-                raise WatermarkOODError("float images must lie in [0, 1] (raw pixels / 255, as the exported module "
-                                        "takes them); pass uint8 pixels 0-255 otherwise")
-            images = (images * 255).round().to(torch.uint8)
-        elif images.dtype != torch.uint8:
-            raise WatermarkOODError(f"images must be uint8 (0-255) or float in [0, 1], got {images.dtype}")
-        return ImageSet(images, torch.full((len(images),), -1), "inputs")
-    return images
 
 
 class Detector:
@@ -321,9 +266,13 @@ class Detector:
             **({} if self.layers is None else {"layers": list(self.layers)}),
         }
 
-    def save(self, path: str | Path, watermark_label: str = "given") -> Path:
+    def save(self, path: str | Path, watermark_label: str = "given", verify: bool = True) -> Path:
         """``path`` (safetensors: watermark and fitted state) and a readable ``.json`` beside it; a detector chosen
-        by ``--score auto`` also gets its ranking as ``.md`` (``watermark_label`` names the watermark there)."""
+        by ``--score auto`` also gets its ranking as ``.md`` (``watermark_label`` names the watermark there).
+
+        ``verify``: the file is first written beside ``path`` and loaded back for this model, and the loaded
+        detector must score a seeded probe as this one does; otherwise nothing is written and the save fails in
+        one line. A file that cannot be loaded is never reported as saved."""
         if not self.fitted:
             raise WatermarkOODError(f"the {self.score} detector is not fitted; fit it before saving")
         path = Path(path)
@@ -338,11 +287,37 @@ class Detector:
                 tensors["calibration/classes"] = torch.from_numpy(self.calibration.classes.astype(np.int64))
         if not tensors:
             tensors["none"] = torch.zeros(1)
-        atomic_write_bytes(path, save_bytes(tensors, metadata={"detector": json.dumps(meta)}))
+        data = save_bytes(tensors, metadata={"detector": json.dumps(meta)})
+        if verify and is_main_process():
+            self._verify_file(path, data)
+        atomic_write_bytes(path, data)
         atomic_write_json(path.with_suffix(".json"), meta)
         if self.selection is not None:
-            write_selection_report(path.with_suffix(".md"), self.selection, watermark_label)
+            try:
+                write_selection_report(path.with_suffix(".md"), self.selection, watermark_label)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                pass  # a ranking record read from a file and cut down by hand: the JSON keeps what it holds
         return path
+
+    def _verify_file(self, path: Path, data: bytes) -> None:
+        """Load ``data`` as :meth:`load` will, from a temporary file beside ``path``, and compare scores."""
+        probe = None if self.input_shape is None else torch.randint(
+            0, 256, (4, *self.input_shape), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+        trial = atomic_write_bytes(path.with_name(f".{path.stem}.verify.safetensors"), data)
+        try:
+            loaded = Detector.load(trial, self.model, self.execution)
+            expected = None if probe is None else self.scores(probe)
+            # float32 rounding in another memory layout (RMD's difference of two large distances: 4e-4 relative
+            # on one score, 1e-5 of the largest) passes; a state restored wrongly differs at the scores' scale
+            if expected is not None and not np.allclose(loaded.scores(probe), expected, rtol=1e-4, equal_nan=True,
+                                                         atol=1e-4 * float(np.nanmax(np.abs(expected), initial=0)) + 1e-6):
+                raise WatermarkOODError("the loaded detector scores differently")
+        except WatermarkOODError as error:
+            message = str(error).replace(f"{trial}: ", "")
+            raise WatermarkOODError(f"{path}: not written: the {self.score} detector's file would not load back "
+                                    f"for this model ({message})") from None
+        finally:
+            trial.unlink(missing_ok=True)
 
     @staticmethod
     def read(path: str | Path) -> tuple[dict[str, Any], Watermark | None]:

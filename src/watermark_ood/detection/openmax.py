@@ -57,8 +57,8 @@ class PackedOpenMax:
             raise WatermarkOODError("openmax: the saved class centres and Weibull models do not match")
         library = OpenMax(None, tailsize=self.tailsize, alpha=self.alpha)
         inner = NumpyOpenMax(tailsize=self.tailsize, alpha=self.alpha)
-        classes = len(self.centers)
-        inner.n_dims, inner.alpha, inner.is_fitted = classes, min(classes, self.alpha), True
+        classes, outputs = self.centers.shape  # the ID classes may be fewer than the model's outputs
+        inner.n_dims, inner.alpha, inner.is_fitted = outputs, min(outputs, self.alpha), True
         for k in range(classes):
             inner.centers[np.int64(k)] = self.centers[k].double().numpy().astype(np.float32)
             fit = LibNotMR(tailsize=self.tailsize)

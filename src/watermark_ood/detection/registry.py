@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
-from torch import nn
 
 from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.core.schema import StateSchema, Value
 from watermark_ood.detection import functional as F
+from watermark_ood.detection.builders import (FlatHead, Head, build_knn, build_vim, changed_map,  # noqa: F401
+                                              energy_of_changed, expose_gaussian, keep_bank, pattern_for_every_output,
+                                              pod, restore_gaussian, static_score)
 from watermark_ood.detection.combood import CombOOD, combood_reducer
 from watermark_ood.detection.layer_gram import LayerGram, gram_reducer
 from watermark_ood.detection.layer_mahalanobis import LayerMahalanobis
@@ -32,52 +34,6 @@ from watermark_ood.detection.nac import PackedNAC
 from watermark_ood.detection.openmax import PackedOpenMax
 from watermark_ood.detection.weiper import WeiPer
 from watermark_ood.runtime.inference import mcd_scores, odin_scores, parameter_gradient_scores
-
-
-def _pod() -> Any:
-    """pytorch-ood's detectors, imported on first use (the import costs seconds)."""
-    from pytorch_ood import detector
-
-    return detector
-
-
-class FlatHead(nn.Module):
-    """The last linear layer applied to (N, D) or (N, D, 1, 1) activations (ReAct and ASH pass feature maps)."""
-
-    def __init__(self, head: nn.Linear) -> None:
-        super().__init__()
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x.flatten(1).to(self.head.weight.dtype))
-
-
-@dataclass(frozen=True)
-class Head:
-    """What a builder may use: the classifier's last linear layer (if any) and the feature width seen at fit."""
-
-    name: str
-    linear: nn.Linear | None
-    dim: int | None = None
-    count: int | None = None  # how many ID images it is fitted on
-    widths: tuple[int, ...] | None = None  # channels of each tapped layer (detectors on intermediate layers)
-
-    def need(self) -> nn.Linear:
-        if self.linear is None:
-            raise WatermarkOODError(f"{self.name} needs the classifier's last linear layer")
-        return self.linear
-
-    @property
-    def flat(self) -> FlatHead:
-        return FlatHead(self.need())
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.need().weight.detach().float().cpu()
-
-    @property
-    def bias(self) -> torch.Tensor:
-        return self.need().bias.detach().float().cpu()
 
 
 @dataclass(frozen=True)
@@ -122,44 +78,7 @@ class DetectorKind:
         return f"{self.name}: reads {self.reads}{fitted}; {'exports' if self.exports else 'no export'} ({self.paper})"
 
 
-def _static(cls: str) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
-    """The library's static logit score in float64: GEN's p^0.1 (1 - p)^0.1 terms lose ~1e-3 of the score's range
-    in float32, which would make any two float32 implementations (library, onnxruntime) disagree at that level."""
-    return lambda logits, features: getattr(_pod(), cls).score(logits.double())
-
-
-def _knn(head: Head) -> Any:
-    """k = 50, fewer when fitted on fewer images. The ID bank is kept (L2-normalized) because scikit-learn's search
-    neither traces nor saves without pickle: export measures the same distance in torch, loading rebuilds the
-    index."""
-    k = 50 if head.count is None or head.count > 50 else max(1, head.count - 1)
-    return _pod().KNN(None, k=k)
-
-
-def _keep_bank(impl: Any, features: torch.Tensor, labels: torch.Tensor) -> None:
-    impl.bank = impl._prepare(features[labels >= 0]).contiguous()
-
-
-def _vim(head: Head) -> Any:
-    d = 64 if head.dim is None or head.dim > 128 else max(1, head.dim // 2)
-    return _pod().ViM(None, d=d, w=head.weight, b=head.bias)
-
-
-def _changed_map(cls: str) -> Callable[[], Callable[[torch.Tensor], torch.Tensor]]:
-    """The library's own change of a feature map (its ``predict_feature_maps`` with identity head and score): the
-    model's remaining layers then run on the changed map, and the energy of its logits is the score."""
-    def build() -> Callable[[torch.Tensor], torch.Tensor]:
-        same = lambda x: x  # noqa: E731
-        detector = getattr(_pod(), cls)(None, head=same, detector=same)
-        return lambda maps: detector.predict_feature_maps(maps.contiguous())
-    return build
-
-
-def _energy_of_changed(logits: torch.Tensor, changed: torch.Tensor | None) -> torch.Tensor:
-    return _pod().EnergyBased.score(changed)
-
-
-_GAUSSIAN = {"mu": ("K", "D"), "cov": ("D", "D"), "precision": ("D", "D")}  # class means, shared covariance
+_GAUSSIAN = {"mu": ("C", "D"), "cov": ("D", "D"), "precision": ("D", "D")}  # ID class means, shared covariance
 _ODIN_REFUSAL = ("odin cannot be exported: its input perturbation needs a gradient pass at inference, which neither "
                  "TorchScript traces nor ONNX carry; use `watermark-ood predict`, or calibrate another score (see "
                  "`calibrate --score auto`)")
@@ -169,100 +88,91 @@ _GRADIENT_REFUSAL = ("detectors with input or parameter gradients cannot be expo
                      "nor ONNX carry a backward pass; use `watermark-ood predict`, or calibrate another score")
 
 
-def _expose_gaussian(impl: Any, features: torch.Tensor, labels: torch.Tensor) -> None:
-    """MahalanobisODIN keeps its Gaussian in an inner Mahalanobis: its tensors, where saving finds them."""
-    impl.mu, impl.cov, impl.precision = impl._base.mu, impl._base.cov, impl._base.precision
-
-
-def _restore_gaussian(impl: Any) -> None:
-    impl._base.mu, impl._base.cov, impl._base.precision = impl.mu, impl.cov, impl.precision
-
-
 _MCD_REFUSAL = ("mcd cannot be exported: its 30 passes with random dropout masks are not one traced function; use "
                 "`watermark-ood predict`, or calibrate another score")
 _RANKFEAT_REFUSAL = "rankfeat cannot be exported: ONNX has no operator for its SVD; use `watermark-ood predict`"
 DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
-    DetectorKind("msp", "logits", "Hendrycks & Gimpel, ICLR 2017", outlier=_static("MaxSoftmax"),
+    DetectorKind("msp", "logits", "Hendrycks & Gimpel, ICLR 2017", outlier=static_score("MaxSoftmax"),
                  protocol=F.msp_score, library="MaxSoftmax"),
-    DetectorKind("energy", "logits", "Liu et al., NeurIPS 2020", outlier=_static("EnergyBased"),
+    DetectorKind("energy", "logits", "Liu et al., NeurIPS 2020", outlier=static_score("EnergyBased"),
                  protocol=F.energy_score, library="EnergyBased"),
-    DetectorKind("maxlogit", "logits", "Hendrycks et al., ICML 2022", outlier=_static("MaxLogit"),
+    DetectorKind("maxlogit", "logits", "Hendrycks et al., ICML 2022", outlier=static_score("MaxLogit"),
                  protocol=F.max_logit_score, library="MaxLogit"),
-    DetectorKind("entropy", "logits", "Chan et al., ICCV 2021 (softmax entropy)", outlier=_static("Entropy"),
+    DetectorKind("entropy", "logits", "Chan et al., ICCV 2021 (softmax entropy)", outlier=static_score("Entropy"),
                  library="Entropy"),
-    DetectorKind("gen", "logits", "Liu et al., CVPR 2023", outlier=_static("GEN"),
+    DetectorKind("gen", "logits", "Liu et al., CVPR 2023", outlier=static_score("GEN"),
                  traced=lambda impl, logits, features: F.gen_outlier(logits), library="GEN"),
     DetectorKind("klmatching", "logits", "Hendrycks et al., ICML 2022", True,
-                 StateSchema(per_class_tensor=("dists", ("K",))), lambda h: _pod().KLMatching(None), "logits",
+                 StateSchema(per_class_tensor=("dists", ("K",))), lambda h: pod().KLMatching(None), "logits",
                  library="KLMatching"),
     DetectorKind("openmax", "logits", "Bendale & Boult, CVPR 2016 (OpenMax: Weibull-revised logits, the unknown "
                  "class's probability; detection/openmax.py)", True,
-                 StateSchema({"centers": ("K", "K"), "weibull": ("K", 3)},
+                 StateSchema({"centers": ("C", "K"), "weibull": ("C", 3)},
                              {"tailsize": Value("int", 1), "alpha": Value("int", 1)}),
                  lambda h: PackedOpenMax(), "logits", after_load=PackedOpenMax.rebuild, export_refusal=_OPENMAX_REFUSAL,
                  library="OpenMax"),
     DetectorKind("odin", "gradient", "Liang et al., ICLR 2018", export_refusal=_ODIN_REFUSAL, library="ODIN",
                  score_images=odin_scores),
     DetectorKind("mahalanobis", "features", "Lee et al., NeurIPS 2018", True, StateSchema(_GAUSSIAN),
-                 lambda h: _pod().Mahalanobis(None),  # the library reads ``features.data``, which a trace freezes
+                 lambda h: pod().Mahalanobis(None),  # the library reads ``features.data``, which a trace freezes
                  traced=lambda impl, logits, features: F.mahalanobis_min_distance(features, impl.mu, impl.precision),
                  library="Mahalanobis"),
     DetectorKind("rmd", "features", "Ren et al., 2021 (relative Mahalanobis)", True, StateSchema(
         {**_GAUSSIAN, "background_mu": ("D",), "background_cov": ("D", "D"), "background_precision": ("D", "D")}),
-        lambda h: _pod().RMD(None), library="RMD"),
+        lambda h: pod().RMD(None), library="RMD"),
     DetectorKind("knn", "features", "Sun et al., ICML 2022", True, StateSchema(
         {"bank": ("N", "D")}, {"k": Value("int", 1, "N"), "normalize": Value("bool"), "_is_fitted": Value("bool")}),
-        _knn, traced=lambda impl, logits, features: F.knn_kth_distance(features, impl.bank, impl.k),
-        after_fit=_keep_bank,
+        build_knn, traced=lambda impl, logits, features: F.knn_kth_distance(features, impl.bank, impl.k),
+        after_fit=keep_bank,
         after_load=lambda impl: impl.knn.fit(impl.bank.numpy()), library="KNN"),
     DetectorKind("vim", "features", "Wang et al., CVPR 2022", True, StateSchema(
-        {"w": ("K", "D"), "b": ("K",), "u": ("D",), "principal_subspace": ("D", "d")},
-        {"d": Value("int", 1, "D"), "alpha": Value("float", 0.0, low_open=True)}), _vim, library="ViM"),
+        {"w": ("K", "D"), "b": ("K",), "u": ("D",), "principal_subspace": ("D", "D-d")},  # the residual space
+        {"d": Value("int", 1, "D"), "alpha": Value("float", 0.0, low_open=True)}), build_vim, library="ViM"),
     DetectorKind("she", "features", "Zhang et al., ICLR 2023", True, StateSchema({"patterns": ("K", "D")}),
-                 lambda h: _pod().SHE(None, head=h.flat), library="SHE"),
+                 lambda h: pod().SHE(None, head=h.flat), after_fit=pattern_for_every_output, library="SHE"),
     DetectorKind("react", "features", "Sun et al., NeurIPS 2021 (on the penultimate activations)", True, StateSchema(
         {}, {"percentile": Value("float", 0.0, 1.0), "threshold": Value("float"), "_is_fitted": Value("bool")}),
-        lambda h: _pod().ReAct(None, head=h.flat), "feature_maps", library="ReAct"),
+        lambda h: pod().ReAct(None, head=h.flat), "feature_maps", library="ReAct"),
     DetectorKind("ash", "features", "Djurisic et al., ICLR 2023 (ASH-S on the pooled penultimate activations, not "
                  "the last feature map)", False, StateSchema({}, {"percentile": Value("float", 0.0, 1.0)}),
-                 lambda h: _pod().ASH(None, head=h.flat), "feature_maps", library="ASH"),
+                 lambda h: pod().ASH(None, head=h.flat), "feature_maps", library="ASH"),
     DetectorKind("dice", "features", "Sun & Li, ECCV 2022", True, StateSchema(
         {"weight": ("K", "D"), "bias": ("K",), "masked_w": ("K", "D"), "mean_activation": ("D",)},
         {"p": Value("float", 0.0, 1.0), "_is_fitted": Value("bool"), "threshold": Value("float")}),
-        lambda h: _pod().DICE(None, w=h.weight, b=h.bias, p=0.7), library="DICE"),
+        lambda h: pod().DICE(None, w=h.weight, b=h.bias, p=0.7), library="DICE"),
     DetectorKind("pnml", "features", "Bibas et al., NeurIPS 2021", True, StateSchema(
         {"_feature_projector": ("D", "D")}, {"eps": Value("float", 0.0, 1.0, low_open=True),
                                              "_log_num_classes": Value("float-or-null", required=False)},
         optional_tensors={"_log_num_classes": ()}),  # log K, cached by the library after its first score
-        lambda h: _pod().PNML(None, head=h.flat), library="PNML"),
+        lambda h: pod().PNML(None, head=h.flat), library="PNML"),
     # Issue 26: the rest of pytorch-ood's detectors on logits or pooled features, then layers, gradients, maps.
     DetectorKind("tempscale", "logits", "Guo et al., ICML 2017 (MSP at a temperature fitted on ID labels)", True,
-                 StateSchema({"t": ()}, {"_is_fitted": Value("bool")}), lambda h: _pod().TemperatureScaling(None),
+                 StateSchema({"t": ()}, {"_is_fitted": Value("bool")}), lambda h: pod().TemperatureScaling(None),
                  "logits", library="TemperatureScaling"),
     DetectorKind("gradnorm", "features", "Huang et al., NeurIPS 2021 (of the last layer's weights, in closed "
                  "form: the L1 norm of softmax - 1/K times the L1 norm of the features)",
                  outlier=lambda logits, features: F.gradnorm_outlier(logits, features), library="GradNorm"),
     DetectorKind("fdbd", "features", "Liu & Qin, ICML 2024 (feature distance to the decision boundaries)", True,
                  StateSchema({"train_mean": ("D",), "_denom_matrix": ("K", "K")}),
-                 lambda h: _pod().fDBD(None, head=h.need()), library="fDBD"),
+                 lambda h: pod().fDBD(None, head=h.need()), library="fDBD"),
     DetectorKind("nci", "features", "Liu et al., CVPR 2025 (neural collapse inspired)", True,
                  StateSchema({"global_mean": ("D",)}, {"alpha": Value("float", 0.0)}),
-                 lambda h: _pod().NCI(None, head=h.need()), library="NCI",  # attribute writes in
+                 lambda h: pod().NCI(None, head=h.need()), library="NCI",  # attribute writes in
                  traced=lambda impl, logits, features: F.nci_outlier(  # its forward pass: exported in torch
                      features, impl.head, impl.global_mean, impl.alpha)),
     DetectorKind("nnguide", "features", "Park et al., ICCV 2023 (nearest-neighbour guidance)", True,
                  StateSchema({"_scaled_features": ("N", "D")}, {"k": Value("int", 1, "N")}),
-                 lambda h: _pod().NNGuide(None, head=h.flat, k=min(10, h.count or 10)), library="NNGuide"),
+                 lambda h: pod().NNGuide(None, head=h.flat, k=min(10, h.count or 10)), library="NNGuide"),
     DetectorKind("gmm", "features", "one Gaussian per class with its own covariance, on the penultimate features "
                  "(pytorch-ood)", True,
-                 StateSchema({"_mu": ("K", "D"), "_precision": ("K", "D", "D"), "_log_det": ("K",),
-                              "_log_weights": ("K",)}, {"reg": Value("float", 0.0)}),
-                 lambda h: _pod().GMM(None), library="GMM"),
+                 StateSchema({"_mu": ("C", "D"), "_precision": ("C", "D", "D"), "_log_det": ("C",),
+                              "_log_weights": ("C",)}, {"reg": Value("float", 0.0)}),
+                 lambda h: pod().GMM(None), library="GMM"),
     DetectorKind("scale", "features", "Xu et al., ICLR 2024 (SCALE on the pooled penultimate activations, not the "
                  "last feature map)", False, StateSchema({}, {"percentile": Value("float", 0.0, 1.0)}),
-                 lambda h: _pod().SCALE(None, head=h.flat), "feature_maps", library="SCALE"),
+                 lambda h: pod().SCALE(None, head=h.flat), "feature_maps", library="SCALE"),
     DetectorKind("lts", "features", "Djurisic et al., Machine Vision and Applications 2025 (logit scaling)", False,
-                 StateSchema({}, {"p": Value("float", 0.0, 1.0)}), lambda h: _pod().LTS(None, head=h.flat),
+                 StateSchema({}, {"p": Value("float", 0.0, 1.0)}), lambda h: pod().LTS(None, head=h.flat),
                  traced=lambda impl, logits, features: F.lts_outlier(features, impl.head,
                                                                      impl.head.head.in_features, impl.p),
                  library="LTS"),
@@ -270,7 +180,7 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
                  "penultimate activations)", True, StateSchema(
                      {"_lower_threshold": ("D", 1, 1), "_upper_threshold": ("D", 1, 1)},
                      {"lower_percentile": Value("float", 0.0, 1.0), "upper_percentile": Value("float", 0.0, 1.0)}),
-                 lambda h: _pod().VRA(None, head=h.flat), "feature_maps", library="VRA"),
+                 lambda h: pod().VRA(None, head=h.flat), "feature_maps", library="VRA"),
     # Published post-hoc detectors in neither library, written here from their papers and authors' code.
     DetectorKind("weiper", "features", "Granz et al., NeurIPS 2024 (WeiPer+KLD: weight perturbations of the class "
                  "projections; detection/weiper.py)", True, StateSchema(
@@ -285,12 +195,12 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
     # Issue 26 item 2: detectors on intermediate layers (models/layers.py taps them; --layers names them).
     DetectorKind("multimahalanobis", "layers", "Lee et al., NeurIPS 2018 (Mahalanobis summed over layers: reads "
                  "the spatial mean of each tapped layer, by default each stage's output)", True,
-                 StateSchema({"mu": ("K", "S"), "precision": ("S", "S"), "widths": ("L",)}),
+                 StateSchema({"mu": ("C", "S"), "precision": ("S", "S"), "widths": ("L",)}),
                  lambda h: LayerMahalanobis(h.widths), after_load=LayerMahalanobis.rebuild,
                  traced=lambda impl, logits, features: impl.traced_outlier(features), library="MultiMahalanobis"),
     DetectorKind("gram", "layers", "Sastry & Oore, ICML 2020 (Gram-matrix deviations: reads row-summed Gram "
                  "vectors of poles 1..L of each tapped layer, by default each stage's output; detection/layer_gram.py)",
-                 True, StateSchema({"feature_min": ("K", "S"), "feature_max": ("K", "S"), "layer_norm": ("L",),
+                 True, StateSchema({"feature_min": ("C", "S"), "feature_max": ("C", "S"), "layer_norm": ("L",),
                                     "widths": ("L",)}, {"seed": Value("int", 0)}),
                  lambda h: LayerGram(h.widths), "structured", library="Gram", reduce_layers=gram_reducer),
     DetectorKind("combood", "layers", "Rajasekaran et al., SDM 2024 (CombOOD: -sqrt(D) log r_k^2 - d_M^2, the "
@@ -299,7 +209,7 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
                  "detection/combood.py)", True,
                  StateSchema({"widths": ("L",), "keep": ("X",), "scaler_mean": ("E",), "scaler_scale": ("E",),
                               "lambdas": ("E",), "power_mean": ("E",), "power_scale": ("E",),
-                              "precision": ("E", "E"), "bank": ("N", "C")}, {"k": Value("int", 1, "N")}),
+                              "precision": ("E", "E"), "bank": ("N", "B")}, {"k": Value("int", 1, "N")}),
                  lambda h: CombOOD(h.widths), "structured", after_load=CombOOD.check_loaded,
                  traced=lambda impl, logits, features: impl.predict_structured(logits, features, chunk=None),
                  in_auto=False, reduce_layers=combood_reducer),  # not in the default pool: benchmarks/README
@@ -322,13 +232,13 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
     DetectorKind("mahalanobis-odin", "perturbed", "Lee et al., NeurIPS 2018 (Mahalanobis on inputs perturbed "
                  "against the distance, ODIN-style; fitted on the penultimate features)", True,
                  StateSchema(_GAUSSIAN, {"eps": Value("float", 0.0, 1.0, low_open=True)}),
-                 lambda h: _pod().MahalanobisODIN(None), after_fit=_expose_gaussian, after_load=_restore_gaussian,
+                 lambda h: pod().MahalanobisODIN(None), after_fit=expose_gaussian, after_load=restore_gaussian,
                  export_refusal=_GRADIENT_REFUSAL, library="MahalanobisODIN"),
     DetectorKind("mcd", "sampling", "Gal & Ghahramani, ICML 2016 (Monte-Carlo dropout: the softmax's variance "
                  "over 30 passes with dropout on; models with dropout only)", export_refusal=_MCD_REFUSAL,
                  library="MCD", in_auto=False, score_images=mcd_scores),  # --candidates all, with dropout
-    *(DetectorKind(name, "map", paper, outlier=_energy_of_changed, library=cls,
-                   change_map=_changed_map(cls), export_refusal=refusal) for name, cls, paper, refusal in (
+    *(DetectorKind(name, "map", paper, outlier=energy_of_changed, library=cls,
+                   change_map=changed_map(cls), export_refusal=refusal) for name, cls, paper, refusal in (
         ("ash-map", "ASH", "Djurisic et al., ICLR 2023 (ASH-S on the last feature map, as the paper applies it; the "
                            "rest of the model runs on the pruned map, then its energy)", ""),
         ("scale-map", "SCALE", "Xu et al., ICLR 2024 (SCALE on the last feature map, then the energy)", ""),
