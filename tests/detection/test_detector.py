@@ -144,7 +144,8 @@ def test_cli_plain_feature_detector_calibrate_export_evaluate(tmp_path, capsys):
                  "synthetic:uniform", "--out", str(out)]) == 0
     run = json.loads((out / "results.json").read_text())["runs"][0]
     assert run["score"] == "knn" and run["has_watermark"] is False and run["baseline"] == run["watermarked"]
-    # calibrated at 0.95 on training hold-out: on the test split it accepts about that share (small toy set)
+    # calibrated at 0.95 on training hold-out: on the test split it accepts about that share; the binomial standard
+    # deviation of a share of 30 test images is 4 points, so 0.1 is 2.5 of them (the draw is seeded: no flakiness)
     assert abs(run["decisions"]["id_accepted"] - 0.95) <= 0.1 and run["decisions"]["tpr_requested"] == 0.95
     capsys.readouterr()
     assert main(["calibrate", *common, "--score", "odin", "--id-data", str(data), "--out", str(tmp_path / "o.st")]) == 0

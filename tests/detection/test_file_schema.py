@@ -88,7 +88,11 @@ def outcome(model, tensors, meta, tmp_path, name="m.safetensors"):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an overflow warning is an outcome the schema must prevent
         try:
-            return Detector.load(path, model, CPU).predict(IMAGES)
+            loaded = Detector.load(path, model, CPU)
+            prediction = loaded.predict(IMAGES)
+            prediction.thresholds = (loaded.calibration.thresholds_for(prediction.classes) if loaded.calibration
+                                     is not None else np.full(len(prediction.scores), loaded.threshold))
+            return prediction
         except WatermarkOODError as error:
             assert "\n" not in str(error)
             return "refused"
@@ -99,6 +103,7 @@ def check(result, original, path):
         return
     assert np.isfinite(result.scores).all(), path
     assert result.is_ood.dtype == bool
+    assert np.array_equal(result.is_ood, result.scores < result.thresholds), path  # decisions follow the threshold
     if path and path[0] in NO_EFFECT:
         assert np.array_equal(result.scores, original.scores) and np.array_equal(result.is_ood, original.is_ood)
 

@@ -97,10 +97,11 @@ def test_auto_fit_is_budgeted_and_reads_only_training_data(toy_model, toy_train,
     rounds = {t["round"] for t in result.trials}
     assert [sum(t["round"] == r for t in result.trials) for r in sorted(rounds)] == [8, 4, 2][: len(rounds)]
     assert result.watermark.tensor.shape == (1, 3, 8, 8)
-    if result.zero_kept:
-        assert torch.count_nonzero(result.watermark.tensor) == 0
-    else:
-        assert result.chosen_validation["fpr95"] < result.baseline_validation["fpr95"]
+    # on this toy no candidate beats the zero watermark on every kind, so it is kept (what ships when one wins is
+    # test_auto_fit_ships_a_watermark_only_on_a_clear_win, with scripted validation outcomes)
+    assert result.zero_kept and torch.count_nonzero(result.watermark.tensor) == 0
+    assert result.chosen_validation is None or result.chosen_validation["fpr95"] >= result.baseline_validation["fpr95"] \
+        or not result.chosen_validation.get("admissible", True)
     assert result.summary()["tolerance_se"] == 0.0
 
 
@@ -108,8 +109,9 @@ def test_auto_fit_with_a_tolerance_ships_only_clear_wins(toy_model, toy_train, n
     settings = AutoSettings(epochs=2, batch_size=16, seed=0, validation_fraction=0.25, tolerance=2.0)
     result = auto_fit(toy_model, norm3, toy_train, "msp", settings, ExecutionConfig(device="cpu"))
     assert result.summary()["tolerance_se"] == 2.0 and all("beats_zero" in t for t in result.trials)
-    if not result.zero_kept:
-        assert result.chosen_validation["beats_zero"] and result.chosen_validation["admissible"]
+    # no trial beats the zero watermark by two standard errors here, so none ships (the shipping branch:
+    # test_auto_fit_ships_a_watermark_only_on_a_clear_win)
+    assert not any(t["beats_zero"] for t in result.trials) and result.zero_kept
 
 
 def test_auto_choice_does_not_depend_on_the_ood_sets(tmp_path):

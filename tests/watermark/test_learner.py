@@ -156,9 +156,11 @@ def test_bf16_autocast_runs_and_stays_close(toy_model, toy_train, norm3):
     fp32 = WatermarkLearner(toy_model, norm3, small_config(epochs=1), CPU).fit(toy_train, progress=False)
     bf16 = WatermarkLearner(toy_model, norm3, small_config(epochs=1),
                             ExecutionConfig(device="cpu", precision="bf16")).fit(toy_train, progress=False)
-    # Sign updates: each pixel differs by 0 or a multiple of alpha; most must agree.
+    # Sign updates: each pixel differs by 0 or a multiple of alpha. A pixel whose gradient is near zero may take the
+    # other sign in bf16 (8-bit mantissa): 85% of the pixels agree after these 4 steps on this machine. Unrelated
+    # watermarks agree where all 4 signs do, far below 75%; 0.75 leaves ten points for other CPUs' rounding.
     agree = (fp32.watermark.tensor - bf16.watermark.tensor).abs() < 1e-6
-    assert agree.float().mean() > 0.5
+    assert agree.float().mean() > 0.75
 
 
 def test_max_steps_ends_early_with_the_same_prefix(toy_model, toy_train, norm3):

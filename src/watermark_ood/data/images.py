@@ -98,6 +98,8 @@ def images_from_array(array: np.ndarray, source: str) -> torch.Tensor:
         array = array[:, :, :, None]
     if array.ndim != 4:
         raise WatermarkOODError(f"{source}: images must be N x H x W x C, got shape {array.shape}")
+    if min(array.shape[1:]) == 0:
+        raise WatermarkOODError(f"{source}: images of shape {array.shape[1:]} hold no pixels")
     if array.shape[-1] in (1, 3, 4) and array.shape[1] not in (1, 3, 4):
         array = array.transpose(0, 3, 1, 2)
     elif array.shape[1] not in (1, 3, 4):
