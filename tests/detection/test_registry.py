@@ -549,6 +549,21 @@ def test_vim_state_matches_its_schema_for_every_feature_width(width):
     restored = PosthocScore.from_state("vim", head, tensors, values)
     query = torch.randn(16, width).relu()
     assert torch.equal(restored(head(query).detach(), query), score(head(query).detach(), query))
-    bad = dict(tensors, principal_subspace=tensors["principal_subspace"][:, :1])
+    bad = dict(tensors, principal_subspace=tensors["principal_subspace"][:, :1])  # d's record no longer fits
     with pytest.raises(WatermarkOODError, match=rf"principal_subspace: expected shape \(D={width}, D-d={width - d}\)"):
         check_state("vim", values, bad, head)
+
+
+def test_per_class_state_may_have_fewer_rows_than_outputs_never_more():
+    """Per-class tensors have one row per ID class: fewer than the head's outputs is valid, more is refused."""
+    from watermark_ood.detection.posthoc import check_state
+
+    head = torch.nn.Linear(6, 4)
+    values = {"fitted": True}
+    for classes, valid in ((2, True), (4, True), (5, False)):
+        tensors = {"mu": torch.zeros(classes, 6), "cov": torch.eye(6), "precision": torch.eye(6)}
+        if valid:
+            check_state("mahalanobis", values, tensors, head)
+        else:
+            with pytest.raises(WatermarkOODError, match=r"per-class tensors: expected at most K=4 classes"):
+                check_state("mahalanobis", values, tensors, head)

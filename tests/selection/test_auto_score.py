@@ -27,6 +27,7 @@ def test_the_default_pool_is_every_detector_but_combood_and_mcd():
     """README: `--candidates shipped` by default, every detector but combood and mcd."""
     assert set(AUTO_CANDIDATES) == set(SCORE_NAMES) - {"combood", "mcd"}
     assert tuple(SelectionSettings().candidates) == AUTO_CANDIDATES and set(DEFAULT_POOL) == {"shipped"}
+    assert tuple(SelectionSettings().combine) == (2, 3)  # README: combinations of the best two and three
 
 
 def test_the_ranking_kinds_are_those_that_destroy_the_object():
