@@ -158,3 +158,33 @@ def test_detector_shift_test_reads_its_prediction(pool):
     loud = detector.shift_test(detector.predict(uniform_set(200, (3, 8, 8), 4)))
     assert quiet["inputs"] == loud["inputs"] == 200 and "beta_binomial_p" in quiet
     assert loud["p_value"] < 1e-6 < quiet["p_value"]
+
+
+@pytest.mark.parametrize("rejected, inputs, n", [(0, 10, 19), (3, 10, 19), (7, 50, 99), (40, 200, 1000)])
+def test_the_shift_alarm_is_the_exact_beta_binomial_tail(rejected, inputs, n):
+    """P(R >= r) for R ~ BetaBinomial(m, k, n + 1 - k), computed here from its pmf
+    C(m, r) B(r + k, m - r + n + 1 - k) / B(k, n + 1 - k), and the binomial tail beside it."""
+    from math import comb, exp, lgamma
+
+    def log_beta(a, b):
+        return lgamma(a) + lgamma(b) - lgamma(a + b)
+
+    k = conformal_rank(n, 0.95)
+    a, b = k, n + 1 - k
+    tail = sum(comb(inputs, r) * exp(log_beta(r + a, inputs - r + b) - log_beta(a, b))
+               for r in range(rejected, inputs + 1))
+    binomial = sum(comb(inputs, r) * 0.05 ** r * 0.95 ** (inputs - r) for r in range(rejected, inputs + 1))
+    test = shift_test(rejected, inputs, 0.95, n)
+    assert test["p_value"] == test["beta_binomial_p"] and abs(test["beta_binomial_p"] - tail) < 1e-9
+    assert abs(test["binomial_p"] - binomial) < 1e-9 and test["expected_share_at_most"] == k / (n + 1)
+
+
+def test_a_class_never_calibrated_rejects_its_inputs():
+    """Per-class thresholds: an input predicted as a class with no calibration images (a model with more outputs
+    than the ID data has classes) has no guarantee, so it is rejected, and its p-value is 0."""
+    calibration = calibrate(np.array([0.1, 0.2, 0.3, 0.4] * 10), 0.9, np.array([0, 1] * 20), per_class=True)
+    thresholds = calibration.thresholds_for(np.array([0, 1, 5]))
+    assert np.isfinite(thresholds[:2]).all() and thresholds[2] == np.inf
+    scores = np.array([0.35, 0.35, 1e9])
+    assert (scores < thresholds).tolist() == [False, False, True]
+    assert calibration.p_values(scores, np.array([0, 1, 5]))[2] == 0.0

@@ -567,3 +567,14 @@ def test_per_class_state_may_have_fewer_rows_than_outputs_never_more():
         else:
             with pytest.raises(WatermarkOODError, match=r"per-class tensors: expected at most K=4 classes"):
                 check_state("mahalanobis", values, tensors, head)
+
+
+@pytest.mark.parametrize("count, k", [(200, 50), (51, 50), (30, 29), (2, 1)])
+def test_knn_uses_its_papers_k_of_50_fewer_only_when_fewer_images_fit_it(count, k):
+    """Sun et al.'s k = 50 (CIFAR-10); a bank of fewer images takes every other image as a neighbour."""
+    features = torch.randn(count, 8)
+    score = PosthocScore("knn").fit(torch.randn(count, 3), features, torch.arange(count) % 3)
+    assert score.impl.k == k
+    query = torch.randn(5, 8)
+    bank = features / features.norm(dim=1, keepdim=True)
+    assert torch.allclose(-score(None, query), knn_kth_distance(query, bank, k), atol=1e-5)

@@ -133,3 +133,15 @@ def test_score_auto_takes_a_combinations_z_statistics_from_its_own_held_out_part
     raw = torch.stack([part(z_logits, z_features) for part in detector.scorer.parts])
     assert torch.equal(detector.scorer.mean, raw.mean(dim=1)) and torch.equal(detector.scorer.std, raw.std(dim=1))
     assert np.all(detector.scorer.std.numpy() != 1.0)
+
+
+def test_runners_up_better_in_a_fifth_of_the_resamples_are_named_too_close_to_call():
+    """README: the candidates that beat the choice in at least 20% of the ranking's bootstrap resamples are named."""
+    from watermark_ood.selection.auto_score import Selection
+
+    def row(name, chance=None):
+        return {"score": name, "watermark": "none", "ok": True, "ranking_fpr95": 0.1, "ranking_auroc": 0.9,
+                **({} if chance is None else {"chance_better_than_chosen": chance})}
+
+    summary = Selection(None, [row("chosen"), row("a", 0.2), row("b", 0.1999), row("c", 0.5)]).summary()
+    assert summary["close"] == ["a (none)", "c (none)"] and summary["close_share"] == 0.2
