@@ -68,9 +68,9 @@ def test_train_classifier_resumes_to_the_same_weights_as_an_unbroken_run(tmp_pat
 
 def test_detector_choice_measures_both_ranking_rules(tmp_path):
     """Issue 13's benchmark: the shipped rule's pick and the other rule's, each measured on the real (here toy) sets."""
-    data = write_npz_dataset(tmp_path / "toy", n_train=340, n_test=40, size=32)  # >= 19 calibration images
+    data = write_npz_dataset(tmp_path / "toy", n_train=340, n_test=40, size=16)  # >= 19 calibration images
     ood = tmp_path / "ood.npz"  # ID-like images from a second draw: no detector separates them perfectly
-    np.savez_compressed(ood, x=np.load(write_npz_dataset(tmp_path / "other", n_test=40, size=32, seed=7)
+    np.savez_compressed(ood, x=np.load(write_npz_dataset(tmp_path / "other", n_test=40, size=16, seed=7)
                                        / "test.npz")["x"])
     weights = tmp_path / "w.safetensors"
     subprocess.run([sys.executable, str(BENCHMARKS / "train_classifier.py"), "--model", "small_cnn", "--id-data",
@@ -181,7 +181,7 @@ def test_library_side_by_side_equals_the_library_where_settings_agree(tmp_path):
     """Issue 26's reference: where our settings are the library's defaults, the two mean FPR95s are equal."""
     data = write_npz_dataset(tmp_path / "toy", n_train=120, n_test=40, size=32, classes=10)
     ood = tmp_path / "ood.npz"
-    np.savez_compressed(ood, x=np.load(write_npz_dataset(tmp_path / "other", n_test=40, size=32, seed=7)
+    np.savez_compressed(ood, x=np.load(write_npz_dataset(tmp_path / "other", n_test=40, size=16, seed=7)
                                        / "test.npz")["x"])
     weights = tmp_path / "w.safetensors"
     subprocess.run([sys.executable, str(BENCHMARKS / "train_classifier.py"), "--model", "resnet8", "--id-data",
