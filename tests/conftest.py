@@ -70,44 +70,60 @@ def write_npz_dataset(folder, n_train=64, n_test=30, classes=3, size=8, seed=0):
     return folder
 
 
-@pytest.fixture(scope="session")
-def trained_toy():
-    """A SmallCNN trained on the toy classes (every class predicted correctly somewhere, as SHE needs)."""
-    from watermark_ood.pipelines.demo import train_classifier
-
+def train_toy(classes: int, width: int, images: int, epochs: int) -> tuple[SmallCNN, Normalization, ImageSet]:
+    """A SmallCNN with ``classes`` outputs trained with Adam on the 3 toy classes (seeded: the same every run)."""
     norm = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    train = make_images(300, seed=1, name="toy-train")
+    train = make_images(images, seed=1, name="toy-train")
     torch.manual_seed(0)
-    model = SmallCNN(num_classes=3, in_channels=3, width=8)
+    model = SmallCNN(num_classes=classes, in_channels=3, width=width)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     x, y = norm(train.images), train.labels
     model.train()
-    for _ in range(15):
+    for _ in range(epochs):
         for index in torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).split(32):
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(model(x[index]), y[index]).backward()
             optimizer.step()
-    del train_classifier
     return model.eval(), norm, train
+
+
+@pytest.fixture(scope="session")
+def trained_toy():
+    """A SmallCNN trained on the toy classes (every class predicted correctly somewhere, as SHE needs)."""
+    return train_toy(classes=3, width=8, images=300, epochs=15)
 
 
 @pytest.fixture(scope="session")
 def wide_toy():
     """A classifier of the shapes that broke saved files: 160-d features (wider than 128, ViM's threshold) and 10
-    outputs trained on 3 ID classes (more outputs than the data has classes), as many real models are."""
-    norm = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    train = make_images(600, seed=1, name="toy-train")  # 600 images: 160-d covariances well enough conditioned
-    torch.manual_seed(0)
-    model = SmallCNN(num_classes=10, in_channels=3, width=80)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    x, y = norm(train.images), train.labels
-    model.train()
-    for _ in range(10):
-        for index in torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).split(32):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[index]), y[index]).backward()
-            optimizer.step()
-    return model.eval(), norm, train
+    outputs trained on 3 ID classes (more outputs than the data has classes), as many real models are; 600 images
+    keep its 160-d covariances well enough conditioned."""
+    return train_toy(classes=10, width=80, images=600, epochs=10)
+
+
+# A model of one's own, as a user writes it in a file of their own (tests of file.py:callable models)
+TINY_NET = """
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+class Normalized(TinyNet):
+    normalization = None  # a model may carry the statistics it was trained with (set by a test)
+
+
+def build():
+    return TinyNet()
+"""
 
 
 def assert_ships(detector, model, test: torch.Tensor, expected: np.ndarray, tmp_path, refusal: str,

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 import torch
-from conftest import write_npz_dataset
+from conftest import TINY_NET, write_npz_dataset
 
 from watermark_ood.cli import main
 from watermark_ood.watermark.file import Watermark
@@ -371,22 +371,6 @@ def test_every_command_with_a_model_refuses_it_without_weights(tmp_path, capsys,
     assert main([command, "--model", "resnet8", "--checkpoint", str(tmp_path / "w.th"), "--random-weights",
                  *data_args, *extra, "--out", str(out)]) == 2
     assert "exclude each other" in capsys.readouterr().err and not out.exists()
-
-
-TINY_NET = """
-import torch
-from torch import nn
-
-
-class TinyNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 6, 3, padding=1)
-        self.fc = nn.Linear(6, 3)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
-"""
 
 
 def test_a_model_of_ones_own_ships_end_to_end_from_its_file(data, tmp_path, capsys, monkeypatch):

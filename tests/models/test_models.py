@@ -3,6 +3,7 @@ import pickle
 
 import pytest
 import torch
+from conftest import TINY_NET
 
 from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.data.preprocessing import CIFAR, IMAGENET
@@ -115,30 +116,6 @@ def test_torchvision_and_callable_models(tmp_path):
         load_model("no_such_module:thing")
     with pytest.raises(WatermarkOODError, match="known"):
         load_model("resnet21")
-
-
-TINY_NET = """
-import torch
-from torch import nn
-
-
-class TinyNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
-
-
-class Normalized(TinyNet):
-    normalization = None  # set below: a model may carry the statistics it was trained with
-
-
-def build():
-    return TinyNet()
-"""
 
 
 def test_a_model_of_ones_own_by_file_path_or_by_module_from_the_working_directory(tmp_path, monkeypatch):
