@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load
+
+from watermark_ood.core.distributed import is_main_process
 from watermark_ood.core.errors import WatermarkOODError, describe
 
 
@@ -16,7 +20,6 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
     Under torchrun only rank 0 writes; the other ranks skip every write.
     """
-    from watermark_ood.core.distributed import is_main_process
 
     path = Path(path)
     if not is_main_process():
@@ -51,7 +54,6 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
 
     Only our own pattern (``.<name>.<random>.tmp``) is touched, only below ``folder``, and only by rank 0.
     """
-    from watermark_ood.core.distributed import is_main_process
 
     folder = Path(folder)
     if not folder.is_dir() or not is_main_process():
@@ -64,7 +66,6 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
 
 def read_safetensors(blob: bytes):
     """Tensors and the string metadata of a safetensors file's bytes; raises on a damaged file."""
-    from safetensors.torch import load
 
     tensors = load(blob)
     header = json.loads(blob[8: 8 + int.from_bytes(blob[:8], "little")])
@@ -91,7 +92,6 @@ def what_file_is(path: str | Path) -> str:
 
     For error messages: users need to know *what* they passed, not a reader's internal key error.
     """
-    import zipfile
 
     path = Path(path)
     size = path.stat().st_size

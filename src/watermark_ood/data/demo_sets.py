@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.datasets import load_digits, load_sample_images
 
 from watermark_ood.data.images import ImageSet
 
@@ -25,7 +26,6 @@ def _upscale(images: np.ndarray) -> torch.Tensor:
 
 def digits_sets(seed: int = 0) -> tuple[ImageSet, ImageSet, ImageSet]:
     """ID train, ID test (digits 0-5) and the held-out digits 6-9 as an OOD set."""
-    from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = _upscale(digits.images.astype(np.float32) / 16.0)
@@ -39,7 +39,6 @@ def digits_sets(seed: int = 0) -> tuple[ImageSet, ImageSet, ImageSet]:
 
 def photo_patches(count: int, seed: int) -> ImageSet:
     """Random grey 48x48 crops of scikit-learn's sample photographs, downscaled to 16x16."""
-    from sklearn.datasets import load_sample_images
 
     rng = np.random.default_rng(seed)
     photos = [np.asarray(img, dtype=np.float32).mean(axis=2) for img in load_sample_images().images]

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from watermark_ood.core.errors import WatermarkOODError, describe
+from watermark_ood.core.fileio import what_file_is
 
 
 @dataclass
@@ -174,7 +175,6 @@ def _optional_names(archive) -> np.ndarray | None:
 
 def _npz_failure(path: Path, error: Exception) -> str:
     """What the file is, in words; numpy's advice to unpickle is never passed on."""
-    from watermark_ood.core.fileio import what_file_is
 
     if "pickle" in str(error):
         with path.open("rb") as handle:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.io import loadmat
+from torchvision.transforms.v2 import functional as TF
 
 from watermark_ood.core.errors import WatermarkOODError, describe
 from watermark_ood.data.idx import idx_folder, load_idx_splits
@@ -197,7 +199,6 @@ def load_imagefolder_splits(root: str | Path, size: int | None = None, channels:
 # ------------------------------------------------------------------------ SVHN
 def load_svhn_mat(path: str | Path, name: str | None = None) -> ImageSet:
     """SVHN's ``*_32x32.mat``: ``X`` (32, 32, 3, N) uint8 and ``y`` (N, 1) with 10 meaning digit 0."""
-    from scipy.io import loadmat
 
     path = Path(path)
     if not path.is_file():
@@ -252,7 +253,6 @@ def _check_id_pair(train: ImageSet, test: ImageSet) -> tuple[ImageSet, ImageSet]
 
 def _resize_set(images: ImageSet, size: int) -> ImageSet:
     """Shorter side to ``size`` then center crop, for array-based sets whose size differs."""
-    from torchvision.transforms.v2 import functional as TF
 
     x = TF.center_crop(TF.resize(images.images, size, antialias=True), [size, size])
     return ImageSet(x, images.labels, images.name)

@@ -21,6 +21,9 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
+from torchvision.transforms import v2
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 from watermark_ood.core.errors import WatermarkOODError, describe
 from watermark_ood.core.progress import say
@@ -56,7 +59,6 @@ class ImageTransform:
 
     def __call__(self, image, seed: int | None = None) -> torch.Tensor:
         """A PIL image -> (C, H, W) uint8, with torchvision's transforms on PIL images (as ImageFolder does)."""
-        from torchvision.transforms import v2
 
         if self.size is not None:
             if self.random_resized_crop:
@@ -72,7 +74,6 @@ class ImageTransform:
 def open_image(path: Path, channels: int, transform: ImageTransform | None = None):
     """One file as an RGB (or grey) PIL image, read fully so that the file is closed, and what reading it changed
     for ``transform`` (None when the file already had the mode and size it is read at; see :func:`adaptation`)."""
-    from PIL import Image
 
     with Image.open(path) as image:
         note = None if transform is None else adaptation(image.mode, image.size, channels, transform)
@@ -97,7 +98,6 @@ def adaptation(mode: str, size: tuple[int, int], channels: int, transform: Image
 
 def decode_image(path: Path, channels: int) -> torch.Tensor:
     """One file as a (C, H, W) uint8 tensor."""
-    from torchvision.transforms.v2.functional import pil_to_tensor
 
     return pil_to_tensor(open_image(path, channels)[0])
 

@@ -8,16 +8,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+from pytorch_ood import detector as pod
 from torch import nn
 
 from watermark_ood.core.errors import WatermarkOODError
-
-
-def pod() -> Any:
-    """pytorch-ood's detectors, imported on first use (the import costs seconds)."""
-    from pytorch_ood import detector
-
-    return detector
 
 
 class FlatHead(nn.Module):
@@ -62,7 +56,7 @@ class Head:
 def static_score(cls: str) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
     """The library's static logit score in float64: GEN's p^0.1 (1 - p)^0.1 terms lose ~1e-3 of the score's range
     in float32, which would make any two float32 implementations (library, onnxruntime) disagree at that level."""
-    return lambda logits, features: getattr(pod(), cls).score(logits.double())
+    return lambda logits, features: getattr(pod, cls).score(logits.double())
 
 
 def build_knn(head: Head) -> Any:
@@ -70,7 +64,7 @@ def build_knn(head: Head) -> Any:
     neither traces nor saves without pickle: export measures the same distance in torch, loading rebuilds the
     index."""
     k = 50 if head.count is None or head.count > 50 else max(1, head.count - 1)
-    return pod().KNN(None, k=k)
+    return pod.KNN(None, k=k)
 
 
 def keep_bank(impl: Any, features: torch.Tensor, labels: torch.Tensor) -> None:
@@ -79,7 +73,7 @@ def keep_bank(impl: Any, features: torch.Tensor, labels: torch.Tensor) -> None:
 
 def build_vim(head: Head) -> Any:
     d = 64 if head.dim is None or head.dim > 128 else max(1, head.dim // 2)
-    return pod().ViM(None, d=d, w=head.weight, b=head.bias)
+    return pod.ViM(None, d=d, w=head.weight, b=head.bias)
 
 
 def changed_map(cls: str) -> Callable[[], Callable[[torch.Tensor], torch.Tensor]]:
@@ -87,13 +81,13 @@ def changed_map(cls: str) -> Callable[[], Callable[[torch.Tensor], torch.Tensor]
     model's remaining layers then run on the changed map, and the energy of its logits is the score."""
     def build() -> Callable[[torch.Tensor], torch.Tensor]:
         same = lambda x: x  # noqa: E731
-        detector = getattr(pod(), cls)(None, head=same, detector=same)
+        detector = getattr(pod, cls)(None, head=same, detector=same)
         return lambda maps: detector.predict_feature_maps(maps.contiguous())
     return build
 
 
 def energy_of_changed(logits: torch.Tensor, changed: torch.Tensor | None) -> torch.Tensor:
-    return pod().EnergyBased.score(changed)
+    return pod.EnergyBased.score(changed)
 
 
 def pattern_for_every_output(impl: Any, features: torch.Tensor, labels: torch.Tensor) -> None:

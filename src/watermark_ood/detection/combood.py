@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from sklearn.preprocessing import PowerTransformer, StandardScaler
 
 from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.detection.functional import knn_kth_distance
@@ -90,7 +91,6 @@ class CombOOD:
         return torch.stack(extremes, dim=1), torch.nn.functional.normalize(layers[-1][:, :-2], dim=1)
 
     def fit_structured(self, logits: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> "CombOOD":
-        from sklearn.preprocessing import PowerTransformer, StandardScaler
 
         extremes, pooled = self._parts(logits, features)
         if len(extremes) < 3:

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.stats import betabinom, binom
 
 from watermark_ood.core.errors import WatermarkOODError
 
@@ -149,7 +150,6 @@ def calibrate(scores: np.ndarray, tpr: float, classes: np.ndarray | None = None,
 
 def shift_test(rejected: int, inputs: int, tpr: float, n: int | None = None) -> dict[str, Any]:
     """Is the share of rejected inputs larger than ID inputs allow? One-sided exact tests (module docstring)."""
-    from scipy.stats import betabinom, binom
 
     alpha = 1.0 - tpr
     out: dict[str, Any] = {"inputs": int(inputs), "rejected": int(rejected),

@@ -17,6 +17,7 @@ The file format (reading and checking every field) is :mod:`.detector_file`.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,7 +31,9 @@ from watermark_ood.core.fileio import atomic_write_bytes, atomic_write_json
 from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.data.streaming import readable_rows
-from watermark_ood.detection.conformal import Calibration, conformal_threshold  # noqa: F401
+from watermark_ood.detection.conformal import Calibration  # noqa: F401
+from watermark_ood.detection.conformal import calibrate as conformal_calibration
+from watermark_ood.detection.conformal import check_tpr, conformal_threshold, shift_test
 from watermark_ood.detection.detector_file import (FORMAT, FORMAT_VERSION, check_calibration,  # noqa: F401
                                                    check_metadata, check_score_state, model_fingerprint,
                                                    read_detector_file)
@@ -43,8 +46,10 @@ from watermark_ood.detection.selection_report import write_selection_report
 from watermark_ood.models.layers import has_dropout, layer_widths, resolve_layers, spatial_mean
 from watermark_ood.models.taps import last_linear
 from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.runtime.inference import infer, logits_and_features, predict_logits
 from watermark_ood.watermark.config import FitConfig, get_preset
 from watermark_ood.watermark.file import Watermark
+from watermark_ood.watermark.learner import WatermarkLearner
 
 FIT_IMAGES = 5000  # ID training images a score is fitted on (seeded sample)
 
@@ -103,7 +108,6 @@ class Detector:
     # ------------------------------------------------------------------ forward passes
     def outputs(self, images: ImageSet | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits and (when the score reads them) penultimate features of ``images`` under the watermark."""
-        from watermark_ood.runtime.inference import infer, logits_and_features, predict_logits
 
         images = as_images(images)
         if self.reads == "layers":
@@ -146,7 +150,6 @@ class Detector:
     # ------------------------------------------------------------------ fitting
     def fit(self, id_train: ImageSet, limit: int = FIT_IMAGES, seed: int = 0) -> "Detector":
         """Fit the score on (a seeded sample of at most ``limit``) labelled ID training images."""
-        import time
 
         t0 = time.perf_counter()
         self.input_shape = tuple(id_train.image_shape)
@@ -203,8 +206,6 @@ class Detector:
         """Split-conformal threshold(s) on held-out ID images: P(reject an exchangeable ID input) <= 1 - tpr for
         any number of them (:mod:`conformal`); ``per_class``: one threshold per predicted class, each with that
         guarantee (``num_classes``: every class of the ID data must have enough calibration images)."""
-        from watermark_ood.detection.conformal import calibrate as conformal_calibration
-        from watermark_ood.detection.conformal import check_tpr
 
         check_tpr(tpr)
         self.input_shape = tuple(id_validation.image_shape)
@@ -216,7 +217,6 @@ class Detector:
     def _scores_and_classes(self, images: ImageSet) -> tuple[np.ndarray, np.ndarray]:
         """Scores and the classifier's predicted classes (-1 for unreadable files), from one forward pass."""
         if self.scorer is None or self.reads in SCORED_ON_IMAGES:
-            from watermark_ood.runtime.inference import predict_logits
 
             scores = self.scores(images)
             logits = predict_logits(self.model, images, self.normalization, self.watermark, self.execution)
@@ -245,7 +245,6 @@ class Detector:
     def shift_counts(self, rejected: int, inputs: int) -> dict[str, Any]:
         """The same from counts (predict streams its inputs): the beta-binomial test when one overall calibration
         set fixes the threshold, the binomial one otherwise (per-class thresholds, files without calibration)."""
-        from watermark_ood.detection.conformal import shift_test
 
         n = self.calibration.n if self.calibration is not None and self.calibration.class_thresholds is None else None
         return shift_test(rejected, inputs, self.tpr, n)
@@ -309,8 +308,9 @@ class Detector:
             expected = None if probe is None else self.scores(probe)
             # float32 rounding in another memory layout (RMD's difference of two large distances: 4e-4 relative
             # on one score, 1e-5 of the largest) passes; a state restored wrongly differs at the scores' scale
+            scale = 0.0 if expected is None else float(np.nanmax(np.abs(expected), initial=0))
             if expected is not None and not np.allclose(loaded.scores(probe), expected, rtol=1e-4, equal_nan=True,
-                                                         atol=1e-4 * float(np.nanmax(np.abs(expected), initial=0)) + 1e-6):
+                                                         atol=1e-4 * scale + 1e-6):
                 raise WatermarkOODError("the loaded detector scores differently")
         except WatermarkOODError as error:
             message = str(error).replace(f"{trial}: ", "")
@@ -368,7 +368,6 @@ class WatermarkDetector(Detector):
     """The detector of earlier releases: ``fit`` learns a watermark first (the paper's preset for the score)."""
 
     def fit(self, id_train: ImageSet, limit: int = FIT_IMAGES, seed: int = 0, **fit_kwargs: Any) -> "Detector":
-        from watermark_ood.watermark.learner import WatermarkLearner
 
         if self.watermark is None:
             objective = "energy" if self.score == "energy" else "msp"

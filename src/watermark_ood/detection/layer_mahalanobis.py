@@ -20,6 +20,7 @@ import itertools
 from typing import Any, Sequence
 
 import torch
+from pytorch_ood.detector import MultiMahalanobis
 from torch import nn
 
 from watermark_ood.core.errors import WatermarkOODError
@@ -48,7 +49,6 @@ class LayerMahalanobis:
 
     @staticmethod
     def _new_library(count: int) -> Any:
-        from pytorch_ood.detector import MultiMahalanobis
 
         return MultiMahalanobis([nn.Identity() for _ in range(count)])
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 import torch
+from pytorch_ood.detector import NACUE
+from pytorch_ood.detector.nac import _LayerStats
 from torch import nn
 
 from watermark_ood.core.errors import WatermarkOODError
@@ -29,7 +31,6 @@ class PackedNAC:
         self._library: Any = None
 
     def _new_library(self, model: nn.Module, layers: Sequence[nn.Module]) -> Any:
-        from pytorch_ood.detector import NACUE
 
         return NACUE(model, layers=list(layers), m_bins=self.m, alpha=self.alpha, o_star=self.o_star)
 
@@ -43,7 +44,6 @@ class PackedNAC:
 
     def rebuild(self) -> None:
         """The library's statistics from ``counts`` and ``widths`` (after loading a file; the model comes later)."""
-        from pytorch_ood.detector.nac import _LayerStats
 
         sizes = [int(w) for w in self.widths.tolist()]
         if self.counts is None or sum(sizes) != len(self.counts) or self.counts.shape[1] != self.m:

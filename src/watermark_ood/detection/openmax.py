@@ -20,6 +20,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from pytorch_ood.detector import OpenMax
+from pytorch_ood.detector.openmax.libnotmr import LibNotMR
+from pytorch_ood.detector.openmax.numpy import OpenMax as NumpyOpenMax
 
 from watermark_ood.core.errors import WatermarkOODError
 
@@ -34,7 +37,6 @@ class PackedOpenMax:
         self._library: Any = None
 
     def fit_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> "PackedOpenMax":
-        from pytorch_ood.detector import OpenMax
 
         classes = int(labels.max()) + 1
         if sorted(set(labels.tolist())) != list(range(classes)):
@@ -49,9 +51,6 @@ class PackedOpenMax:
 
     def rebuild(self) -> None:
         """The library's objects from the two tensors (after loading a file)."""
-        from pytorch_ood.detector import OpenMax
-        from pytorch_ood.detector.openmax.libnotmr import LibNotMR
-        from pytorch_ood.detector.openmax.numpy import OpenMax as NumpyOpenMax
 
         if self.centers is None or self.weibull is None or len(self.weibull) != len(self.centers):
             raise WatermarkOODError("openmax: the saved class centres and Weibull models do not match")

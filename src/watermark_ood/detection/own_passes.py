@@ -12,7 +12,7 @@ from watermark_ood.data.images import ImageSet
 from watermark_ood.detection.registry import DETECTOR_KINDS
 from watermark_ood.runtime.inference import coverage_fit, coverage_scores, perturbed_scores
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotation only: detector imports this module (the detector-units redesign removes both)
     from watermark_ood.detection.detector import Detector
 
 SCORED_ON_IMAGES = ("perturbed", "coverage")  # fitted score objects whose scores need the images

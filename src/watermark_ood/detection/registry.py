@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
+from pytorch_ood import detector as pod
 
 from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.core.schema import StateSchema, Value
 from watermark_ood.detection import functional as F
 from watermark_ood.detection.builders import (FlatHead, Head, build_knn, build_vim, changed_map,  # noqa: F401
                                               energy_of_changed, expose_gaussian, keep_bank, pattern_for_every_output,
-                                              pod, restore_gaussian, static_score)
+                                              restore_gaussian, static_score)
 from watermark_ood.detection.combood import CombOOD, combood_reducer
 from watermark_ood.detection.layer_gram import LayerGram, gram_reducer
 from watermark_ood.detection.layer_mahalanobis import LayerMahalanobis
@@ -103,7 +104,7 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
     DetectorKind("gen", "logits", "Liu et al., CVPR 2023", outlier=static_score("GEN"),
                  traced=lambda impl, logits, features: F.gen_outlier(logits), library="GEN"),
     DetectorKind("klmatching", "logits", "Hendrycks et al., ICML 2022", True,
-                 StateSchema(per_class_tensor=("dists", ("K",))), lambda h: pod().KLMatching(None), "logits",
+                 StateSchema(per_class_tensor=("dists", ("K",))), lambda h: pod.KLMatching(None), "logits",
                  library="KLMatching"),
     DetectorKind("openmax", "logits", "Bendale & Boult, CVPR 2016 (OpenMax: Weibull-revised logits, the unknown "
                  "class's probability; detection/openmax.py)", True,
@@ -114,12 +115,12 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
     DetectorKind("odin", "gradient", "Liang et al., ICLR 2018", export_refusal=_ODIN_REFUSAL, library="ODIN",
                  score_images=odin_scores),
     DetectorKind("mahalanobis", "features", "Lee et al., NeurIPS 2018", True, StateSchema(_GAUSSIAN),
-                 lambda h: pod().Mahalanobis(None),  # the library reads ``features.data``, which a trace freezes
+                 lambda h: pod.Mahalanobis(None),  # the library reads ``features.data``, which a trace freezes
                  traced=lambda impl, logits, features: F.mahalanobis_min_distance(features, impl.mu, impl.precision),
                  library="Mahalanobis"),
     DetectorKind("rmd", "features", "Ren et al., 2021 (relative Mahalanobis)", True, StateSchema(
         {**_GAUSSIAN, "background_mu": ("D",), "background_cov": ("D", "D"), "background_precision": ("D", "D")}),
-        lambda h: pod().RMD(None), library="RMD"),
+        lambda h: pod.RMD(None), library="RMD"),
     DetectorKind("knn", "features", "Sun et al., ICML 2022", True, StateSchema(
         {"bank": ("N", "D")}, {"k": Value("int", 1, "N"), "normalize": Value("bool"), "_is_fitted": Value("bool")}),
         build_knn, traced=lambda impl, logits, features: F.knn_kth_distance(features, impl.bank, impl.k),
@@ -129,50 +130,50 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
         {"w": ("K", "D"), "b": ("K",), "u": ("D",), "principal_subspace": ("D", "D-d")},  # the residual space
         {"d": Value("int", 1, "D"), "alpha": Value("float", 0.0, low_open=True)}), build_vim, library="ViM"),
     DetectorKind("she", "features", "Zhang et al., ICLR 2023", True, StateSchema({"patterns": ("K", "D")}),
-                 lambda h: pod().SHE(None, head=h.flat), after_fit=pattern_for_every_output, library="SHE"),
+                 lambda h: pod.SHE(None, head=h.flat), after_fit=pattern_for_every_output, library="SHE"),
     DetectorKind("react", "features", "Sun et al., NeurIPS 2021 (on the penultimate activations)", True, StateSchema(
         {}, {"percentile": Value("float", 0.0, 1.0), "threshold": Value("float"), "_is_fitted": Value("bool")}),
-        lambda h: pod().ReAct(None, head=h.flat), "feature_maps", library="ReAct"),
+        lambda h: pod.ReAct(None, head=h.flat), "feature_maps", library="ReAct"),
     DetectorKind("ash", "features", "Djurisic et al., ICLR 2023 (ASH-S on the pooled penultimate activations, not "
                  "the last feature map)", False, StateSchema({}, {"percentile": Value("float", 0.0, 1.0)}),
-                 lambda h: pod().ASH(None, head=h.flat), "feature_maps", library="ASH"),
+                 lambda h: pod.ASH(None, head=h.flat), "feature_maps", library="ASH"),
     DetectorKind("dice", "features", "Sun & Li, ECCV 2022", True, StateSchema(
         {"weight": ("K", "D"), "bias": ("K",), "masked_w": ("K", "D"), "mean_activation": ("D",)},
         {"p": Value("float", 0.0, 1.0), "_is_fitted": Value("bool"), "threshold": Value("float")}),
-        lambda h: pod().DICE(None, w=h.weight, b=h.bias, p=0.7), library="DICE"),
+        lambda h: pod.DICE(None, w=h.weight, b=h.bias, p=0.7), library="DICE"),
     DetectorKind("pnml", "features", "Bibas et al., NeurIPS 2021", True, StateSchema(
         {"_feature_projector": ("D", "D")}, {"eps": Value("float", 0.0, 1.0, low_open=True),
                                              "_log_num_classes": Value("float-or-null", required=False)},
         optional_tensors={"_log_num_classes": ()}),  # log K, cached by the library after its first score
-        lambda h: pod().PNML(None, head=h.flat), library="PNML"),
+        lambda h: pod.PNML(None, head=h.flat), library="PNML"),
     # Issue 26: the rest of pytorch-ood's detectors on logits or pooled features, then layers, gradients, maps.
     DetectorKind("tempscale", "logits", "Guo et al., ICML 2017 (MSP at a temperature fitted on ID labels)", True,
-                 StateSchema({"t": ()}, {"_is_fitted": Value("bool")}), lambda h: pod().TemperatureScaling(None),
+                 StateSchema({"t": ()}, {"_is_fitted": Value("bool")}), lambda h: pod.TemperatureScaling(None),
                  "logits", library="TemperatureScaling"),
     DetectorKind("gradnorm", "features", "Huang et al., NeurIPS 2021 (of the last layer's weights, in closed "
                  "form: the L1 norm of softmax - 1/K times the L1 norm of the features)",
                  outlier=lambda logits, features: F.gradnorm_outlier(logits, features), library="GradNorm"),
     DetectorKind("fdbd", "features", "Liu & Qin, ICML 2024 (feature distance to the decision boundaries)", True,
                  StateSchema({"train_mean": ("D",), "_denom_matrix": ("K", "K")}),
-                 lambda h: pod().fDBD(None, head=h.need()), library="fDBD"),
+                 lambda h: pod.fDBD(None, head=h.need()), library="fDBD"),
     DetectorKind("nci", "features", "Liu et al., CVPR 2025 (neural collapse inspired)", True,
                  StateSchema({"global_mean": ("D",)}, {"alpha": Value("float", 0.0)}),
-                 lambda h: pod().NCI(None, head=h.need()), library="NCI",  # attribute writes in
+                 lambda h: pod.NCI(None, head=h.need()), library="NCI",  # attribute writes in
                  traced=lambda impl, logits, features: F.nci_outlier(  # its forward pass: exported in torch
                      features, impl.head, impl.global_mean, impl.alpha)),
     DetectorKind("nnguide", "features", "Park et al., ICCV 2023 (nearest-neighbour guidance)", True,
                  StateSchema({"_scaled_features": ("N", "D")}, {"k": Value("int", 1, "N")}),
-                 lambda h: pod().NNGuide(None, head=h.flat, k=min(10, h.count or 10)), library="NNGuide"),
+                 lambda h: pod.NNGuide(None, head=h.flat, k=min(10, h.count or 10)), library="NNGuide"),
     DetectorKind("gmm", "features", "one Gaussian per class with its own covariance, on the penultimate features "
                  "(pytorch-ood)", True,
                  StateSchema({"_mu": ("C", "D"), "_precision": ("C", "D", "D"), "_log_det": ("C",),
                               "_log_weights": ("C",)}, {"reg": Value("float", 0.0)}),
-                 lambda h: pod().GMM(None), library="GMM"),
+                 lambda h: pod.GMM(None), library="GMM"),
     DetectorKind("scale", "features", "Xu et al., ICLR 2024 (SCALE on the pooled penultimate activations, not the "
                  "last feature map)", False, StateSchema({}, {"percentile": Value("float", 0.0, 1.0)}),
-                 lambda h: pod().SCALE(None, head=h.flat), "feature_maps", library="SCALE"),
+                 lambda h: pod.SCALE(None, head=h.flat), "feature_maps", library="SCALE"),
     DetectorKind("lts", "features", "Djurisic et al., Machine Vision and Applications 2025 (logit scaling)", False,
-                 StateSchema({}, {"p": Value("float", 0.0, 1.0)}), lambda h: pod().LTS(None, head=h.flat),
+                 StateSchema({}, {"p": Value("float", 0.0, 1.0)}), lambda h: pod.LTS(None, head=h.flat),
                  traced=lambda impl, logits, features: F.lts_outlier(features, impl.head,
                                                                      impl.head.head.in_features, impl.p),
                  library="LTS"),
@@ -180,7 +181,7 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
                  "penultimate activations)", True, StateSchema(
                      {"_lower_threshold": ("D", 1, 1), "_upper_threshold": ("D", 1, 1)},
                      {"lower_percentile": Value("float", 0.0, 1.0), "upper_percentile": Value("float", 0.0, 1.0)}),
-                 lambda h: pod().VRA(None, head=h.flat), "feature_maps", library="VRA"),
+                 lambda h: pod.VRA(None, head=h.flat), "feature_maps", library="VRA"),
     # Published post-hoc detectors in neither library, written here from their papers and authors' code.
     DetectorKind("weiper", "features", "Granz et al., NeurIPS 2024 (WeiPer+KLD: weight perturbations of the class "
                  "projections; detection/weiper.py)", True, StateSchema(
@@ -232,7 +233,7 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
     DetectorKind("mahalanobis-odin", "perturbed", "Lee et al., NeurIPS 2018 (Mahalanobis on inputs perturbed "
                  "against the distance, ODIN-style; fitted on the penultimate features)", True,
                  StateSchema(_GAUSSIAN, {"eps": Value("float", 0.0, 1.0, low_open=True)}),
-                 lambda h: pod().MahalanobisODIN(None), after_fit=expose_gaussian, after_load=restore_gaussian,
+                 lambda h: pod.MahalanobisODIN(None), after_fit=expose_gaussian, after_load=restore_gaussian,
                  export_refusal=_GRADIENT_REFUSAL, library="MahalanobisODIN"),
     DetectorKind("mcd", "sampling", "Gal & Ghahramani, ICML 2016 (Monte-Carlo dropout: the softmax's variance "
                  "over 30 passes with dropout on; models with dropout only)", export_refusal=_MCD_REFUSAL,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -13,10 +16,12 @@ from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.data.streaming import without_skipped
+from watermark_ood.detection.detector import Detector
 from watermark_ood.detection.logit_scores import get_score
+from watermark_ood.detection.registry import DETECTOR_KINDS, check_name, layers_for
 from watermark_ood.evaluation.metrics import accuracy, mean_metrics, ood_metrics
 from watermark_ood.runtime.device import ExecutionConfig
-from watermark_ood.runtime.inference import predict_logits
+from watermark_ood.runtime.inference import logits_and_features, predict_logits
 from watermark_ood.watermark.file import Watermark
 
 
@@ -141,13 +146,7 @@ def evaluate_scores(
     watermarked features for the watermarked model; combinations take their z-scores from a fifth of it.
     ``layers``: what the detectors on intermediate layers tap (:func:`~watermark_ood.detection.registry.layers_for`).
     """
-    import tempfile
-    import time
-    from pathlib import Path
 
-    from watermark_ood.detection.detector import Detector
-    from watermark_ood.detection.registry import check_name, layers_for
-    from watermark_ood.runtime.inference import logits_and_features
 
     execution = execution or ExecutionConfig()
     for name in scores:
@@ -203,7 +202,6 @@ def evaluate_scores(
 
 
 def _is_fitted_kind(name: str) -> bool:
-    from watermark_ood.detection.registry import DETECTOR_KINDS
 
     return "+" in name or DETECTOR_KINDS[name].fitted
 
@@ -217,11 +215,8 @@ def evaluate_detector(detector: Any, id_fit: ImageSet, id_test: ImageSet, ood_se
     detector when it has no watermark). ``decisions`` adds the shipped threshold's ID acceptance and OOD
     rejection rates on these sets.
     """
-    import time
 
-    import numpy as np
 
-    from watermark_ood.detection.detector import Detector
 
     execution = execution or detector.execution
     t0 = time.perf_counter()

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torchvision
+from safetensors.torch import load_file
 from torch import nn
 
 from watermark_ood.core.errors import WatermarkOODError, describe
@@ -63,7 +65,6 @@ class LoadedModel:
 
 
 def _torchvision_model(name: str, num_classes: int) -> nn.Module:
-    import torchvision
 
     try:
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
@@ -138,7 +139,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WatermarkOODError(f"{path}: checkpoint not found")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
 
         try:
             state: Any = load_file(str(path))

@@ -6,6 +6,8 @@ it works for every registry and torchvision classifier without changing the mode
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -25,7 +27,6 @@ def split_at_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
     Plain modules instead of a hook, so that gradients flow (learning on features) and traces capture it (export).
     Callers check the equality where it matters: it fails for models that do more after their last linear layer.
     """
-    import copy
 
     clone = copy.deepcopy(model)
     target = last_linear(clone)

@@ -11,6 +11,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 from watermark_ood.core import distributed
@@ -22,10 +23,12 @@ from watermark_ood.detection.logit_scores import score_for_objective
 from watermark_ood.evaluation.protocol import condition_logits, evaluate, evaluate_scores, protocol_subsample
 from watermark_ood.models.registry import LoadedModel
 from watermark_ood.pipelines.source import ModelSource
-from watermark_ood.reporting.plots import plot_histograms, plot_history, plot_roc, plot_watermark
+from watermark_ood.reporting.plots import plot_histograms, plot_history, plot_leaderboard, plot_roc, plot_watermark
 from watermark_ood.reporting.results import build_run, skipped_images, write_results
-from watermark_ood.reporting.tables import format_terminal_table, write_report
+from watermark_ood.reporting.tables import (format_terminal_table, leaderboard_rows, sort_rows, write_leaderboard,
+                                            write_report)
 from watermark_ood.runtime.device import ExecutionConfig, device_name
+from watermark_ood.selection.auto_preset import AutoSettings, auto_fit
 from watermark_ood.watermark.config import FitConfig, get_preset
 from watermark_ood.watermark.learner import WatermarkLearner
 
@@ -151,8 +154,6 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, log: Callable[[str], 
 
 def write_bench_leaderboard(out: Path, runs: list[dict[str, Any]], model_id: str) -> None:
     """leaderboard.md/.png: every detector without a watermark and with each objective's watermark."""
-    from watermark_ood.reporting.plots import plot_leaderboard
-    from watermark_ood.reporting.tables import leaderboard_rows, sort_rows, write_leaderboard
 
     rows, seen = [], set()
     num_id, num_ood = (runs[0].get("num_id_test"), runs[0].get("num_ood")) if runs else (None, None)
@@ -170,9 +171,7 @@ def write_bench_leaderboard(out: Path, runs: list[dict[str, Any]], model_id: str
 def _auto(cfg: BenchConfig, model: LoadedModel, train: ImageSet, objective: str, config: FitConfig, progress: bool,
           log: Callable[[str], None]):
     """``--preset auto``: search on the ID training data only, then the final fit (see :mod:`tuning`)."""
-    from types import SimpleNamespace
 
-    from watermark_ood.selection.auto_preset import AutoSettings, auto_fit
 
     settings = AutoSettings(epochs=config.epochs, train_limit=config.train_limit, seed=config.seed,
                             batch_size=config.batch_size, tolerance=cfg.auto_tolerance)

@@ -16,12 +16,16 @@ from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.data.synthetic import gaussian_set, uniform_set
 from watermark_ood.detection.logit_scores import score_for_objective
-from watermark_ood.evaluation.protocol import evaluate
+from watermark_ood.evaluation.metrics import mean_metrics, ood_metrics
+from watermark_ood.evaluation.protocol import evaluate, evaluate_scores
 from watermark_ood.models.architectures import SmallCNN
-from watermark_ood.reporting.plots import plot_histograms, plot_history, plot_roc, plot_watermark
+from watermark_ood.reporting.plots import plot_histograms, plot_history, plot_leaderboard, plot_roc, plot_watermark
 from watermark_ood.reporting.results import build_run, write_results
-from watermark_ood.reporting.tables import format_terminal_table, write_report
+from watermark_ood.reporting.tables import (format_terminal_table, leaderboard_rows, shipped_row, sort_rows,
+                                            write_leaderboard, write_report)
 from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.selection.auto_preset import AutoSettings, auto_fit
+from watermark_ood.selection.auto_score import SelectionSettings, select_detector
 from watermark_ood.watermark.config import FitConfig, get_preset
 from watermark_ood.watermark.learner import WatermarkLearner, energy_scale_note
 
@@ -78,7 +82,6 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
     for config in demo_configs(settings):
         extra: dict[str, Any] = {}
         if settings.preset == "auto":
-            from watermark_ood.selection.auto_preset import AutoSettings, auto_fit
 
             auto = auto_fit(model, normalization, train, config.objective,
                             AutoSettings(epochs=settings.epochs, seed=settings.seed), execution,
@@ -144,10 +147,6 @@ def ship_detector(model, normalization, train, test, ood_sets, marks, execution,
     The choice reads the training digits only (``--score auto``); the demo's OOD sets then *measure* it, next to
     every candidate, so the report can say honestly how close the choice came to the best in hindsight.
     """
-    from watermark_ood.evaluation.protocol import evaluate_scores
-    from watermark_ood.reporting.plots import plot_leaderboard
-    from watermark_ood.reporting.tables import leaderboard_rows, write_leaderboard
-    from watermark_ood.selection.auto_score import SelectionSettings, select_detector
 
     mark = marks.get("energy")
     # 40% of the training digits held out (half ranks, half calibrates): with the default 12%, about 23 outliers
@@ -157,8 +156,6 @@ def ship_detector(model, normalization, train, test, ood_sets, marks, execution,
     detector = selection.detector
     path = detector.save(out / "detector.safetensors", WATERMARK_LABEL)  # and detector.md, its ranking
     s_id = detector.scores(test)
-    from watermark_ood.evaluation.metrics import mean_metrics, ood_metrics
-    from watermark_ood.reporting.tables import shipped_row, sort_rows
 
     per = {s.name: ood_metrics(s_id, detector.scores(s)) for s in ood_sets}
     counts = {s.name: len(s) for s in ood_sets}

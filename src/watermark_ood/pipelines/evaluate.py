@@ -24,8 +24,21 @@ from typing import Any, Callable, Sequence
 from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.core.progress import say
 from watermark_ood.data.readers import DataOptions, load_id_data, load_ood_data
+from watermark_ood.detection.logit_scores import score_for_objective
+from watermark_ood.detection.registry import DETECTOR_KINDS, LAYER_SCORES, SCORE_NAMES, check_name, layers_for
+from watermark_ood.evaluation.metrics import accuracy
+from watermark_ood.evaluation.protocol import evaluate, evaluate_detector, evaluate_scores, protocol_subsample
+from watermark_ood.pipelines.predict import load_detector
 from watermark_ood.pipelines.source import ModelSource
+from watermark_ood.reporting.plots import plot_histograms, plot_leaderboard, plot_roc
+from watermark_ood.reporting.results import build_run, skipped_images, write_results
+from watermark_ood.reporting.tables import (format_terminal_leaderboard, format_terminal_table, leaderboard_rows,
+                                            shipped_row, sort_rows, write_leaderboard, write_leaderboard_report,
+                                            write_report)
 from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.runtime.inference import predict_logits
+from watermark_ood.watermark.config import OBJECTIVES
+from watermark_ood.watermark.file import Watermark
 
 LOGIT_SCORES = ("msp", "energy", "maxlogit")  # the scores of the paper's protocol tables, with plots
 
@@ -50,7 +63,6 @@ class EvaluateSettings:
 def expand_scores(names: Sequence[str] | None) -> list[str]:
     """``--scores``: names and combinations, ``all`` for every detector that runs on any classifier (mcd, which
     needs dropout layers, only by name); unknown names are one-line errors."""
-    from watermark_ood.detection.registry import DETECTOR_KINDS, SCORE_NAMES, check_name
 
     every = [n for n in SCORE_NAMES if DETECTOR_KINDS[n].reads != "sampling"]
     out: list[str] = []
@@ -64,7 +76,6 @@ def expand_scores(names: Sequence[str] | None) -> list[str]:
 
 def check_evaluate(settings: EvaluateSettings) -> list[str]:
     """Every option that can be checked without data, first; returns the expanded ``scores``."""
-    from watermark_ood.detection.registry import check_name
 
     if settings.watermark is not None and settings.detector is not None:
         raise WatermarkOODError("evaluate takes at most one of --watermark (a watermark file) or --detector "
@@ -89,7 +100,6 @@ def check_evaluate(settings: EvaluateSettings) -> list[str]:
 
 def check_layers_option(settings: EvaluateSettings, scores: Sequence[str]) -> None:
     """``--layers`` only where an asked score taps layers, and never for a detector file (it records its own)."""
-    from watermark_ood.detection.registry import LAYER_SCORES, layers_for
 
     if settings.layers is None:
         return
@@ -104,15 +114,13 @@ def check_layers_option(settings: EvaluateSettings, scores: Sequence[str]) -> No
 def evaluate_pipeline(settings: EvaluateSettings, source: ModelSource, execution: ExecutionConfig | None = None,
                       log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run one evaluation and write its files to ``settings.out``; returns the results.json run."""
-    from watermark_ood.evaluation.protocol import protocol_subsample
-    from watermark_ood.reporting.results import skipped_images
 
     scores = check_evaluate(settings)
     execution = execution or ExecutionConfig()
     out = Path(settings.out)
     detector = None
     if settings.detector is not None:
-        detector = _load_detector(settings.detector, source, execution)
+        detector = load_detector(settings.detector, source, execution)
     train, test = load_id_data(settings.id_data, settings.image_size, options=settings.data)
     if detector is not None and detector.input_shape and tuple(detector.input_shape) != tuple(test.image_shape):
         raise WatermarkOODError(f"{settings.detector}: the detector expects images of shape "
@@ -136,18 +144,7 @@ def evaluate_pipeline(settings: EvaluateSettings, source: ModelSource, execution
 
 
 # ------------------------------------------------------------------ the three ways
-def _load_detector(path: str, source: ModelSource, execution: ExecutionConfig):
-    from watermark_ood.detection.detector import Detector
-
-    meta, _ = Detector.read(path)
-    shape = meta.get("input_shape") or [3]
-    model = source.load(shape[0])
-    return Detector.load(path, model.module, execution)
-
-
 def _evaluate_detector_file(settings, detector, train, test, sets, scores, execution, out: Path) -> dict[str, Any]:
-    from watermark_ood.evaluation.protocol import evaluate_detector, evaluate_scores
-    from watermark_ood.reporting.tables import shipped_row
 
     run = evaluate_detector(detector, train.split(0.1, settings.seed)[0], test, sets)
     run["detector"] = str(settings.detector)
@@ -161,12 +158,6 @@ def _evaluate_detector_file(settings, detector, train, test, sets, scores, execu
 
 
 def _evaluate_watermark(settings, model, train, test, sets, scores, execution, out: Path) -> dict[str, Any]:
-    from watermark_ood.detection.logit_scores import score_for_objective
-    from watermark_ood.evaluation.protocol import evaluate, evaluate_scores
-    from watermark_ood.reporting.plots import plot_histograms, plot_roc
-    from watermark_ood.reporting.results import build_run
-    from watermark_ood.watermark.config import OBJECTIVES
-    from watermark_ood.watermark.file import Watermark
 
     watermark = Watermark.load(settings.watermark, expected_shape=test.image_shape)
     objective = watermark.metadata.get("objective", "msp")
@@ -194,9 +185,6 @@ def _evaluate_watermark(settings, model, train, test, sets, scores, execution, o
 
 def _evaluate_plain(settings, model, train, test, sets, scores, execution, out: Path) -> dict[str, Any]:
     """Every asked detector without a watermark: no watermark is fitted, the model is used as given."""
-    from watermark_ood.evaluation.metrics import accuracy
-    from watermark_ood.evaluation.protocol import evaluate_scores
-    from watermark_ood.runtime.inference import predict_logits
 
     scores = scores or [settings.score]
     score = settings.score or scores[0]
@@ -229,10 +217,6 @@ def _mark_label(watermark) -> str:
 
 
 def _write(out: Path, run: dict[str, Any], settings: EvaluateSettings) -> None:
-    from watermark_ood.reporting.plots import plot_leaderboard
-    from watermark_ood.reporting.results import write_results
-    from watermark_ood.reporting.tables import (leaderboard_rows, sort_rows, write_leaderboard,
-                                                write_leaderboard_report, write_report)
 
     out.mkdir(parents=True, exist_ok=True)
     images = [(caption, f"{kind}-{run['score']}.png") for caption, kind in (("score histograms", "hist"),
@@ -263,7 +247,6 @@ def _write(out: Path, run: dict[str, Any], settings: EvaluateSettings) -> None:
 def _terminal(run: dict[str, Any], settings: EvaluateSettings) -> str:
     """The summary printed at the end: the paper's table for a watermark or a detector file, the best rows of the
     leaderboard otherwise; then where every file went."""
-    from watermark_ood.reporting.tables import format_terminal_leaderboard, format_terminal_table, leaderboard_rows
 
     out = Path(settings.out)
     files = [out / "results.json", out / "report.md"] + ([out / "leaderboard.md", out / "leaderboard.png"]

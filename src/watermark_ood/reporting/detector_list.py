@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from watermark_ood.detection.registry import DETECTOR_KINDS, NOT_WIRED, needs_dropout
 
 MARKER = "DETECTORS"
@@ -37,8 +40,5 @@ def replace_block(text: str, body: str, marker: str = MARKER) -> str:
 
 
 if __name__ == "__main__":  # python -m watermark_ood.reporting.detector_list README.md
-    import sys
-    from pathlib import Path
-
     path = Path(sys.argv[1])
     path.write_text(replace_block(path.read_text(), detector_list()))

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from sklearn.metrics import roc_curve
 
 from watermark_ood.core.fileio import atomic_write_bytes
 from watermark_ood.evaluation.protocol import Evaluation
@@ -15,15 +16,15 @@ from watermark_ood.reporting.tables import leaderboard_rows
 
 # -------------------------------------------------------------------- plots
 def _figure_png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _pyplot().close(fig)
     return buffer.getvalue()
 
 
 def _pyplot():
+    """matplotlib on first use, deliberately: importing it costs 0.4 s, and its Agg backend (files, no display) is
+    set only when the library draws, never when a user merely imports the package."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -87,7 +88,6 @@ def plot_histograms(evaluation: Evaluation, score: str, path: str | Path) -> Pat
 
 def plot_roc(evaluation: Evaluation, score: str, path: str | Path) -> Path:
     """ROC curves (ID positive) per OOD set: dashed before, solid after the watermark."""
-    from sklearn.metrics import roc_curve
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))

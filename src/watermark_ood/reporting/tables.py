@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from watermark_ood.core.fileio import atomic_write_text
 from watermark_ood.core.figures import percent  # noqa: F401 - also its old import path
-from watermark_ood.evaluation.metrics import METRIC_NAMES
+from watermark_ood.core.fileio import atomic_write_text
+from watermark_ood.evaluation.metrics import METRIC_NAMES, mean_fpr_standard_error
 
 
 def table_rows(run: dict[str, Any]) -> list[list[str]]:
@@ -116,7 +116,6 @@ def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def with_standard_error(row: dict[str, Any], counts: dict[str, int] | None) -> dict[str, Any]:
-    from watermark_ood.evaluation.metrics import mean_fpr_standard_error
 
     if counts and all(s in counts for s in row["per_set"]):
         row["fpr95_se"] = mean_fpr_standard_error([row["per_set"][s]["fpr95"] for s in row["per_set"]],

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
+import warnings
 from dataclasses import dataclass
 
 import torch
+from torch.fx.experimental.optimization import fuse
 
 from watermark_ood.core.errors import WatermarkOODError
 
@@ -78,7 +82,6 @@ _BF16_WARNED: list[bool] = []
 
 def warn_if_bf16_is_emulated() -> None:
     """bf16 without native support is emulated: on an AVX2-only EPYC a ResNet-20 step was ~18x slower than fp32."""
-    import warnings
 
     if not _BF16_WARNED and cpu_has_native_bf16() is False:
         _BF16_WARNED.append(True)
@@ -103,8 +106,6 @@ def device_name(device: torch.device) -> str:
     """Human-readable name of the hardware behind ``device`` (the GPU model, or the CPU and its core count)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import os
-    import platform
 
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
 
@@ -120,7 +121,6 @@ def prepare_model(model: torch.nn.Module, execution: ExecutionConfig, device: to
     module = model
     if execution.fuse_bn:
         try:
-            from torch.fx.experimental.optimization import fuse
 
             module = fuse(model, inplace=False)
         except Exception:  # noqa: BLE001 - untraceable models simply skip the optimisation

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
+from pytorch_ood import detector as pod
+from pytorch_ood.detector import MCD, ODIN
 from torch import nn
 
 from watermark_ood.core import distributed
@@ -186,7 +188,6 @@ def batched_scores(images: ImageSet, normalization: Normalization, device: torch
 def odin_scores(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
                 execution: ExecutionConfig, temperature: float = 1000.0, eps: float = 0.0014) -> np.ndarray:
     """ODIN (temperature scaling + input perturbation) via pytorch-ood; higher = more ID."""
-    from pytorch_ood.detector import ODIN
 
     device = execution.torch_device()
     module = WatermarkedModel(model, watermark).eval().to(device)
@@ -200,7 +201,6 @@ def mcd_scores(model: nn.Module, images: ImageSet, normalization: Normalization,
     """Monte-Carlo dropout via pytorch-ood's ``MCD`` (``samples`` passes with dropout on, BatchNorm in eval mode;
     the variance of the softmax averaged over classes); higher = more ID. The dropout masks of each batch come from
     (seed, the batch's first row), so a set scores the same every time; the model is left in eval mode."""
-    from pytorch_ood.detector import MCD
 
     device = execution.torch_device()
     module = WatermarkedModel(model, watermark).eval().to(device)
@@ -224,8 +224,6 @@ def parameter_gradient_scores(library: str) -> Callable[..., np.ndarray]:
 
     def scores(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
                execution: ExecutionConfig, batch: int = 64) -> np.ndarray:
-        from pytorch_ood import detector as pod
-
         device = execution.torch_device()
         detector = getattr(pod, library)(WatermarkedModel(model, watermark).eval().to(device))
         return batched_scores(images, normalization, device, batch, lambda x, _: detector.predict(x))

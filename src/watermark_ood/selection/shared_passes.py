@@ -24,6 +24,7 @@ import torch
 from watermark_ood.data.images import ImageSet
 from watermark_ood.evaluation.metrics import fpr_at_tpr
 from watermark_ood.models.layers import joint_reducer, layer_widths, split_joint
+from watermark_ood.runtime.inference import infer, logits_and_features, predict_logits
 
 RACE_EVERY = 3  # the first heat: every third ranking ID image and ranked outlier
 RACE_MARGIN = 0.05  # FPR95 points (as a fraction) above the best of the first heat that still go on
@@ -34,7 +35,6 @@ Outputs = tuple[torch.Tensor, "torch.Tensor | None"]
 
 def plain_outputs(model, normalization, mark, images: ImageSet, execution) -> Outputs:
     """Logits and penultimate features in one pass (logits alone for a model without a linear head)."""
-    from watermark_ood.runtime.inference import logits_and_features, predict_logits
 
     if not has_head(model):
         return predict_logits(model, images, normalization, mark, execution), None
@@ -53,7 +53,6 @@ def shared_outputs(model, normalization, mark, execution, layer_detectors: Seque
 
     Returns ``({set key: (logits, features)}, {score: {set key: (logits, its tapped features)}})``.
     """
-    from watermark_ood.runtime.inference import infer
 
     groups: dict[tuple[str, ...], list[Any]] = {}
     for detector in layer_detectors:

@@ -16,6 +16,7 @@ from watermark_ood.data.synthetic import OUTLIER_KINDS, outlier_kind_parts, synt
 from watermark_ood.detection.logit_scores import get_score
 from watermark_ood.evaluation.metrics import auroc, fpr_at_tpr
 from watermark_ood.runtime.device import ExecutionConfig
+from watermark_ood.runtime.inference import predict_logits
 from watermark_ood.watermark.file import Watermark
 
 
@@ -123,7 +124,6 @@ class Validator:
         self.baseline_accuracy = self.baseline.accuracy
 
     def __call__(self, w: torch.Tensor) -> ValidationOutcome:
-        from watermark_ood.runtime.inference import predict_logits
 
         self.calls += 1
         mark = Watermark(w)

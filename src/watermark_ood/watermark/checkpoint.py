@@ -8,9 +8,9 @@ no RNG state needs saving. Files are written atomically.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import save as save_bytes
@@ -19,9 +19,7 @@ from watermark_ood.core.errors import WatermarkOODError, describe
 from watermark_ood.core.fileio import atomic_write_bytes, read_safetensors, remove_stale_temporaries
 from watermark_ood.core.schema import check_float, check_int, check_list, check_mapping, check_tensor, fail
 from watermark_ood.watermark.config import FitConfig
-
-if TYPE_CHECKING:
-    from watermark_ood.watermark.records import EpochRecord
+from watermark_ood.watermark.records import EpochRecord
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
@@ -66,7 +64,6 @@ class FitCheckpoint:
         atomic_write_bytes(self.path, blob)
 
     def load(self) -> CheckpointState:
-        from watermark_ood.watermark.records import EpochRecord
 
         blob = self.path.read_bytes()
         try:
@@ -95,7 +92,6 @@ class FitCheckpoint:
 
     def _checked(self, state: dict[str, Any], tensors: dict[str, torch.Tensor], record: type):
         """Every field a resumed fit reads: position, history records, the best watermark so far."""
-        from dataclasses import fields
 
         shape = (1, *self.identity["image_shape"])
         check_tensor("tensor watermark", tensors["watermark"], shape, {})

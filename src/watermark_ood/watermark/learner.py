@@ -25,6 +25,7 @@ from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.core.progress import bar as progress_bar
 from watermark_ood.core.progress import interactive, say
 from watermark_ood.core.randomness import generator
+from watermark_ood.core.version import __version__
 from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.data.streaming import BadImage, is_streaming, step_batches
@@ -87,7 +88,6 @@ class WatermarkLearner:
         return n // b if self.config.drop_last else math.ceil(n / b)
 
     def metadata(self, image_shape: tuple[int, ...]) -> dict[str, Any]:
-        from watermark_ood.core.version import __version__
 
         return {
             "objective": self.config.objective,
