@@ -37,7 +37,7 @@ from watermark_ood.detection.conformal import check_tpr, conformal_threshold, sh
 from watermark_ood.detection.detector_file import (FORMAT, FORMAT_VERSION, check_calibration,  # noqa: F401
                                                    check_metadata, check_score_state, model_fingerprint,
                                                    read_detector_file)
-from watermark_ood.detection.own_passes import SCORED_ON_IMAGES, fit_on_images, scores_on_images
+from watermark_ood.detection.image_scores import SCORED_ON_IMAGES, fit_on_images, scores_on_images
 from watermark_ood.detection.posthoc import Combination, PosthocScore, build_score
 from watermark_ood.detection.prediction import Prediction, as_images  # noqa: F401 - part of this module's API
 from watermark_ood.detection.registry import (DETECTOR_KINDS, LAYER_SCORES, check_name, needs_dropout, reads_features,
@@ -144,7 +144,7 @@ class Detector:
         """Higher = more in-distribution."""
         images = as_images(images)
         if self.scorer is None or self.reads in SCORED_ON_IMAGES:  # odin, mcd, mahalanobis-odin, nac
-            return scores_on_images(self, images)
+            return scores_on_images(self, DETECTOR_KINDS[self.score].score_images, images)
         return self.scores_from(*self.outputs(images))
 
     # ------------------------------------------------------------------ fitting

@@ -34,7 +34,8 @@ from watermark_ood.detection.layer_mahalanobis import LayerMahalanobis
 from watermark_ood.detection.nac import PackedNAC
 from watermark_ood.detection.openmax import PackedOpenMax
 from watermark_ood.detection.weiper import WeiPer
-from watermark_ood.runtime.inference import mcd_scores, odin_scores, parameter_gradient_scores
+from watermark_ood.detection.image_gradients import GRADNORM_ALL, UNCERTAINTY
+from watermark_ood.detection.image_scores import mcd_scores, odin_scores, parameter_gradient_scores
 
 
 @dataclass(frozen=True)
@@ -225,11 +226,11 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {k.name: k for k in (
     DetectorKind("graduncertainty", "gradient", "Igoe et al., 2022 (gradients as a measure of uncertainty: every "
                  "parameter's gradient to an all-ones label, per image)", export_refusal=_GRADIENT_REFUSAL,
                  library="GradUncertainty",
-                 score_images=parameter_gradient_scores("GradUncertainty")),
+                 score_images=parameter_gradient_scores("GradUncertainty", UNCERTAINTY)),
     DetectorKind("gradnorm-all", "gradient", "Huang et al., NeurIPS 2021 (as pytorch-ood's default computes it: "
                  "the L1 norm of every parameter's per-image gradient of the cross-entropy to uniform; gradnorm is "
                  "the paper's last-layer form)", export_refusal=_GRADIENT_REFUSAL, library="GradNorm",
-                 score_images=parameter_gradient_scores("GradNorm")),
+                 score_images=parameter_gradient_scores("GradNorm", GRADNORM_ALL)),
     DetectorKind("mahalanobis-odin", "perturbed", "Lee et al., NeurIPS 2018 (Mahalanobis on inputs perturbed "
                  "against the distance, ODIN-style; fitted on the penultimate features)", True,
                  StateSchema(_GAUSSIAN, {"eps": Value("float", 0.0, 1.0, low_open=True)}),

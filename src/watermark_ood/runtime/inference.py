@@ -1,6 +1,8 @@
-"""One inference path: logits, and when asked penultimate features or ODIN's input-gradient scores, of a fixed
-model on ``normalize(x) + w`` in large batches; under torchrun each rank scores a contiguous shard, gathered in
-order. Every caller (the paper's protocol, detectors, selection, predict) goes through here."""
+"""One inference path: logits, and when asked penultimate features or tapped layers, of a fixed model on
+``normalize(x) + w`` in large batches; under torchrun each rank scores a contiguous shard, gathered in order. Every
+caller (the paper's protocol, detectors, selection, predict) goes through here. The detectors that run the model
+themselves (with gradients or dropout) batch their own passes with :func:`batched_scores` and
+:func:`gradient_batch`; their scoring is theirs (:mod:`watermark_ood.detection.image_scores`)."""
 
 from __future__ import annotations
 
@@ -8,19 +10,16 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
-from pytorch_ood import detector as pod
-from pytorch_ood.detector import MCD, ODIN
 from torch import nn
 
 from watermark_ood.core import distributed
 from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.core.progress import bar as progress_bar
-from watermark_ood.core.randomness import derived_seed
 from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.data.streaming import place_rows
 from watermark_ood.models.layers import JoinedTaps, LayerRewrite, LayerTaps
-from watermark_ood.models.taps import PenultimateHook, split_at_head
+from watermark_ood.models.taps import PenultimateHook
 from watermark_ood.runtime.device import ExecutionConfig, prepare_model
 
 if TYPE_CHECKING:  # the watermark file is a layer above; inference only adds its tensor
@@ -183,102 +182,3 @@ def batched_scores(images: ImageSet, normalization: Normalization, device: torch
         scores = -outlier(normalization(pixels.to(device)), start).detach().float().cpu() if len(pixels) else None
         out.append((kept, None if scores is None else scores[:, None]))
     return place_rows(out, len(images), batch)[:, 0].numpy()
-
-
-def odin_scores(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
-                execution: ExecutionConfig, temperature: float = 1000.0, eps: float = 0.0014) -> np.ndarray:
-    """ODIN (temperature scaling + input perturbation) via pytorch-ood; higher = more ID."""
-
-    device = execution.torch_device()
-    module = WatermarkedModel(model, watermark).eval().to(device)
-    detector = ODIN(module, eps=eps, temperature=temperature, norm_std=list(normalization.std))
-    batch = gradient_batch(execution, module, images.image_shape)
-    return batched_scores(images, normalization, device, batch, lambda x, _: detector.predict(x))
-
-
-def mcd_scores(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
-               execution: ExecutionConfig, samples: int = 30, seed: int = 0) -> np.ndarray:
-    """Monte-Carlo dropout via pytorch-ood's ``MCD`` (``samples`` passes with dropout on, BatchNorm in eval mode;
-    the variance of the softmax averaged over classes); higher = more ID. The dropout masks of each batch come from
-    (seed, the batch's first row), so a set scores the same every time; the model is left in eval mode."""
-
-    device = execution.torch_device()
-    module = WatermarkedModel(model, watermark).eval().to(device)
-    detector = MCD(module, samples=samples)
-
-    def seeded(x: torch.Tensor, start: int) -> torch.Tensor:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(derived_seed(seed, start))
-            return detector.predict(x)
-
-    try:
-        return batched_scores(images, normalization, device, execution.eval_batch_size, seeded)
-    finally:
-        module.eval()
-
-
-def parameter_gradient_scores(library: str) -> Callable[..., np.ndarray]:
-    """Scores (higher = more ID) of a pytorch-ood detector built from every parameter's per-image gradient
-    (``GradUncertainty``; ``GradNorm`` with its default), run by the library itself. Small batches: each image's
-    gradient of all parameters is held at once."""
-
-    def scores(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
-               execution: ExecutionConfig, batch: int = 64) -> np.ndarray:
-        device = execution.torch_device()
-        detector = getattr(pod, library)(WatermarkedModel(model, watermark).eval().to(device))
-        return batched_scores(images, normalization, device, batch, lambda x, _: detector.predict(x))
-
-    scores.__name__ = f"{library.lower()}_scores"
-    return scores
-
-
-def perturbed_scores(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
-                     execution: ExecutionConfig, detector) -> np.ndarray:
-    """A fitted pytorch-ood detector that perturbs its inputs through the penultimate features (MahalanobisODIN),
-    scored with its own ``predict``: its encoder is the (watermarked) model up to its last linear layer; higher =
-    more ID."""
-    device = execution.torch_device()
-    encoder = split_at_head(WatermarkedModel(model, watermark))[0].eval().to(device)
-    detector._base.encoder, detector.norm_std = encoder, list(normalization.std)
-    try:
-        return batched_scores(images, normalization, device, gradient_batch(execution, encoder, images.image_shape),
-                              lambda x, _: detector.predict(x))
-    finally:
-        detector._base.encoder, detector.norm_std = None, None
-
-
-def _tapped(model: nn.Module, watermark: Watermark | None, execution: ExecutionConfig,
-            layers: Sequence[str]) -> tuple[nn.Module, list[nn.Module], torch.device]:
-    device = execution.torch_device()
-    module = WatermarkedModel(model, watermark).eval().to(device)
-    named = dict(model.named_modules())
-    return module, [named[name] for name in layers], device
-
-
-def coverage_fit(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
-                 execution: ExecutionConfig, detector, layers: Sequence[str]) -> None:
-    """Fit a library detector that runs the model itself with gradients on the named layers (NAC-UE) on
-    ``images``: its own passes over the (watermarked) model."""
-    module, taps, device = _tapped(model, watermark, execution, layers)
-    batch = gradient_batch(execution, module, images.image_shape)
-    detector.fit_images(module, taps, NormalizedBatches(images, normalization, device, batch))
-
-
-class NormalizedBatches:
-    """The normalized batches of a set, made anew on each iteration: a detector that reads its data twice (NAC's
-    two passes) gets it without every batch being held at once."""
-
-    def __init__(self, images: ImageSet, normalization: Normalization, device: torch.device, batch: int) -> None:
-        self.images, self.normalization, self.device, self.batch = images, normalization, device, batch
-
-    def __iter__(self):
-        return (self.normalization(pixels.to(self.device)) for _, pixels in self.images.batches(self.batch)
-                if len(pixels))
-
-
-def coverage_scores(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
-                    execution: ExecutionConfig, detector, layers: Sequence[str]) -> np.ndarray:
-    """The same detector's scores (higher = more ID), batch by batch."""
-    module, taps, device = _tapped(model, watermark, execution, layers)
-    return batched_scores(images, normalization, device, gradient_batch(execution, module, images.image_shape),
-                          lambda x, _: detector.predict_images(module, taps, x))
