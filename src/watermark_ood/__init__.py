@@ -3,9 +3,8 @@
 Wang et al., "Watermarking for Out-of-distribution Detection", NeurIPS 2022.
 """
 
-__version__ = "0.1.0"
-
 from watermark_ood.core.errors import WatermarkOODError
+from watermark_ood.core.version import __version__
 from watermark_ood.data.images import ImageSet, load_npz
 from watermark_ood.data.preprocessing import CIFAR, IMAGENET, Normalization
 from watermark_ood.data.readers import load_id_data, load_ood_data

@@ -337,3 +337,21 @@ def test_pool_report_takes_the_shipped_pick_from_the_same_run_and_every_targets_
     subprocess.run([*command, "--targets-run", str(runs[0]), "--targets-run", str(runs[1])], check=True,
                    capture_output=True)
     assert "Decision: **shipped (r56 misses the targets)**" in out.read_text()
+
+
+def test_gradient_kinds_speed_writes_both_rates_and_the_scores_agreement(tmp_path):
+    """The script scores the same images with the library's class and with ours and records both rates and how far
+    the scores are apart (not a timed test: the rates are recorded, never asserted)."""
+    data = write_npz_dataset(tmp_path / "toy", n_train=40, n_test=20, size=16)
+    ood = tmp_path / "ood.npz"
+    np.savez_compressed(ood, x=np.zeros((5, 16, 16, 3), dtype=np.uint8))
+    out = tmp_path / "speed.json"
+    subprocess.run([sys.executable, str(BENCHMARKS / "gradient_kinds_speed.py"), "--id-data", str(data),
+                    "--ood-data", str(ood), "--images", "8", "--batch", "4", "--skip-leaderboard", "--out", str(out)],
+                   check=True, capture_output=True)
+    result = json.loads(out.read_text())
+    rows = {row["detector"]: row for row in result["side_by_side"]}
+    assert set(rows) == {"graduncertainty", "gradnorm-all"} and "leaderboard" not in result
+    for row in rows.values():
+        assert row["images"] == 8 and row["library_images_per_second"] > 0 and row["ours_images_per_second"] > 0
+        assert 0 <= row["max_relative_difference"] < 1e-5

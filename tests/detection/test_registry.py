@@ -12,7 +12,7 @@ from watermark_ood.data.synthetic import low_frequency_noise
 from watermark_ood.detection.detector import Detector
 from watermark_ood.detection.functional import gen_outlier, knn_kth_distance, mahalanobis_min_distance
 from watermark_ood.detection.posthoc import PosthocScore
-from watermark_ood.detection.registry import DETECTOR_KINDS, SCORE_NAMES, check_name, export_refusal
+from watermark_ood.detection.registry import DETECTOR_KINDS, SCORE_NAMES, DetectorSpec, check_name, export_refusal
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.watermark.file import Watermark
 
@@ -578,3 +578,30 @@ def test_knn_uses_its_papers_k_of_50_fewer_only_when_fewer_images_fit_it(count, 
     query = torch.randn(5, 8)
     bank = features / features.norm(dim=1, keepdim=True)
     assert torch.allclose(-score(None, query), knn_kth_distance(query, bank, k), atol=1e-5)
+
+
+def test_a_detector_spec_is_checked_once_and_answers_for_its_parts(trained_toy):
+    """DetectorSpec.parse is the one check of a name; a spec passes through unchanged and builds a Detector the
+    same as its name does."""
+    spec = DetectorSpec.parse("knn+energy")
+    assert DetectorSpec.parse(spec) is spec and str(spec) == "knn+energy"
+    assert (spec.parts, spec.is_combination, spec.reads_features, spec.fitted, spec.export_refusal) == (
+        ("knn", "energy"), True, True, True, "")
+    single = DetectorSpec.parse("energy")
+    assert (single.kind.name, single.fitted, single.reads_features, single.reads_layers) == ("energy", False, False,
+                                                                                            False)
+    assert DetectorSpec.parse("odin").export_refusal.startswith("odin cannot be exported")
+    assert DetectorSpec.parse("mcd").needs_dropout and not DetectorSpec.parse("knn").needs_dropout
+    with pytest.raises(WatermarkOODError, match="is a combination of 2 scores"):
+        spec.kind
+    for bad, message in (("", "unknown score ''"), ("knn+nope", "unknown score 'nope'"),
+                         ("knn+odin", "odin needs gradients and cannot be part"),
+                         ("gram+energy", "gram reads intermediate layers")):
+        with pytest.raises(WatermarkOODError, match=message):
+            DetectorSpec.parse(bad)
+    model, norm, train = trained_toy
+    by_spec = Detector(model, norm, None, spec, execution=CPU).fit(train, limit=60)
+    by_name = Detector(model, norm, None, "knn+energy", execution=CPU).fit(train, limit=60)
+    assert by_spec.score == "knn+energy" and by_spec.spec == by_name.spec
+    test = make_images(20, seed=12)
+    assert np.array_equal(by_spec.scores(test), by_name.scores(test))

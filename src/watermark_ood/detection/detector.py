@@ -34,14 +34,14 @@ from watermark_ood.data.streaming import readable_rows
 from watermark_ood.detection.conformal import Calibration  # noqa: F401
 from watermark_ood.detection.conformal import calibrate as conformal_calibration
 from watermark_ood.detection.conformal import check_tpr, conformal_threshold, shift_test
+from watermark_ood.detection.data_policy import NAMED
 from watermark_ood.detection.detector_file import (FORMAT, FORMAT_VERSION, check_calibration,  # noqa: F401
                                                    check_metadata, check_score_state, model_fingerprint,
                                                    read_detector_file)
 from watermark_ood.detection.image_scores import SCORED_ON_IMAGES, fit_on_images, scores_on_images
 from watermark_ood.detection.posthoc import Combination, PosthocScore, build_score
 from watermark_ood.detection.prediction import Prediction, as_images  # noqa: F401 - part of this module's API
-from watermark_ood.detection.registry import (DETECTOR_KINDS, LAYER_SCORES, check_name, needs_dropout, reads_features,
-                                              reads_layers)
+from watermark_ood.detection.registry import LAYER_SCORES, DetectorSpec
 from watermark_ood.detection.selection_report import write_selection_report
 from watermark_ood.models.layers import has_dropout, layer_widths, resolve_layers, spatial_mean
 from watermark_ood.models.taps import last_linear
@@ -51,29 +51,30 @@ from watermark_ood.watermark.config import FitConfig, get_preset
 from watermark_ood.watermark.file import Watermark
 from watermark_ood.watermark.learner import WatermarkLearner
 
-FIT_IMAGES = 5000  # ID training images a score is fitted on (seeded sample)
+FIT_IMAGES = NAMED.fit_images  # ID training images a score is fitted on (seeded sample; data_policy)
 
 
 class Detector:
     """A yes/no "reject this input" at a known ID acceptance rate, for any score, with or without a watermark."""
 
     def __init__(self, model: torch.nn.Module, normalization: Normalization, watermark: Watermark | None = None,
-                 score: str = "energy", config: FitConfig | None = None, execution: ExecutionConfig | None = None,
-                 model_id: str = "model", layers: Sequence[str] | None = None) -> None:
-        check_name(score)
+                 score: str | DetectorSpec = "energy", config: FitConfig | None = None,
+                 execution: ExecutionConfig | None = None, model_id: str = "model",
+                 layers: Sequence[str] | None = None) -> None:
+        self.spec = spec = DetectorSpec.parse(score)  # a name is checked here, once
         self.model, self.normalization, self.watermark = model, normalization, watermark
-        self.score, self.config = score, config
+        self.score, self.config = spec.name, config
         self.execution = execution or ExecutionConfig()
         self.model_id = model_id
-        head = last_linear(model) if reads_features(score) else None
-        self.scorer = build_score(score, head)
-        if needs_dropout(score) and not has_dropout(model):
+        head = last_linear(model) if spec.reads_features else None
+        self.scorer = build_score(spec, head)
+        if spec.needs_dropout and not has_dropout(model):
             raise WatermarkOODError(f"{score} needs dropout at test time; {type(model).__name__} has no dropout layer "
                                     "(pick another score)")
         # the layers a detector on intermediate layers taps: as named, else the architecture's stage outputs
         self.layers: tuple[str, ...] | None = None
-        if reads_layers(score):
-            self.layers = resolve_layers(score, DETECTOR_KINDS[score].reads == "map", model, layers)
+        if spec.reads_layers:
+            self.layers = resolve_layers(spec.name, spec.kind.reads == "map", model, layers)
         elif layers is not None:
             raise WatermarkOODError(f"{score} reads no intermediate layers; --layers is for {', '.join(LAYER_SCORES)}")
         self.threshold: float | None = None
@@ -86,7 +87,7 @@ class Detector:
 
     @property
     def reads(self) -> str:
-        return DETECTOR_KINDS[self.score].reads if self.scorer is None else self.scorer.reads
+        return self.spec.kind.reads if self.scorer is None else self.scorer.reads
 
     @property
     def own_passes(self) -> bool:
@@ -144,7 +145,7 @@ class Detector:
         """Higher = more in-distribution."""
         images = as_images(images)
         if self.scorer is None or self.reads in SCORED_ON_IMAGES:  # odin, mcd, mahalanobis-odin, nac
-            return scores_on_images(self, DETECTOR_KINDS[self.score].score_images, images)
+            return scores_on_images(self, self.spec.kind.score_images, images)
         return self.scores_from(*self.outputs(images))
 
     # ------------------------------------------------------------------ fitting
@@ -154,9 +155,8 @@ class Detector:
         t0 = time.perf_counter()
         self.input_shape = tuple(id_train.image_shape)
         if isinstance(self.scorer, Combination):
-            fit_part, held = id_train.split(0.2, seed)  # parts fit on 80%, their z-scores from the other 20%
-            sample = fit_part.sample(limit, seed)
-            self.fit_outputs(*self.outputs(sample), sample.labels, self.outputs(held.sample(max(1, limit // 4), seed)))
+            sample, held = NAMED.fit_and_z(id_train, seed, limit)  # parts fit on one split, z-scores from another
+            self.fit_outputs(*self.outputs(sample), sample.labels, self.outputs(held))
         elif self.reads == "coverage":  # nac fits on the images themselves
             fit_on_images(self, id_train.sample(limit, seed))
         elif self.scorer is not None and self.scorer.kind.fitted:
@@ -194,7 +194,7 @@ class Detector:
 
     def _reducer(self):
         """What the taps keep of each layer's map: the spatial mean, or the kind's own statistics (gram)."""
-        make = DETECTOR_KINDS[self.score].reduce_layers
+        make = self.spec.kind.reduce_layers
         return None if make is None else make(len(self.layers))
 
     def layer_reducer(self):

@@ -21,7 +21,7 @@ from watermark_ood.core.schema import check_float, check_int, check_list, check_
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.detection.conformal import Calibration, conformal_threshold
 from watermark_ood.detection.posthoc import Combination, check_state
-from watermark_ood.detection.registry import check_name, reads_layers
+from watermark_ood.detection.registry import DetectorSpec, check_name
 from watermark_ood.models.taps import last_linear
 from watermark_ood.watermark.file import Watermark, check_watermark_metadata
 
@@ -75,7 +75,7 @@ def _refuse_constant(name: str) -> float:
 
 def _check_layers_field(meta: dict[str, Any]) -> None:
     """The tapped layers' names: present exactly for a score on intermediate layers (checked on the model later)."""
-    layered = reads_layers(meta["score"])
+    layered = DetectorSpec.parse(meta["score"]).reads_layers
     if meta.get("layers") is None:
         if layered:
             raise fail("layers", f"the names of the layers {meta['score']} taps", None)

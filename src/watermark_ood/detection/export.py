@@ -26,7 +26,6 @@ from torch import nn
 
 from watermark_ood.core.errors import WatermarkOODError, describe
 from watermark_ood.detection.detector import Detector
-from watermark_ood.detection.registry import export_refusal
 from watermark_ood.models.layers import LayerRewrite, LayerTaps
 from watermark_ood.models.taps import split_at_head
 
@@ -34,8 +33,8 @@ from watermark_ood.models.taps import split_at_head
 class DeployedDetector(nn.Module):
     def __init__(self, detector: Detector, with_p_value: bool = False) -> None:
         super().__init__()
-        if export_refusal(detector.score):
-            raise WatermarkOODError(export_refusal(detector.score))
+        if detector.spec.export_refusal:
+            raise WatermarkOODError(detector.spec.export_refusal)
         if detector.threshold is None:
             raise WatermarkOODError("calibrate the detector before exporting it (watermark-ood calibrate)")
         if detector.input_shape is None:

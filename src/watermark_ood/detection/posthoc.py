@@ -18,8 +18,8 @@ from torch import nn
 from watermark_ood.core.errors import WatermarkOODError, describe
 from watermark_ood.core.schema import check_mapping, check_tensor, fail
 from watermark_ood.detection.functional import gen_outlier, knn_kth_distance, mahalanobis_min_distance  # noqa: F401
-from watermark_ood.detection.registry import (DETECTOR_KINDS, SCORE_NAMES, DetectorKind, FlatHead, Head,  # noqa: F401
-                                              check_name, describe_kinds)
+from watermark_ood.detection.registry import (DETECTOR_KINDS, SCORE_NAMES, DetectorKind, DetectorSpec,  # noqa: F401
+                                              FlatHead, Head, check_name, describe_kinds)
 
 __all__ = ["PosthocScore", "Combination", "build_score", "check_state",  # and, for the old import path:
            "DETECTOR_KINDS", "SCORE_NAMES", "DetectorKind", "FlatHead", "Head", "check_name", "describe_kinds",
@@ -41,11 +41,11 @@ class PosthocScore:
     ``head`` is the classifier's last linear layer (needed by vim, she, react, ash, dice, pnml).
     """
 
-    def __init__(self, name: str, head: nn.Linear | None = None) -> None:
-        check_name(name)
-        if "+" in name or DETECTOR_KINDS[name].score_images is not None:
-            raise WatermarkOODError(f"{name!r} is not a single logit or feature score")
-        self.name, self.kind, self.head = name, DETECTOR_KINDS[name], head
+    def __init__(self, name: str | DetectorSpec, head: nn.Linear | None = None) -> None:
+        spec = DetectorSpec.parse(name)
+        if spec.is_combination or spec.kind.score_images is not None:
+            raise WatermarkOODError(f"{spec.name!r} is not a single logit or feature score")
+        self.name, self.kind, self.head = spec.name, spec.kind, head
         self.widths: tuple[int, ...] | None = None  # channels per tapped layer (kinds that read layers)
         self.fitted = not self.kind.fitted
         self.impl = self._build()
@@ -167,10 +167,10 @@ class Combination:
     without looking at any OOD data, and the mean stays a traceable function for export.
     """
 
-    def __init__(self, name: str, head: nn.Linear | None = None) -> None:
-        check_name(name)
-        self.name = name
-        self.parts = [PosthocScore(part, head) for part in name.split("+")]
+    def __init__(self, name: str | DetectorSpec, head: nn.Linear | None = None) -> None:
+        self.spec = DetectorSpec.parse(name)
+        self.name = self.spec.name
+        self.parts = [PosthocScore(part, head) for part in self.spec.parts]
         self.mean = torch.zeros(len(self.parts))
         self.std = torch.ones(len(self.parts))
         self.fitted = False
@@ -209,22 +209,23 @@ class Combination:
         combo = cls(name, head)
         combo.parts = [PosthocScore.from_state(part, head, {k.split("/", 1)[1]: x for k, x in tensors.items()
                                                             if k.startswith(f"part{i}/")}, values["parts"][str(i)])
-                       for i, part in enumerate(name.split("+"))]
+                       for i, part in enumerate(combo.spec.parts)]
         combo.mean, combo.std = tensors["combination.mean"], tensors["combination.std"]
         combo.fitted = bool(values.get("fitted"))
         return combo
 
 
-def check_state(name: str, values: Any, tensors: dict[str, torch.Tensor], head: nn.Linear | None,
+def check_state(name: str | DetectorSpec, values: Any, tensors: dict[str, torch.Tensor], head: nn.Linear | None,
                 num_classes: int | None = None) -> None:
     """A saved score state against its kind's schema and this model's sizes (one line naming the field if not)."""
     sizes = {} if head is None else {"D": head.in_features, "K": head.out_features}
     if num_classes is not None:
         sizes.setdefault("K", num_classes)
-    if "+" not in name:
-        DETECTOR_KINDS[name].state.check("", values, tensors, sizes)
+    spec = DetectorSpec.parse(name)
+    if not spec.is_combination:
+        spec.kind.state.check("", values, tensors, sizes)
         return
-    parts = name.split("+")
+    parts = spec.parts
     values = check_mapping("score_state", values)
     if values.get("fitted") is not True:
         raise fail("score_state.fitted", "true (a saved detector is fitted)", values.get("fitted"))
@@ -246,11 +247,11 @@ def check_state(name: str, values: Any, tensors: dict[str, torch.Tensor], head: 
         DETECTOR_KINDS[part].state.check(f"part {i} ({part}) ", states[str(i)], part_tensors, dict(sizes))
 
 
-def build_score(name: str, head: nn.Linear | None) -> PosthocScore | Combination | None:
+def build_score(name: str | DetectorSpec, head: nn.Linear | None) -> PosthocScore | Combination | None:
     """The score object for a name; None for ODIN, which needs the model itself (see :mod:`detector`)."""
-    check_name(name)
-    if "+" in name:
-        return Combination(name, head)
-    if DETECTOR_KINDS[name].score_images is not None:  # odin, mcd: they score the images themselves
+    spec = DetectorSpec.parse(name)
+    if spec.is_combination:
+        return Combination(spec, head)
+    if spec.kind.score_images is not None:  # odin, mcd, the parameter-gradient kinds: they score the images
         return None
-    return PosthocScore(name, head)
+    return PosthocScore(spec, head)

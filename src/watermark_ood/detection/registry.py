@@ -29,13 +29,13 @@ from watermark_ood.detection.builders import (FlatHead, Head, build_knn, build_v
                                               energy_of_changed, expose_gaussian, keep_bank, pattern_for_every_output,
                                               restore_gaussian, static_score)
 from watermark_ood.detection.combood import CombOOD, combood_reducer
+from watermark_ood.detection.image_gradients import GRADNORM_ALL, UNCERTAINTY
+from watermark_ood.detection.image_scores import mcd_scores, odin_scores, parameter_gradient_scores
 from watermark_ood.detection.layer_gram import LayerGram, gram_reducer
 from watermark_ood.detection.layer_mahalanobis import LayerMahalanobis
 from watermark_ood.detection.nac import PackedNAC
 from watermark_ood.detection.openmax import PackedOpenMax
 from watermark_ood.detection.weiper import WeiPer
-from watermark_ood.detection.image_gradients import GRADNORM_ALL, UNCERTAINTY
-from watermark_ood.detection.image_scores import mcd_scores, odin_scores, parameter_gradient_scores
 
 
 @dataclass(frozen=True)
@@ -260,53 +260,127 @@ _OWN_INPUTS = {"gradient": "needs gradients", "coverage": "needs gradients", "pe
                "sampling": "samples dropout masks"}
 
 
+@dataclass(frozen=True)
+class DetectorSpec:
+    """A detector name checked once: one registered kind, or several joined by '+' (their z-scored mean). Made by
+    :meth:`parse` where a name comes in (CLI, pipelines, :class:`Detector`, a detector file) and passed along, so no
+    other code splits or re-checks the string.
+
+    >>> spec = DetectorSpec.parse("knn+vim+energy")
+    >>> spec.parts, spec.is_combination, spec.reads_features, spec.fitted
+    (('knn', 'vim', 'energy'), True, True, True)
+    >>> DetectorSpec.parse("gram").reads_layers, DetectorSpec.parse("mcd").needs_dropout
+    (True, True)
+    """
+
+    name: str
+    parts: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, name: "str | DetectorSpec") -> "DetectorSpec":
+        """The spec of a name (a spec passes through); an unknown name or an impossible combination is a user
+        error in one line that lists what is known."""
+        if isinstance(name, DetectorSpec):
+            return name
+        parts = tuple(str(name).split("+"))
+        unknown = [part for part in parts if part not in DETECTOR_KINDS]
+        if unknown or not name:
+            raise WatermarkOODError(f"unknown score {unknown[0] if unknown else name!r}; known scores: "
+                                    f"{', '.join(SCORE_NAMES)} (combine several with '+', e.g. knn+vim+energy)")
+        if len(parts) > 1:
+            own = next((p for p in parts if DETECTOR_KINDS[p].reads in _OWN_INPUTS), None)
+            if own is not None:
+                why = _OWN_INPUTS[DETECTOR_KINDS[own].reads]
+                raise WatermarkOODError(f"{own} {why} and cannot be part of a combination")
+            layered = next((p for p in parts if p in LAYER_SCORES), None)
+            if layered is not None:
+                raise WatermarkOODError(f"{layered} reads intermediate layers and cannot be part of a combination yet")
+        return cls(str(name), parts)
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def kinds(self) -> tuple[DetectorKind, ...]:
+        return tuple(DETECTOR_KINDS[part] for part in self.parts)
+
+    @property
+    def is_combination(self) -> bool:
+        return len(self.parts) > 1
+
+    @property
+    def kind(self) -> DetectorKind:
+        """The one kind of a single detector (a combination has none)."""
+        if self.is_combination:
+            raise WatermarkOODError(f"{self.name} is a combination of {len(self.parts)} scores, not one kind")
+        return DETECTOR_KINDS[self.name]
+
+    @property
+    def fitted(self) -> bool:
+        """Whether it is fitted on ID data (a combination always is: its z-scores)."""
+        return self.is_combination or self.kind.fitted
+
+    @property
+    def reads_features(self) -> bool:
+        """Whether it (or any part) reads the penultimate features."""
+        return any(kind.reads == "features" for kind in self.kinds)
+
+    @property
+    def reads_layers(self) -> bool:
+        """Whether it reads or changes intermediate layers (then it is never part of a combination)."""
+        return any(part in LAYER_SCORES for part in self.parts)
+
+    @property
+    def needs_dropout(self) -> bool:
+        """Whether it samples with dropout on (runs only on models that have dropout)."""
+        return not self.is_combination and self.kind.reads == "sampling"
+
+    @property
+    def export_refusal(self) -> str:
+        """Why it cannot be exported, in one line; empty when it can."""
+        return next((kind.export_refusal for kind in self.kinds if kind.export_refusal), "")
+
+    def layers_for(self, layers: Sequence[str] | None) -> tuple[str, ...] | None:
+        """The layers a leaderboard's ``--layers`` gives it: those that read several layers take them all; the
+        feature-map kinds change one map, the one named when one is (else their default, the last map); others
+        none.
+
+        >>> DetectorSpec.parse("gram").layers_for(["a", "b"]), DetectorSpec.parse("ash-map").layers_for(["a", "b"])
+        (('a', 'b'), None)
+        >>> DetectorSpec.parse("ash-map").layers_for(["b"]), DetectorSpec.parse("knn").layers_for(["b"])
+        (('b',), None)
+        """
+        if layers is None or not self.reads_layers:
+            return None
+        if self.kind.reads == "map":
+            return tuple(layers) if len(layers) == 1 else None
+        return tuple(layers)
+
+
+# The same questions asked of a name (the spec parses it each time): for callers that hold only a string.
 def check_name(name: str) -> None:
     """Unknown names are user errors that list the known ones (combinations join names with '+')."""
-    unknown = [part for part in name.split("+") if part not in DETECTOR_KINDS]
-    if unknown or not name:
-        raise WatermarkOODError(f"unknown score {unknown[0] if unknown else name!r}; known scores: "
-                                f"{', '.join(SCORE_NAMES)} (combine several with '+', e.g. knn+vim+energy)")
-    if "+" in name and any(DETECTOR_KINDS[p].reads in _OWN_INPUTS for p in name.split("+")):
-        own = next(p for p in name.split("+") if DETECTOR_KINDS[p].reads in _OWN_INPUTS)
-        why = _OWN_INPUTS[DETECTOR_KINDS[own].reads]
-        raise WatermarkOODError(f"{own} {why} and cannot be part of a combination")
-    if "+" in name and reads_layers(name):
-        layered = next(p for p in name.split("+") if p in LAYER_SCORES)
-        raise WatermarkOODError(f"{layered} reads intermediate layers and cannot be part of a combination yet")
+    DetectorSpec.parse(name)
 
 
 def reads_features(name: str) -> bool:
-    """Whether a score (or any part of a combination) reads the penultimate features."""
-    return any(DETECTOR_KINDS[part].reads == "features" for part in name.split("+"))
+    return DetectorSpec.parse(name).reads_features
 
 
 def needs_dropout(name: str) -> bool:
-    """Whether a single detector samples with dropout on (runs only on models that have dropout)."""
-    return "+" not in name and DETECTOR_KINDS[name].reads == "sampling"
+    return DetectorSpec.parse(name).needs_dropout
 
 
 def reads_layers(name: str) -> bool:
-    """Whether a score reads or changes intermediate layers (then it is never part of a combination)."""
-    return any(part in LAYER_SCORES for part in name.split("+"))
+    return DetectorSpec.parse(name).reads_layers
 
 
 def layers_for(name: str, layers: Sequence[str] | None) -> tuple[str, ...] | None:
-    """The layers a leaderboard's ``--layers`` gives one score: those that read several layers take them all; the
-    feature-map kinds change one map, the one named when one is (else their default, the last map); others none.
-
-    >>> layers_for("gram", ["a", "b"]), layers_for("ash-map", ["a", "b"]), layers_for("ash-map", ["b"])
-    (('a', 'b'), None, ('b',))
-    """
-    if layers is None or "+" in name or name not in LAYER_SCORES:
-        return None
-    if DETECTOR_KINDS[name].reads == "map":
-        return tuple(layers) if len(layers) == 1 else None
-    return tuple(layers)
+    return DetectorSpec.parse(name).layers_for(layers)
 
 
 def export_refusal(name: str) -> str:
-    """Why a score (or a combination) cannot be exported, in one line; empty when it can."""
-    return next((DETECTOR_KINDS[p].export_refusal for p in name.split("+") if DETECTOR_KINDS[p].export_refusal), "")
+    return DetectorSpec.parse(name).export_refusal
 
 
 def describe_kinds(names: Sequence[str] = SCORE_NAMES) -> list[str]:

@@ -16,9 +16,10 @@ from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.data.streaming import without_skipped
+from watermark_ood.detection.data_policy import z_split
 from watermark_ood.detection.detector import Detector
 from watermark_ood.detection.logit_scores import get_score
-from watermark_ood.detection.registry import DETECTOR_KINDS, check_name, layers_for
+from watermark_ood.detection.registry import DetectorSpec, check_name, layers_for
 from watermark_ood.evaluation.metrics import accuracy, mean_metrics, ood_metrics
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.runtime.inference import logits_and_features, predict_logits
@@ -153,7 +154,7 @@ def evaluate_scores(
         check_name(name)
     table: dict[str, dict[str, Any]] = {s: {"cost": {}} for s in scores}
     conditions = [("baseline", None)] + ([("watermarked", watermark)] if watermark is not None else [])
-    fit_part, z_part = id_fit.split(0.2, 0) if len(id_fit) > 4 else (id_fit, id_fit)
+    fit_part, z_part = z_split(id_fit, 0)
     with tempfile.TemporaryDirectory() as tmp:
         for c_index, (condition, mark) in enumerate(conditions):
             logits_and_features(model, id_test.subset(torch.arange(min(8, len(id_test)))), normalization, mark,
@@ -202,8 +203,7 @@ def evaluate_scores(
 
 
 def _is_fitted_kind(name: str) -> bool:
-
-    return "+" in name or DETECTOR_KINDS[name].fitted
+    return DetectorSpec.parse(name).fitted
 
 
 def evaluate_detector(detector: Any, id_fit: ImageSet, id_test: ImageSet, ood_sets: Sequence[ImageSet],

@@ -15,6 +15,7 @@ from typing import Callable
 from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.data.images import ImageSet
 from watermark_ood.data.readers import DataOptions, load_id_data
+from watermark_ood.detection.data_policy import NAMED
 from watermark_ood.detection.detector import Detector
 from watermark_ood.detection.logit_scores import score_for_objective
 from watermark_ood.detection.registry import LAYER_SCORES, check_name, reads_layers
@@ -25,8 +26,7 @@ from watermark_ood.selection.pools import DEFAULT_POOL, candidate_pool
 from watermark_ood.watermark.config import OBJECTIVES
 from watermark_ood.watermark.file import Watermark
 
-SPLITS = ("holdout", "test")  # where a named score's threshold is calibrated: 10% of training data, or the test split
-CALIBRATION_IMAGES = 5000  # at most this many held-out images set the threshold
+SPLITS = ("holdout", "test")  # where a named score's threshold is set: the hold-out (data_policy), or the test split
 
 
 @dataclass(frozen=True)
@@ -110,8 +110,8 @@ def calibrate(settings: CalibrateSettings, source: ModelSource, execution: Execu
                                                      seed=settings.seed, per_class=settings.per_class), execution,
                                    model.model_id, log=log).detector
     else:
-        fit_split, holdout = train.split(0.1, settings.seed)
-        calibration = holdout.sample(CALIBRATION_IMAGES, settings.seed) if settings.split == "holdout" else test
+        fit_split, holdout = train.split(NAMED.holdout_fraction, settings.seed)
+        calibration = holdout.sample(NAMED.calibration_images, settings.seed) if settings.split == "holdout" else test
         detector = Detector(model.module, model.normalization, watermark, score, execution=execution,
                             model_id=model.model_id, layers=settings.layers).fit(fit_split, seed=settings.seed).calibrate(
                                 calibration, settings.tpr, settings.per_class, train.num_classes)

@@ -16,6 +16,7 @@ from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.data.synthetic import gaussian_set, uniform_set
 from watermark_ood.detection.logit_scores import score_for_objective
+from watermark_ood.detection.registry import DetectorSpec
 from watermark_ood.evaluation.metrics import mean_metrics, ood_metrics
 from watermark_ood.evaluation.protocol import evaluate, evaluate_scores
 from watermark_ood.models.architectures import SmallCNN
@@ -164,7 +165,7 @@ def ship_detector(model, normalization, train, test, ood_sets, marks, execution,
     first: dict[frozenset, str] = {}
     for row in selection.ranking:
         if row["ok"]:
-            first.setdefault(frozenset(row["score"].split("+")), row["score"])
+            first.setdefault(frozenset(DetectorSpec.parse(row["score"]).parts), row["score"])
     names = list(first.values())
     table = evaluate_scores(model, normalization, train, test, ood_sets, mark, names, execution)
     rows = leaderboard_rows(table, WATERMARK_LABEL, counts)

@@ -32,9 +32,9 @@ from watermark_ood.core.progress import say
 from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.data.streaming import without_skipped
-from watermark_ood.data.synthetic import (OUTLIER_KINDS, RANKING_KINDS, kind_rows, synthesize_outliers,
-                                          synthesized_kinds)
-from watermark_ood.detection.detector import FIT_IMAGES, Detector
+from watermark_ood.data.synthetic import OUTLIER_KINDS, RANKING_KINDS, kind_rows, synthesize_outliers, synthesized_kinds
+from watermark_ood.detection.data_policy import AUTO
+from watermark_ood.detection.detector import Detector
 from watermark_ood.detection.registry import AUTO_CANDIDATES, DETECTOR_KINDS, reads_layers
 from watermark_ood.evaluation.metrics import accuracy, auroc, fpr_at_tpr, fpr_at_tpr_resampled
 from watermark_ood.runtime.device import ExecutionConfig
@@ -49,14 +49,14 @@ CLOSE = 0.2  # a candidate better than the chosen one in at least this share of 
 @dataclass
 class SelectionSettings:
     candidates: Sequence[str] = AUTO_CANDIDATES  # the default pool: every registered kind but combood and mcd
-    fit_images: int = FIT_IMAGES
+    fit_images: int = AUTO.fit_images  # the split of the ID training data: detection/data_policy.py
     rank_images: int = 3000  # ID images ranked against as many synthetic outliers (500 of each of six kinds)
     # the kinds the ranking's FPR95 is taken over: those that destroy the object (benchmarks/README, issue 13: chosen
     # on five models, then tested on two trained afterwards; issue 26 added phase-scrambled images, tested on five
     # retrains); greyscale and rotated copies still guard watermarks
     ranking_kinds: Sequence[str] = RANKING_KINDS
-    calibration_images: int = 2000
-    holdout_fraction: float = 0.12  # half ranks, half calibrates: 3,000 each of CIFAR's 50,000
+    calibration_images: int = AUTO.calibration_images
+    holdout_fraction: float = AUTO.holdout_fraction  # half ranks, half calibrates
     combine: Sequence[int] = (2, 3)  # combinations of the best k scores of each condition
     max_accuracy_drop: float = 0.01  # a watermark costing more ranking-ID accuracy is not admitted
     watermark_must_win_every_kind: bool = True  # ... nor one that loses to no watermark on any outlier kind
@@ -96,10 +96,8 @@ def selection_splits(train: ImageSet, settings: SelectionSettings) -> tuple[Imag
     """Disjoint seeded parts of the ID training data: (fit, z-scores of combinations, ranking, calibration)."""
     fit_split, holdout = train.split(settings.holdout_fraction, settings.seed)
     rank_part, calibration = holdout.split(0.5, settings.seed + 1)
-    fit_set, z_set = fit_split.split(0.2, settings.seed)
-    return (fit_set.sample(settings.fit_images, settings.seed),
-            z_set.sample(max(1, settings.fit_images // 4), settings.seed),
-            rank_part.sample(settings.rank_images, settings.seed), calibration)
+    fit_set, z_set = AUTO.fit_and_z(fit_split, settings.seed, settings.fit_images)
+    return fit_set, z_set, rank_part.sample(settings.rank_images, settings.seed), calibration
 
 
 def select_detector(model: torch.nn.Module, normalization: Normalization, train: ImageSet,
