@@ -2,7 +2,7 @@
 # Issue 26, fourth pool test: its fifth cell (cifar10-wrn16_4-seed2-far), with the code the test was pre-registered
 # with (commit 0b7a2c3, before --score auto's default changed: its `shipped` pool and rule are the old default that
 # the challenger is compared with). Trains the seed-2 WRN-16-4 first if missing; resumable.
-#   nice -n 10 bash benchmarks/run_both_family_wrn_cell.sh > ~/wood-runs/wrn-cell.log 2>&1 &
+#   nice -n 10 bash studies/run_both_family_wrn_cell.sh > ~/wood-runs/wrn-cell.log 2>&1 &
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/benchmarks/results/both-family"

@@ -4,7 +4,7 @@
 # pools were thought of, so they are not among them). One detector_choice.py run per cell: the shipped pool's
 # choice, and the choice of each other pool, all measured on the cell's real OOD sets after the choices.
 # Resumable: a cell whose JSON exists is skipped.
-#   nice -n 10 bash benchmarks/run_pool_test.sh > ~/wood-runs/pools.log 2>&1 &
+#   nice -n 10 bash studies/run_pool_test.sh > ~/wood-runs/pools.log 2>&1 &
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/benchmarks/results/pools"

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Issue 26: the pre-registered test of the seam-free ranking rule (benchmarks/README, 2026-12-03: phase-scrambled
 # outliers in place of patch-shuffled ones) with every detector as candidate, on the seed-1 ResNet-14 cells
-# (benchmarks/run_pool_retest.sh trains them). One detector_choice.py run per cell: the shipped rule and the
+# (studies/run_pool_retest.sh trains them). One detector_choice.py run per cell: the shipped rule and the
 # seam-free rule, both on the full pool, measured on the cell's real OOD sets after both choices.
 # Resumable: a cell whose JSON exists is skipped.
-#   nice -n 10 bash benchmarks/run_seam_free_test.sh > ~/wood-runs/seam-free.log 2>&1 &
+#   nice -n 10 bash studies/run_seam_free_test.sh > ~/wood-runs/seam-free.log 2>&1 &
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/benchmarks/results/seam-free"

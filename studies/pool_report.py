@@ -2,14 +2,14 @@
 measured on the cell's real OOD sets, against the targets (within 5 points of the best in hindsight, at most
 0.7x energy), and the decision the pre-registered rule makes from them.
 
-    python benchmarks/pool_report.py benchmarks/results/pools/*.json --out benchmarks/results/pools/pools.md
-    python benchmarks/pool_report.py benchmarks/results/pools-retest/*.json --rule relative \
+    python studies/pool_report.py benchmarks/results/pools/*.json --out benchmarks/results/pools/pools.md
+    python studies/pool_report.py benchmarks/results/pools-retest/*.json --rule relative \
         --out benchmarks/results/pools-retest/pools.md
-    python benchmarks/pool_report.py benchmarks/results/seam-free/*.json --rule relative \
+    python studies/pool_report.py benchmarks/results/seam-free/*.json --rule relative \
         --challenger-rule "seam-free object-destroying kinds" --baseline benchmarks/results/pools-retest \
         --targets-run benchmarks/results/detectors/resnet56-full-pool-seam-free.json \
         --out benchmarks/results/seam-free/seam-free.md
-    python benchmarks/pool_report.py benchmarks/results/both-family/*.json --rule relative \
+    python studies/pool_report.py benchmarks/results/both-family/*.json --rule relative \
         --challenger-rule "both-family object-destroying kinds" --baseline-pool shipped \
         --targets-run benchmarks/results/detectors/resnet20-both-family.json \
         --targets-run benchmarks/results/detectors/resnet56-both-family.json \

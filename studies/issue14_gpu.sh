@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 14 on a lent GPU, in one call of the device tool (about 9 minutes of its 15-minute lease):
 #   python benchmarks/device/pack_shared.py pack ../shared .devdata        # here, once (~40 MiB)
-#   run: bash benchmarks/device/issue14_gpu.sh      carry: .devdata  (and .wrn-resume, see below)
+#   run: bash studies/issue14_gpu.sh      carry: .devdata  (and .wrn-resume, see below)
 # Stages in priority order (STAGES picks and orders them), each under what is left of BUDGET seconds, so a slow
 # stage still returns what came before it. Every fit is the paper's full schedule (50 epochs over the whole
 # training split) with test curves every 5 epochs (studies/full_schedule_curves.py): nothing is chosen by them.

@@ -3,7 +3,7 @@
 # shipped pool, decided by pool_report.py --rule relative) on cells none of the earlier tests measured: the
 # 4-epoch WRN-16-4 and new seeds (seed 1) of the three ResNet-14 classifiers. Trains what is missing first (weights in
 # ~/wood-runs, records in benchmarks/results/models/*-seed1.json); a cell whose JSON exists is skipped (resumable).
-#   nice -n 10 bash benchmarks/run_pool_retest.sh > ~/wood-runs/pools-retest.log 2>&1 &
+#   nice -n 10 bash studies/run_pool_retest.sh > ~/wood-runs/pools-retest.log 2>&1 &
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/benchmarks/results/pools-retest"

@@ -5,7 +5,7 @@
 # rule) run beside it in the same process (--pools shipped), on seed-2 retrains no earlier test has measured.
 # Trains what is missing first (weights in ~/wood-runs, records in benchmarks/results/models/*-seed2.json); a cell
 # whose JSON exists is skipped (resumable).
-#   nice -n 10 bash benchmarks/run_both_family_test.sh > ~/wood-runs/both-family.log 2>&1 &
+#   nice -n 10 bash studies/run_both_family_test.sh > ~/wood-runs/both-family.log 2>&1 &
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/benchmarks/results/both-family"
