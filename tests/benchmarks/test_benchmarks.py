@@ -169,3 +169,22 @@ def test_gradient_kinds_speed_writes_both_rates_and_the_scores_agreement(tmp_pat
     for row in rows.values():
         assert row["images"] == 8 and row["library_images_per_second"] > 0 and row["ours_images_per_second"] > 0
         assert 0 <= row["max_relative_difference"] < 1e-5
+
+
+def test_same_choice_compare_reports_every_difference(tmp_path):
+    """Two records of --score auto (before / after a change): the choice, rows that moved, and score agreement."""
+    base = {"commit": "a", "chosen": "knn", "threshold": 0.5, "seconds": 1.0, "probe_images": 3,
+            "ranking": {"knn (none)": {"ok": True, "fpr95": 0.2, "auroc": 0.9},
+                        "energy (none)": {"ok": True, "fpr95": 0.4, "auroc": 0.8}}, "scores": [1.0, 2.0, 4.0]}
+    moved = {**base, "commit": "b", "scores": [1.0, 2.0, 4.000004],
+             "ranking": {**base["ranking"], "energy (none)": {"ok": True, "fpr95": 0.4, "auroc": 0.81}}}
+    paths = [tmp_path / "before.json", tmp_path / "after.json", tmp_path / "same.json"]
+    for path, record in zip(paths, (base, moved)):
+        path.write_text(json.dumps(record))
+    subprocess.run([sys.executable, str(BENCHMARKS / "same_choice.py"), "compare", *map(str, paths[:2]), "--out",
+                    str(paths[2])], check=True, capture_output=True)
+    result = json.loads(paths[2].read_text())
+    assert result["same_choice"] and result["threshold_identical"] and not result["scores_bit_identical"]
+    assert abs(result["scores_max_relative_difference"] - 1e-6) < 1e-9
+    assert (result["ranking_rows"], result["ranking_rows_identical"]) == (2, 1)
+    assert result["ranking_differences"]["energy (none)"]["after"]["auroc"] == 0.81
