@@ -605,3 +605,32 @@ def test_a_detector_spec_is_checked_once_and_answers_for_its_parts(trained_toy):
     assert by_spec.score == "knn+energy" and by_spec.spec == by_name.spec
     test = make_images(20, seed=12)
     assert np.array_equal(by_spec.scores(test), by_name.scores(test))
+
+
+def test_every_kind_registers_itself_from_its_own_module_in_the_packages_order():
+    """One module per kind under detection/kinds, each registering the kind it documents; the registry's order is
+    the package's import order (the order the registry had before the kinds moved: tables, pools, ties)."""
+    import ast
+    import dataclasses
+    import importlib
+    from pathlib import Path
+
+    from watermark_ood.detection import kinds
+    from watermark_ood.detection.registry import Reads, register
+
+    package = Path(kinds.__file__).parent
+    imported = [a.name for node in ast.parse((package / "__init__.py").read_text()).body
+                if isinstance(node, ast.ImportFrom) for a in node.names]
+    assert sorted(imported) == sorted(p.stem for p in package.glob("*.py") if p.stem != "__init__")
+    assert [name.replace("-", "_") for name in SCORE_NAMES] == imported
+    for module_name in imported:
+        module = importlib.import_module(f"watermark_ood.detection.kinds.{module_name}")
+        kind = module.KIND
+        assert DETECTOR_KINDS[kind.name] is kind and isinstance(kind.reads, Reads)
+        assert kind.paper.split(" (")[0] in " ".join(module.__doc__.split()) and "higher = more ID" in module.__doc__
+    assert SCORE_NAMES[:3] == ("msp", "energy", "maxlogit") and SCORE_NAMES.index("odin") == 7
+    with pytest.raises(ValueError, match="registered twice"):
+        register(DETECTOR_KINDS["knn"])
+    with pytest.raises(TypeError, match="must be a Reads value"):
+        register(dataclasses.replace(DETECTOR_KINDS["knn"], name="knn-copy", reads="features"))
+    assert "knn-copy" not in DETECTOR_KINDS and str(Reads.FEATURES) == "features" == f"{Reads.FEATURES}"

@@ -231,9 +231,9 @@ def _calibrate_command(sub: Any) -> None:
                           "minutes on a CPU [the watermark's score, else energy: seconds, and what scripts written "
                           "before auto existed expect]")
     cal.add_argument("--candidates", nargs="+", metavar="NAME", default=None,
-                     help="the detectors --score auto ranks: shipped (every detector but combood and mcd), all "
-                          "(every detector the model runs), and/or detector names, e.g. shipped combood or "
-                          "msp energy knn [shipped]")
+                     help="the detectors --score auto ranks: shipped (every detector but combood, mcd and those no "
+                          "pool test has adopted yet), all (every detector the model runs), and/or detector names, "
+                          "e.g. shipped combood or msp energy knn [shipped]")
     _add_layers(cal)
     cal.add_argument("--tpr", type=float, default=0.95,
                      help="share of ID inputs to accept, in (0, 1): the split-conformal threshold guarantees that an "

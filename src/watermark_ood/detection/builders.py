@@ -5,7 +5,7 @@ Separate from :mod:`.registry`, which says *what* each kind is; this says how th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from pytorch_ood import detector as pod
@@ -59,23 +59,6 @@ def static_score(cls: str) -> Callable[[torch.Tensor, torch.Tensor | None], torc
     return lambda logits, features: getattr(pod, cls).score(logits.double())
 
 
-def build_knn(head: Head) -> Any:
-    """k = 50, fewer when fitted on fewer images. The ID bank is kept (L2-normalized) because scikit-learn's search
-    neither traces nor saves without pickle: export measures the same distance in torch, loading rebuilds the
-    index."""
-    k = 50 if head.count is None or head.count > 50 else max(1, head.count - 1)
-    return pod.KNN(None, k=k)
-
-
-def keep_bank(impl: Any, features: torch.Tensor, labels: torch.Tensor) -> None:
-    impl.bank = impl._prepare(features[labels >= 0]).contiguous()
-
-
-def build_vim(head: Head) -> Any:
-    d = 64 if head.dim is None or head.dim > 128 else max(1, head.dim // 2)
-    return pod.ViM(None, d=d, w=head.weight, b=head.bias)
-
-
 def changed_map(cls: str) -> Callable[[], Callable[[torch.Tensor], torch.Tensor]]:
     """The library's own change of a feature map (its ``predict_feature_maps`` with identity head and score): the
     model's remaining layers then run on the changed map, and the energy of its logits is the score."""
@@ -88,22 +71,3 @@ def changed_map(cls: str) -> Callable[[], Callable[[torch.Tensor], torch.Tensor]
 
 def energy_of_changed(logits: torch.Tensor, changed: torch.Tensor | None) -> torch.Tensor:
     return pod.EnergyBased.score(changed)
-
-
-def pattern_for_every_output(impl: Any, features: torch.Tensor, labels: torch.Tensor) -> None:
-    """SHE scores an input with the stored pattern of its predicted class: a model with outputs that no ID class
-    trains (more outputs than the data has classes) would fail at scoring time, so fitting refuses it."""
-    outputs = impl.head.head.out_features
-    if len(impl.patterns) < outputs:
-        raise WatermarkOODError(f"she scores each input with the pattern of its predicted class, and the model has "
-                                f"{outputs} outputs but the ID data only {len(impl.patterns)} classes; choose another "
-                                "score (mahalanobis, knn, ... keep one state per ID class)")
-
-
-def expose_gaussian(impl: Any, features: torch.Tensor, labels: torch.Tensor) -> None:
-    """MahalanobisODIN keeps its Gaussian in an inner Mahalanobis: its tensors, where saving finds them."""
-    impl.mu, impl.cov, impl.precision = impl._base.mu, impl._base.cov, impl._base.precision
-
-
-def restore_gaussian(impl: Any) -> None:
-    impl._base.mu, impl._base.cov, impl._base.precision = impl.mu, impl.cov, impl.precision

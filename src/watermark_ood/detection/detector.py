@@ -41,7 +41,7 @@ from watermark_ood.detection.detector_file import (FORMAT, FORMAT_VERSION, check
 from watermark_ood.detection.image_scores import SCORED_ON_IMAGES, fit_on_images, scores_on_images
 from watermark_ood.detection.posthoc import Combination, PosthocScore, build_score
 from watermark_ood.detection.prediction import Prediction, as_images  # noqa: F401 - part of this module's API
-from watermark_ood.detection.registry import LAYER_SCORES, DetectorSpec
+from watermark_ood.detection.registry import LAYER_SCORES, DetectorSpec, Reads
 from watermark_ood.detection.selection_report import write_selection_report
 from watermark_ood.models.layers import has_dropout, layer_widths, resolve_layers, spatial_mean
 from watermark_ood.models.taps import last_linear
@@ -74,7 +74,7 @@ class Detector:
         # the layers a detector on intermediate layers taps: as named, else the architecture's stage outputs
         self.layers: tuple[str, ...] | None = None
         if spec.reads_layers:
-            self.layers = resolve_layers(spec.name, spec.kind.reads == "map", model, layers)
+            self.layers = resolve_layers(spec.name, spec.kind.reads == Reads.MAP, model, layers)
         elif layers is not None:
             raise WatermarkOODError(f"{score} reads no intermediate layers; --layers is for {', '.join(LAYER_SCORES)}")
         self.threshold: float | None = None
@@ -93,12 +93,12 @@ class Detector:
     def own_passes(self) -> bool:
         """Whether the score makes its own passes over the images (odin, mcd, layer and map detectors) instead of
         reading the logits and penultimate features that callers compute once and share between detectors."""
-        return self.reads not in ("logits", "features")
+        return self.reads not in (Reads.LOGITS, Reads.FEATURES)
 
     def fit_shared(self, fit_set: ImageSet, fit: tuple, z: tuple) -> "Detector":
         """Fit from shared outputs of ``fit_set`` (``fit``) and of a held-out part (``z``, combinations' z-scores);
         a detector with its own passes fits on ``fit_set`` itself (mahalanobis-odin: on the shared features)."""
-        if self.own_passes and self.reads != "perturbed":
+        if self.own_passes and self.reads != Reads.PERTURBED:
             return self.fit(fit_set, limit=len(fit_set))
         return self.fit_outputs(*fit, fit_set.labels, z)
 
@@ -111,14 +111,14 @@ class Detector:
         """Logits and (when the score reads them) penultimate features of ``images`` under the watermark."""
 
         images = as_images(images)
-        if self.reads == "layers":
+        if self.reads == Reads.LAYERS:
             return infer(self.model, images, self.normalization, self.watermark, self.execution, layers=self.layers,
                          reduce=self._reducer())
-        if self.reads == "map":  # the plain logits (for the classes), then those of the changed map (the score)
+        if self.reads == Reads.MAP:  # the plain logits (for the classes), then those of the changed map (the score)
             change = (self.layers[0], self.scorer.kind.change_map())
             return (predict_logits(self.model, images, self.normalization, self.watermark, self.execution),
                     infer(self.model, images, self.normalization, self.watermark, self.execution, rewrite=change)[0])
-        if self.reads in ("features", "perturbed"):  # perturbed: fitted on the features, scored on the images
+        if self.reads in (Reads.FEATURES, Reads.PERTURBED):  # perturbed: fitted on the features, scored on the images
             return logits_and_features(self.model, images, self.normalization, self.watermark, self.execution)
         return predict_logits(self.model, images, self.normalization, self.watermark, self.execution), None
 
@@ -157,7 +157,7 @@ class Detector:
         if isinstance(self.scorer, Combination):
             sample, held = NAMED.fit_and_z(id_train, seed, limit)  # parts fit on one split, z-scores from another
             self.fit_outputs(*self.outputs(sample), sample.labels, self.outputs(held))
-        elif self.reads == "coverage":  # nac fits on the images themselves
+        elif self.reads == Reads.COVERAGE:  # nac fits on the images themselves
             fit_on_images(self, id_train.sample(limit, seed))
         elif self.scorer is not None and self.scorer.kind.fitted:
             sample = id_train.sample(limit, seed)
@@ -181,7 +181,7 @@ class Detector:
                 raise WatermarkOODError("a combination of scores needs held-out ID outputs for its z-scores")
             self.scorer.fit(logits, features, labels, *held)
         elif self.scorer is not None:
-            if self.reads == "layers":
+            if self.reads == Reads.LAYERS:
                 self.scorer.widths = self.layer_widths()
             self.scorer.fit(logits, features, labels)
         return self
@@ -356,7 +356,8 @@ class Detector:
         if watermark is not None and detector.input_shape and tuple(watermark.image_shape) != detector.input_shape:
             raise WatermarkOODError(f"{path}: watermark shape {tuple(watermark.image_shape)} does not match the "
                                     f"detector's input shape {detector.input_shape}")
-        if detector.reads in ("layers", "coverage") and tuple(detector.scorer.widths or ()) != detector.layer_widths():
+        tapped = detector.reads in (Reads.LAYERS, Reads.COVERAGE)
+        if tapped and tuple(detector.scorer.widths or ()) != detector.layer_widths():
             raise WatermarkOODError(f"{path}: the tapped layers {', '.join(detector.layers)} of this model have "
                                     f"{list(detector.layer_widths())} channels, the file was fitted on "
                                     f"{list(detector.scorer.widths or ())}")

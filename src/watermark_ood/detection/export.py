@@ -26,6 +26,7 @@ from torch import nn
 
 from watermark_ood.core.errors import WatermarkOODError, describe
 from watermark_ood.detection.detector import Detector
+from watermark_ood.detection.registry import Reads
 from watermark_ood.models.layers import LayerRewrite, LayerTaps
 from watermark_ood.models.taps import split_at_head
 
@@ -76,10 +77,10 @@ class DeployedDetector(nn.Module):
 
     def _tap(self, detector: Detector, model: nn.Module) -> tuple[nn.Module | None, LayerTaps | None]:
         """A copy of the model with the detector's hooks: its tapped layers' statistics, or its changed map."""
-        if detector.reads not in ("layers", "map"):
+        if detector.reads not in (Reads.LAYERS, Reads.MAP):
             return None, None
         tapped = copy.deepcopy(model).eval()
-        if detector.reads == "map":
+        if detector.reads == Reads.MAP:
             LayerRewrite(tapped, detector.layers[0], detector.scorer.kind.change_map())
             return tapped, None
         return tapped, LayerTaps(tapped, detector.layers, detector.layer_reducer())
@@ -95,13 +96,13 @@ class DeployedDetector(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = (images - self.mean) / self.std + self.watermark
-        if self.reads == "layers":  # one pass: the hooks append its statistics of the tapped layers
+        if self.reads == Reads.LAYERS:  # one pass: the hooks append its statistics of the tapped layers
             logits = self.tapped(x).float()
             features = self._taps.features.pop()
         else:
             features = self.features_model(x).flatten(1).float()
             logits = self.head(features).float()
-        if self.reads == "map":  # the logits of the model run on its changed feature map
+        if self.reads == Reads.MAP:  # the logits of the model run on its changed feature map
             features = self.tapped(x).float()
         score = self.scorer(logits, features, traceable=True).float().detach()
         predicted = logits.argmax(dim=1)

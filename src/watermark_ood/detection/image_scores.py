@@ -18,6 +18,7 @@ from watermark_ood.core.randomness import derived_seed
 from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.detection.image_gradients import GradientNorm, Unsupported, per_image_norms
+from watermark_ood.detection.registry import Reads
 from watermark_ood.models.taps import split_at_head
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.runtime.inference import WatermarkedModel, batched_scores, gradient_batch
@@ -154,9 +155,9 @@ def scores_on_images(detector: RunsModel, score_images: Callable[..., np.ndarray
     """Scores (higher = more ID) of a detector that runs the model itself: a fitted one through its score object,
     the others through their kind's ``score_images``."""
     d = detector
-    if d.reads == "coverage":
+    if d.reads == Reads.COVERAGE:
         return coverage_scores(d.model, images, d.normalization, d.watermark, d.execution, d.scorer.impl, d.layers)
-    if d.reads == "perturbed":
+    if d.reads == Reads.PERTURBED:
         return perturbed_scores(d.model, images, d.normalization, d.watermark, d.execution, d.scorer.impl)
     return score_images(d.model, images, d.normalization, d.watermark, d.execution)
 

@@ -19,7 +19,7 @@ from watermark_ood.core.errors import WatermarkOODError, describe
 from watermark_ood.core.schema import check_mapping, check_tensor, fail
 from watermark_ood.detection.functional import gen_outlier, knn_kth_distance, mahalanobis_min_distance  # noqa: F401
 from watermark_ood.detection.registry import (DETECTOR_KINDS, SCORE_NAMES, DetectorKind, DetectorSpec,  # noqa: F401
-                                              FlatHead, Head, check_name, describe_kinds)
+                                              FlatHead, Head, Reads, check_name, describe_kinds)
 
 __all__ = ["PosthocScore", "Combination", "build_score", "check_state",  # and, for the old import path:
            "DETECTOR_KINDS", "SCORE_NAMES", "DetectorKind", "FlatHead", "Head", "check_name", "describe_kinds",
@@ -87,10 +87,10 @@ class PosthocScore:
         """pytorch-ood's outlier score (higher = more OOD); ``traceable`` uses our torch formula for export."""
         require_fitted(self)
         kind = self.kind
-        if kind.reads in ("perturbed", "coverage"):
+        if kind.reads in (Reads.PERTURBED, Reads.COVERAGE):
             raise WatermarkOODError(f"{self.name} runs the model itself; score images with Detector.scores(), not "
                                     "precomputed outputs")
-        if kind.reads in ("features", "layers", "map"):
+        if kind.reads in (Reads.FEATURES, Reads.LAYERS, Reads.MAP):
             if features is None:
                 what = {"features": "penultimate features", "layers": "the tapped layers' features",
                         "map": "the logits of the model with its feature map changed"}[kind.reads]
@@ -177,7 +177,7 @@ class Combination:
 
     @property
     def reads(self) -> str:
-        return "features" if any(p.reads == "features" for p in self.parts) else "logits"
+        return Reads.FEATURES if any(p.reads == Reads.FEATURES for p in self.parts) else Reads.LOGITS
 
     def fit(self, logits: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
             held_logits: torch.Tensor, held_features: torch.Tensor) -> "Combination":

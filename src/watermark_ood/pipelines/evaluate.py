@@ -25,7 +25,7 @@ from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.core.progress import say
 from watermark_ood.data.readers import DataOptions, load_id_data, load_ood_data
 from watermark_ood.detection.logit_scores import score_for_objective
-from watermark_ood.detection.registry import DETECTOR_KINDS, LAYER_SCORES, SCORE_NAMES, check_name, layers_for
+from watermark_ood.detection.registry import DETECTOR_KINDS, LAYER_SCORES, SCORE_NAMES, Reads, check_name, layers_for
 from watermark_ood.evaluation.metrics import accuracy
 from watermark_ood.evaluation.protocol import evaluate, evaluate_detector, evaluate_scores, protocol_subsample
 from watermark_ood.pipelines.predict import load_detector
@@ -64,7 +64,7 @@ def expand_scores(names: Sequence[str] | None) -> list[str]:
     """``--scores``: names and combinations, ``all`` for every detector that runs on any classifier (mcd, which
     needs dropout layers, only by name); unknown names are one-line errors."""
 
-    every = [n for n in SCORE_NAMES if DETECTOR_KINDS[n].reads != "sampling"]
+    every = [n for n in SCORE_NAMES if DETECTOR_KINDS[n].reads != Reads.SAMPLING]
     out: list[str] = []
     for name in names or ():
         for item in (every if name == "all" else [name]):

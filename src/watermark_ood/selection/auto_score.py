@@ -35,7 +35,7 @@ from watermark_ood.data.streaming import without_skipped
 from watermark_ood.data.synthetic import OUTLIER_KINDS, RANKING_KINDS, kind_rows, synthesize_outliers, synthesized_kinds
 from watermark_ood.detection.data_policy import AUTO
 from watermark_ood.detection.detector import Detector
-from watermark_ood.detection.registry import AUTO_CANDIDATES, DETECTOR_KINDS, reads_layers
+from watermark_ood.detection.registry import AUTO_CANDIDATES, DETECTOR_KINDS, Reads, reads_layers
 from watermark_ood.evaluation.metrics import accuracy, auroc, fpr_at_tpr, fpr_at_tpr_resampled
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.selection.shared_passes import RACE_MARGIN, Race, score_in_heats, shared_outputs
@@ -48,7 +48,7 @@ CLOSE = 0.2  # a candidate better than the chosen one in at least this share of 
 
 @dataclass
 class SelectionSettings:
-    candidates: Sequence[str] = AUTO_CANDIDATES  # the default pool: every registered kind but combood and mcd
+    candidates: Sequence[str] = AUTO_CANDIDATES  # the default pool (selection/pools.py)
     fit_images: int = AUTO.fit_images  # the split of the ID training data: detection/data_policy.py
     rank_images: int = 3000  # ID images ranked against as many synthetic outliers (500 of each of six kinds)
     # the kinds the ranking's FPR95 is taken over: those that destroy the object (benchmarks/README, issue 13: chosen
@@ -257,14 +257,14 @@ def tied_with(best: dict[str, Any], ranking: Sequence[dict[str, Any]]) -> list[s
 
 def _makes_own_passes(name: str) -> bool:
     """Whether a candidate runs the model itself even in the selection (the layer kinds share one pass)."""
-    return "+" not in name and DETECTOR_KINDS[name].reads not in ("logits", "features", "layers")
+    return "+" not in name and DETECTOR_KINDS[name].reads not in (Reads.LOGITS, Reads.FEATURES, Reads.LAYERS)
 
 
 def _layer_detectors(model, normalization, mark, candidates: Sequence[str], execution) -> list[Detector]:
     """The candidates on intermediate layers this model has the layers of (the others fail in their own row)."""
     made = []
     for name in candidates:
-        if "+" not in name and DETECTOR_KINDS[name].reads == "layers":
+        if "+" not in name and DETECTOR_KINDS[name].reads == Reads.LAYERS:
             try:
                 made.append(Detector(model, normalization, mark, name, execution=execution))
             except WatermarkOODError:
