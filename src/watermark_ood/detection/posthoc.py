@@ -25,9 +25,7 @@ __all__ = ["PosthocScore", "Combination", "build_score", "check_state",  # and, 
            "DETECTOR_KINDS", "SCORE_NAMES", "DetectorKind", "FlatHead", "Head", "check_name", "describe_kinds",
            "gen_outlier", "knn_kth_distance", "mahalanobis_min_distance"]
 _FlatHead = FlatHead  # its name before the registry was one table
-# Stateful pytorch-ood attributes that are rebuilt from the model, never saved.
-_REBUILT = {"encoder", "model", "head", "backbone", "detector", "ash", "knn", "criterion", "_device", "_base",
-            "norm_std"}
+_ABSENT = object()  # a declared field the library object does not hold (yet): not saved
 
 
 def require_fitted(score: "PosthocScore | Combination") -> None:
@@ -119,14 +117,16 @@ class PosthocScore:
 
     # ------------------------------------------------------------------ state (no pickle)
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Fitted state as tensors plus JSON values; the head and callables are rebuilt from the model."""
+        """Fitted state as tensors plus JSON values: exactly what the kind's schema declares, read from the library
+        object by name (never its other, private fields); the head and callables are rebuilt from the model."""
         tensors: dict[str, torch.Tensor] = {}
         values: dict[str, Any] = {"fitted": self.fitted}
         if self.impl is None:
             return tensors, values
-        for key, value in vars(self.impl).items():
-            if key in _REBUILT:
-                continue
+        schema = self.kind.state
+        per_class = [schema.per_class_tensor[0]] if schema.per_class_tensor else []
+        for key in [*(schema.tensors or {}), *(schema.optional_tensors or {}), *(schema.values or {}), *per_class]:
+            value = getattr(self.impl, key, _ABSENT)
             if isinstance(value, nn.ParameterDict):
                 values[key] = {"parameter_dict": list(value.keys())}
                 tensors.update({f"{key}.{k}": p.detach().float().cpu().contiguous() for k, p in value.items()})
