@@ -6,8 +6,8 @@ The validation outliers are deliberately of a different kind than the Gaussian t
 selecting on them rewards watermarks and detectors that generalise beyond the training noise: patch-shuffled
 images (local statistics kept, global structure destroyed), images rotated by 90 degrees (natural statistics,
 unfamiliar semantics), low-frequency colour noise, greyscale images (colour removed) and flat colours (no
-structure at all). The last two cover inputs that Gaussian noise never shows an objective: issue 14 measured that
-watermarks raise the scores of grey and flat images most (``studies/why_grey_hurts.py``), and without such kinds
+structure at all). The last two cover inputs that Gaussian noise never shows an objective: on the shared models
+watermarks raised the scores of grey and flat images most (``studies/why_grey_hurts.py``), and without such kinds
 neither ``--preset auto`` nor ``--score auto`` could see it.
 """
 
@@ -66,18 +66,18 @@ def flat_and_grey(x: torch.Tensor, noise: torch.Tensor, normalization: Normaliza
 OUTLIER_KINDS = ("patch-shuffle", "rotate90", "low-frequency-noise", "greyscale", "flat-colour")
 
 OBJECT_DESTROYING_KINDS = ("patch-shuffle", "low-frequency-noise", "flat-colour")
-# Kinds that keep natural image statistics but no single ID class, made from labelled ID images (issue 27 item 5,
-# pre-registered in benchmarks/README for near-OOD ranking; made only when asked for, so that the default set stays
+# Kinds that keep natural image statistics but no single ID class, made from labelled ID images (pre-registered in
+# benchmarks/README for near-OOD ranking; made only when asked for, so that the default set stays
 # what it was).
 CLASS_KINDS = ("class-blend", "class-mosaic")
-# Object-destroying without seams (issue 26): the patch-shuffled kind's seams are edges no natural image has, and
+# Object-destroying without seams: the patch-shuffled kind's seams are edges no natural image has, and
 # detectors reading early layers separate them easily (combood, multimahalanobis led on it where real OOD data
 # ranked them lower); a phase-scrambled image keeps each image's amplitude spectrum and has no seams. Made only when
 # asked for, after the class kinds, so that every earlier set stays what it was.
 STATISTIC_KINDS = ("phase-scramble",)
 EXTRA_KINDS = CLASS_KINDS + STATISTIC_KINDS
 # --score auto ranks on both object-destroying families at once, with seams (patch-shuffled) and without
-# (phase-scrambled), since issue 26's fourth pre-registered pool test (benchmarks/README): either family alone
+# (phase-scrambled), since the fourth pre-registered pool test (benchmarks/README): either family alone
 # overrated some detector on some model (combood on ResNet-20, lts+ash+pnml on ResNet-56).
 RANKING_KINDS = ("patch-shuffle", "phase-scramble", "low-frequency-noise", "flat-colour")
 

@@ -70,7 +70,7 @@ class DetectorKind:
     after_fit: Callable[[Any, torch.Tensor, torch.Tensor], None] | None = None  # keep what saving needs
     after_load: Callable[[Any], None] | None = None  # rebuild what was not saved from what was
     library: str = ""  # the pytorch_ood.detector class it is (or, for our closed forms, equals)
-    in_auto: bool = True  # in --score auto's default pool (selection/pools.py; issue 26's fourth pool test)
+    in_auto: bool = True  # in --score auto's default pool (selection/pools.py; the fourth pre-registered pool test)
     change_map: Callable[[], Callable[[torch.Tensor], torch.Tensor]] | None = None  # reads "map": the change made
     score_images: Callable[..., Any] | None = None  # reads "gradient" / "sampling": scores the images themselves
     reduce_layers: Callable[[int], Callable[[torch.Tensor], torch.Tensor]] | None = None  # reads "layers": what the

@@ -51,8 +51,8 @@ class SelectionSettings:
     candidates: Sequence[str] = AUTO_CANDIDATES  # the default pool (selection/pools.py)
     fit_images: int = AUTO.fit_images  # the split of the ID training data: detection/data_policy.py
     rank_images: int = 3000  # ID images ranked against as many synthetic outliers (500 of each of six kinds)
-    # the kinds the ranking's FPR95 is taken over: those that destroy the object (benchmarks/README, issue 13: chosen
-    # on five models, then tested on two trained afterwards; issue 26 added phase-scrambled images, tested on five
+    # the kinds the ranking's FPR95 is taken over: those that destroy the object (benchmarks/README: chosen on five
+    # models, then tested on two trained afterwards; phase-scrambled images added by a pre-registered test on five
     # retrains); greyscale and rotated copies still guard watermarks
     ranking_kinds: Sequence[str] = RANKING_KINDS
     calibration_images: int = AUTO.calibration_images

@@ -1,4 +1,4 @@
-"""What keeps ``--score auto``'s choice cheap as the pool grows (issue 26's cost target: at most one ResNet-56
+"""What keeps ``--score auto``'s choice cheap as the pool grows (its cost target: at most one ResNet-56
 watermark fit on CPU).
 
 - **Shared passes.** The detectors on intermediate layers (multimahalanobis, gram, combood) each keep their

@@ -29,8 +29,8 @@ def binomial_se(p: float, n: int) -> float:
     """Standard error of a rate ``p`` measured on ``n`` images, never below one image's worth.
 
     FPR95 on one outlier kind is a count of outliers above a threshold, so it moves by 1/n per image; with
-    200 images per kind and p near 0.85 one standard error is 2.5 points (issue 14: most "lost kinds" of
-    ``--preset auto`` were 1 to 3 images). The floor keeps a rate of 0 or 1 from having no noise at all.
+    200 images per kind and p near 0.85 one standard error is 2.5 points (on the shared models most "lost
+    kinds" of ``--preset auto`` were 1 to 3 images). The floor keeps a rate of 0 or 1 from having no noise at all.
 
     >>> round(binomial_se(0.85, 200), 4)
     0.0252
@@ -48,7 +48,7 @@ def lost_kind(per_kind: Mapping[str, float], reference: Mapping[str, float],
     """The first outlier kind on which FPR95 ``per_kind`` is worse than ``reference`` (None: none is).
 
     A watermark is meant to help on every kind of outlier; one that wins on average by trading one kind for
-    another is what the paper's presets did on real OOD sets (issue 14), so both ``--preset auto`` and
+    another is what the paper's presets did on real OOD sets (the shared models), so both ``--preset auto`` and
     ``--score auto`` refuse it. With ``tolerance`` > 0 and the images per kind in ``counts``, a kind is lost
     only when worse by more than ``tolerance`` binomial standard errors of the reference (:func:`binomial_se`).
 

@@ -15,7 +15,7 @@ LSE_MARGIN_OBJECTIVES = ("hinge", "anchored")
 # Surrogate outliers: the paper's Gaussian noise, or mosaics of 8x8 patches taken from random images of the ID
 # batch (natural local statistics, no object structure; not in the paper), or "mixed": half Gaussian noise, a
 # quarter flat colours and a quarter greyscale copies of the ID batch (the inputs Gaussian noise never shows the
-# objective, and the ones every watermark measured so far made look more in-distribution; issue 14).
+# objective, and the ones every watermark measured on the shared models made look more in-distribution).
 SURROGATES = ("gaussian", "mosaic", "mixed")
 
 
@@ -187,7 +187,7 @@ _OURS = (
     # quantiles, so no per-model tuning.
     ("hinge", 0.1, "energy preset's noise, squared-hinge objective (Liu et al. 2020), margins from ID"),
     # the hinge with each outlier's margin lowered to its own score at w = 0, so that no surrogate may gain ID-ness
-    # (objectives.anchored_term; issue 14's contraction finding).
+    # (objectives.anchored_term: the measured watermarks raised such inputs' scores most).
     ("anchored", 0.1, "hinge preset; no outlier's logsumexp may rise (ours), margins from ID"),
     # a squared hinge on what feature detectors (KNN, Mahalanobis, ViM) read, the cosine distance of penultimate
     # features to the nearest ID class mean; distances are < 2, hence the larger beta.

@@ -44,7 +44,7 @@ def anchored_term(z_in: torch.Tensor, z_out: torch.Tensor, lse_out_at_zero: torc
     ``relu(m_in - LSE(z_in))^2 + relu(LSE(z_out) - min(m_out, LSE_0(x_out)))^2``, where ``LSE_0`` is the
     outlier's logsumexp at w = 0. Liu et al.'s hinge lets an outlier already below ``m_out`` rise up to it; this
     one forbids any rise, so a watermark cannot buy ID confidence by making grey or flat inputs look more ID
-    (what every watermark measured in issue 14 did). Equal to :func:`hinge_term` when every outlier starts at
+    (what every watermark measured on the shared models did). Equal to :func:`hinge_term` when every outlier starts at
     or above ``m_out``.
 
     >>> z = torch.tensor([[2.0, 0.0]])
