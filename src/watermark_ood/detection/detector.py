@@ -272,9 +272,24 @@ class Detector:
         ``verify``: the file is first written beside ``path`` and loaded back for this model, and the loaded
         detector must score a seeded probe as this one does; otherwise nothing is written and the save fails in
         one line. A file that cannot be loaded is never reported as saved."""
+        path = Path(path)
+        data, meta = self.file_bytes()
+        if verify and is_main_process():
+            self._verify_file(path, data)
+        atomic_write_bytes(path, data)
+        atomic_write_json(path.with_suffix(".json"), meta)
+        if self.selection is not None:
+            try:
+                write_selection_report(path.with_suffix(".md"), self.selection, watermark_label)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                pass  # a ranking record read from a file and cut down by hand: the JSON keeps what it holds
+        return path
+
+    def file_bytes(self) -> tuple[bytes, dict[str, Any]]:
+        """The detector file's bytes (safetensors: fitted state, watermark, calibration scores; the JSON header)
+        and its JSON side, as :meth:`save` writes them; a leaderboard measures a detector's size with it."""
         if not self.fitted:
             raise WatermarkOODError(f"the {self.score} detector is not fitted; fit it before saving")
-        path = Path(path)
         state_tensors, state_values = self.scorer.state() if self.scorer is not None else ({}, {})
         meta = self.metadata(state_values)
         tensors = {f"score/{k}": v for k, v in state_tensors.items()}
@@ -286,17 +301,7 @@ class Detector:
                 tensors["calibration/classes"] = torch.from_numpy(self.calibration.classes.astype(np.int64))
         if not tensors:
             tensors["none"] = torch.zeros(1)
-        data = save_bytes(tensors, metadata={"detector": json.dumps(meta)})
-        if verify and is_main_process():
-            self._verify_file(path, data)
-        atomic_write_bytes(path, data)
-        atomic_write_json(path.with_suffix(".json"), meta)
-        if self.selection is not None:
-            try:
-                write_selection_report(path.with_suffix(".md"), self.selection, watermark_label)
-            except (KeyError, TypeError, ValueError, AttributeError):
-                pass  # a ranking record read from a file and cut down by hand: the JSON keeps what it holds
-        return path
+        return save_bytes(tensors, metadata={"detector": json.dumps(meta)}), meta
 
     def _verify_file(self, path: Path, data: bytes) -> None:
         """Load ``data`` as :meth:`load` will, from a temporary file beside ``path``, and compare scores."""

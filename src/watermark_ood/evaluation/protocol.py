@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from watermark_ood.core import distributed
 from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
@@ -142,7 +139,7 @@ def evaluate_scores(
 
     Returns ``{score: {"baseline"|"watermarked": {set: metrics, "mean": ...}, "cost": {condition: {...}}}}``;
     ``cost`` holds the fit time (the forward pass over the fit images included, for fitted detectors), scoring
-    images/s (forward pass included, after a warm-up) and the detector file's size.
+    images/s (forward pass included, after a warm-up) and the detector file's size (before calibration).
     Fitted scores use ``id_fit`` (ID training images) under the condition they are evaluated in:
     watermarked features for the watermarked model; combinations take their z-scores from a fifth of it.
     ``layers``: what the detectors on intermediate layers tap (:func:`~watermark_ood.detection.registry.layers_for`).
@@ -155,51 +152,72 @@ def evaluate_scores(
     table: dict[str, dict[str, Any]] = {s: {"cost": {}} for s in scores}
     conditions = [("baseline", None)] + ([("watermarked", watermark)] if watermark is not None else [])
     fit_part, z_part = z_split(id_fit, 0)
-    with tempfile.TemporaryDirectory() as tmp:
-        for c_index, (condition, mark) in enumerate(conditions):
-            logits_and_features(model, id_test.subset(torch.arange(min(8, len(id_test)))), normalization, mark,
-                                execution)  # warm-up: one-time preparation must not count as scoring time
-            t0 = time.perf_counter()
-            test_out = logits_and_features(model, id_test, normalization, mark, execution)
-            ood_out = {s.name: logits_and_features(model, s, normalization, mark, execution) for s in ood_sets}
-            n_scored = len(id_test) + sum(len(s) for s in ood_sets)
-            forward_seconds = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            fit_out = logits_and_features(model, fit_part, normalization, mark, execution)
-            z_out = logits_and_features(model, z_part, normalization, mark, execution)
-            fit_forward_seconds = time.perf_counter() - t0  # part of every fitted detector's fit time
-            for s_index, score in enumerate(scores):
-                detector = Detector(model, normalization, mark, score, execution=execution,
-                                    layers=layers_for(score, layers))
-                own = detector.own_passes
-                t0 = time.perf_counter()
-                detector.fit_shared(fit_part, fit_out, z_out)
-                fit_seconds = time.perf_counter() - t0 + (fit_forward_seconds if not own and detector.scorer is not
-                                                          None and _is_fitted_kind(score) else 0.0)
-                t0 = time.perf_counter()
-                if own:
-                    s_id = detector.scores(id_test)
-                    s_ood = {s.name: detector.scores(s) for s in ood_sets}
-                    seconds = time.perf_counter() - t0
-                else:
-                    s_id = detector.scores_from(*test_out)
-                    s_ood = {k: detector.scores_from(*v) for k, v in ood_out.items()}
-                    seconds = forward_seconds + time.perf_counter() - t0
-                per_set = {k: ood_metrics(without_skipped(s_id), without_skipped(v)) for k, v in s_ood.items()}
-                table[score][condition] = {**per_set, "mean": mean_metrics(per_set)}
-                detector.input_shape, detector.threshold, detector.tpr = tuple(id_test.image_shape), 0.0, 0.95
-                # Files are written by the main process only (torchrun): the size is measured there.
-                size = detector.save(Path(tmp) / "detector.safetensors", verify=False).stat().st_size \
-                    if distributed.is_main_process() else None
-                table[score]["cost"][condition] = {
-                    "fit_seconds": fit_seconds, "images_per_second": n_scored / max(seconds, 1e-9),
-                    "file_bytes": size}
-                if log is not None:
-                    fpr = 100 * table[score][condition]["mean"]["fpr95"]
-                    log(f"[{c_index * len(scores) + s_index + 1}/{len(scores) * len(conditions)}] {score} "
-                        f"({condition}): mean FPR95 {fpr:.2f}%, fit {fit_seconds:.1f}s, scored {n_scored} images in "
-                        f"{seconds:.1f}s")
+    for c_index, (condition, mark) in enumerate(conditions):
+        shared = _shared_outputs(model, normalization, mark, execution, id_test, ood_sets, fit_part, z_part)
+        for s_index, score in enumerate(scores):
+            detector = Detector(model, normalization, mark, score, execution=execution,
+                                layers=layers_for(score, layers))
+            per_set, cost = _leaderboard_row(detector, shared, fit_part, id_test, ood_sets)
+            table[score][condition] = {**per_set, "mean": mean_metrics(per_set)}
+            table[score]["cost"][condition] = cost
+            if log is not None:
+                log(f"[{c_index * len(scores) + s_index + 1}/{len(scores) * len(conditions)}] {score} "
+                    f"({condition}): mean FPR95 {100 * table[score][condition]['mean']['fpr95']:.2f}%, fit "
+                    f"{cost['fit_seconds']:.1f}s, scored {shared.scored} images in {cost['seconds']:.1f}s")
+            del cost["seconds"]
     return table
+
+
+@dataclass
+class _SharedOutputs:
+    """One condition's logits and features of every set, computed once for all the detectors that read them."""
+
+    test: tuple
+    ood: dict[str, tuple]
+    fit: tuple
+    z: tuple
+    forward_seconds: float  # of the scored sets: part of every shared-output detector's scoring time
+    fit_forward_seconds: float  # of the fit sets: part of every fitted detector's fit time
+    scored: int
+
+
+def _shared_outputs(model, normalization, mark, execution, id_test, ood_sets, fit_part, z_part) -> _SharedOutputs:
+    logits_and_features(model, id_test.subset(torch.arange(min(8, len(id_test)))), normalization, mark,
+                        execution)  # warm-up: one-time preparation must not count as scoring time
+    t0 = time.perf_counter()
+    test_out = logits_and_features(model, id_test, normalization, mark, execution)
+    ood_out = {s.name: logits_and_features(model, s, normalization, mark, execution) for s in ood_sets}
+    forward_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fit_out = logits_and_features(model, fit_part, normalization, mark, execution)
+    z_out = logits_and_features(model, z_part, normalization, mark, execution)
+    return _SharedOutputs(test_out, ood_out, fit_out, z_out, forward_seconds, time.perf_counter() - t0,
+                          len(id_test) + sum(len(s) for s in ood_sets))
+
+
+def _leaderboard_row(detector: Detector, shared: _SharedOutputs, fit_part: ImageSet, id_test: ImageSet,
+                     ood_sets: Sequence[ImageSet]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One detector fitted and scored under one condition: its metrics per OOD set and its cost (fit seconds with
+    the fit sets' forward pass for fitted kinds, images per second with the forward pass, the file's size without
+    calibration scores, and ``seconds``, the scoring time, for the log)."""
+    own = detector.own_passes
+    t0 = time.perf_counter()
+    detector.fit_shared(fit_part, shared.fit, shared.z)
+    fit_seconds = time.perf_counter() - t0 + (shared.fit_forward_seconds if not own and detector.scorer is not None
+                                              and _is_fitted_kind(detector.score) else 0.0)
+    t0 = time.perf_counter()
+    if own:
+        s_id = detector.scores(id_test)
+        s_ood = {s.name: detector.scores(s) for s in ood_sets}
+        seconds = time.perf_counter() - t0
+    else:
+        s_id = detector.scores_from(*shared.test)
+        s_ood = {k: detector.scores_from(*v) for k, v in shared.ood.items()}
+        seconds = shared.forward_seconds + time.perf_counter() - t0
+    per_set = {k: ood_metrics(without_skipped(s_id), without_skipped(v)) for k, v in s_ood.items()}
+    detector.input_shape = tuple(id_test.image_shape)
+    return per_set, {"fit_seconds": fit_seconds, "images_per_second": shared.scored / max(seconds, 1e-9),
+                     "file_bytes": len(detector.file_bytes()[0]), "seconds": seconds}
 
 
 def _is_fitted_kind(name: str) -> bool:
