@@ -124,42 +124,19 @@ def select_detector(model: torch.nn.Module, normalization: Normalization, train:
     cached: dict[str, dict[str, Any]] = {}
     layer_taps: dict[str, dict[str, Any]] = {}  # each layer detector's part of the shared passes
     forward_seconds = 0.0  # the shared forward passes alone (and odin's own), next to the whole choice's time
+    ranked = _Ranked(fit_set, rank_id, outliers, ranked_rows, made)
     for condition, mark in conditions:
         t_forward = time.perf_counter()
         outputs, taps = shared_outputs(model, normalization, mark, execution,
                                        _layer_detectors(model, normalization, mark, settings.candidates, execution),
                                        {"fit": fit_set, "z": z_set, "id": rank_id, "out": outliers}, train.image_shape)
         forward_seconds += time.perf_counter() - t_forward
-        cached[condition] = outputs
-        layer_taps[condition] = taps
-        rows = []
-        race = Race.of(len(rank_id), ranked_rows)
-        for name in sorted(settings.candidates, key=_makes_own_passes):  # own passes last: they race the rest
-            best_heat = min((r["heat_fpr95"] for r in ranking + rows if r.get("heat_fpr95") is not None), default=1.0)
-            rows.append(_rank_one(model, normalization, mark, name, condition, outputs, fit_set, rank_id, outliers,
-                                  ranked_rows, execution, model_id, made, taps.get(name), race, best_heat))
-            if log is not None:
-                log(_describe(rows[-1]))
-        ranking += rows
-        usable = sorted((r for r in rows if r["ok"] and not _makes_own_passes(r["score"])
-                         and not reads_layers(r["score"])), key=_key)  # parts of combinations
-        for k in settings.combine:
-            if len(usable) >= k:
-                name = "+".join(r["score"] for r in usable[:k])
-                ranking.append(_rank_one(model, normalization, mark, name, condition, outputs, fit_set, rank_id,
-                                         outliers, ranked_rows, execution, model_id, made))
-                if log is not None:
-                    log(_describe(ranking[-1]))
+        cached[condition], layer_taps[condition] = outputs, taps
+        ranking += _rank_condition(model, normalization, mark, condition, outputs, taps, ranked, ranking, settings,
+                                   execution, model_id, log)
     if watermark is not None:
-        accuracies = {c: accuracy(cached[c]["id"][0], rank_id.labels) for c, _ in conditions}
-        plain = sorted((r for r in ranking if r["ok"] and r["watermark"] == "none"), key=_key)
-        for row in ranking:
-            if row["ok"] and row["watermark"] == "given" and not row.get("raced_out"):
-                reason = watermark_refusal(row, plain[0] if plain else None, accuracies["none"] - accuracies["given"],
-                                           settings)
-                row["admitted"] = reason is None
-                if reason is not None:
-                    row["refused"] = reason
+        _admit_watermarks(ranking, {c: accuracy(cached[c]["id"][0], rank_id.labels) for c, _ in conditions},
+                          settings)
     ranking.sort(key=_key)
     best = ranking[0]
     if not best["ok"]:
@@ -170,14 +147,9 @@ def select_detector(model: torch.nn.Module, normalization: Normalization, train:
         row["chance_better_than_chosen"] = chance
     for row in ranking:
         row.pop(SCORES, None)
-    mark = watermark if best["watermark"] == "given" else None
-    detector = Detector(model, normalization, mark, best["score"], execution=execution, model_id=model_id)
-    outputs, own_taps = cached[best["watermark"]], layer_taps[best["watermark"]].get(best["score"])
-    detector.input_shape = tuple(train.image_shape)
-    if own_taps is not None:  # a layer detector: fitted on its part of the shared pass, as it was ranked
-        detector.fit_outputs(*own_taps["fit"], fit_set.labels)
-    else:
-        detector.fit_shared(fit_set, outputs["fit"], outputs["z"])
+    detector = Detector(model, normalization, watermark if best["watermark"] == "given" else None, best["score"],
+                        execution=execution, model_id=model_id)
+    _fit_winner(detector, train, fit_set, cached[best["watermark"]], layer_taps[best["watermark"]].get(best["score"]))
     detector.calibrate(calibration.sample(settings.calibration_images, settings.seed), tpr, settings.per_class,
                        train.num_classes)
     forward_seconds += sum(r.get("seconds", 0.0) for r in ranking if r.get("own_passes"))
@@ -186,6 +158,68 @@ def select_detector(model: torch.nn.Module, normalization: Normalization, train:
                           tuple(settings.candidates))
     detector.selection = selection.summary()
     return selection
+
+
+def _fit_winner(detector: Detector, train: ImageSet, fit_set: ImageSet, outputs: dict[str, Any],
+                own_taps: dict[str, Any] | None) -> None:
+    """The chosen detector fitted as it was ranked: on the shared outputs of the fit sample, or (a layer detector)
+    on its own part of the shared pass."""
+    detector.input_shape = tuple(train.image_shape)
+    if own_taps is not None:
+        detector.fit_outputs(*own_taps["fit"], fit_set.labels)
+    else:
+        detector.fit_shared(fit_set, outputs["fit"], outputs["z"])
+
+
+@dataclass(frozen=True)
+class _Ranked:
+    """What every candidate is fitted on and ranked against: the fit sample, the ranking ID images, the synthetic
+    outliers, each outlier's kind row, and the kinds made."""
+
+    fit_set: ImageSet
+    rank_id: ImageSet
+    outliers: Any
+    rows: Any
+    made: Any
+
+
+def _rank_condition(model, normalization, mark, condition: str, outputs, taps, ranked: _Ranked,
+                    earlier: list[dict[str, Any]], settings: SelectionSettings, execution: ExecutionConfig,
+                    model_id: str, log: Callable[[str], None] | None) -> list[dict[str, Any]]:
+    """Every candidate under one condition (the kinds with their own passes last: they race the rest, ``earlier``
+    included), then the combinations of the best ``k`` single detectors that read shared outputs."""
+    rows: list[dict[str, Any]] = []
+    race = Race.of(len(ranked.rank_id), ranked.rows)
+    for name in sorted(settings.candidates, key=_makes_own_passes):
+        best_heat = min((r["heat_fpr95"] for r in earlier + rows if r.get("heat_fpr95") is not None), default=1.0)
+        rows.append(_rank_one(model, normalization, mark, name, condition, outputs, ranked.fit_set, ranked.rank_id,
+                              ranked.outliers, ranked.rows, execution, model_id, ranked.made, taps.get(name), race,
+                              best_heat))
+        if log is not None:
+            log(_describe(rows[-1]))
+    usable = sorted((r for r in rows if r["ok"] and not _makes_own_passes(r["score"])
+                     and not reads_layers(r["score"])), key=_key)  # parts of combinations
+    for k in settings.combine:
+        if len(usable) >= k:
+            name = "+".join(r["score"] for r in usable[:k])
+            rows.append(_rank_one(model, normalization, mark, name, condition, outputs, ranked.fit_set,
+                                  ranked.rank_id, ranked.outliers, ranked.rows, execution, model_id, ranked.made))
+            if log is not None:
+                log(_describe(rows[-1]))
+    return rows
+
+
+def _admit_watermarks(ranking: list[dict[str, Any]], accuracies: dict[str, float],
+                      settings: SelectionSettings) -> None:
+    """Mark each watermarked row admitted or refused (with why) against the best row without the watermark."""
+    plain = sorted((r for r in ranking if r["ok"] and r["watermark"] == "none"), key=_key)
+    for row in ranking:
+        if row["ok"] and row["watermark"] == "given" and not row.get("raced_out"):
+            reason = watermark_refusal(row, plain[0] if plain else None, accuracies["none"] - accuracies["given"],
+                                       settings)
+            row["admitted"] = reason is None
+            if reason is not None:
+                row["refused"] = reason
 
 
 def watermark_refusal(row: dict[str, Any], best_plain: dict[str, Any] | None, accuracy_drop: float,
