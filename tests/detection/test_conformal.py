@@ -188,3 +188,90 @@ def test_a_class_never_calibrated_rejects_its_inputs():
     scores = np.array([0.35, 0.35, 1e9])
     assert (scores < thresholds).tolist() == [False, False, True]
     assert calibration.p_values(scores, np.array([0, 1, 5]))[2] == 0.0
+
+
+def test_benjamini_hochberg_is_the_step_up_procedure():
+    """By hand: sorted p = 0.01, 0.03, 0.04, 0.5 against k q / m = 0.025, 0.05, 0.075, 0.1: the largest k with
+    p_(k) <= k q / m is 3, so the three smallest are rejected, though 0.03 and 0.04 exceed q / m."""
+    from watermark_ood.detection.conformal import benjamini_hochberg
+
+    assert benjamini_hochberg(np.array([0.04, 0.5, 0.01, 0.03]), 0.1).tolist() == [True, False, True, True]
+    assert benjamini_hochberg(np.array([0.08, 0.5, 0.02, 0.06]), 0.1).tolist() == [False, False, True, False]
+    assert benjamini_hochberg(np.array([np.nan, 0.001, 0.9]), 0.05).tolist() == [False, True, False]  # m = 2
+    for level in (0.0, 1.0, -0.1):
+        with pytest.raises(WatermarkOODError, match="false-discovery rate"):
+            benjamini_hochberg(np.array([0.1]), level)
+
+
+@pytest.mark.parametrize("ood_share", [0.01, 0.2])
+def test_false_discovery_rate_over_batches_is_at_most_the_level(ood_share):
+    """Seeded simulation: one calibration set of 300 ID scores per repetition, batches of 200 inputs with a share of
+    OOD ones scored lower; the mean false-discovery proportion of Benjamini-Hochberg at q = 0.1 stays at most q
+    (within three standard errors of its mean over 300 repetitions), where rejecting every p <= q does not
+    (with 1% OOD, most of its rejections are ID inputs)."""
+    from watermark_ood.detection.conformal import benjamini_hochberg
+
+    rng, q, repetitions = np.random.default_rng(7), 0.1, 300
+    fdp, naive = [], []
+    for _ in range(repetitions):
+        calibration = np.sort(rng.normal(size=300))
+        n_ood = int(200 * ood_share)
+        scores = np.concatenate([rng.normal(size=200 - n_ood), rng.normal(-3.0, 1.0, size=n_ood)])
+        is_id = np.arange(200) < 200 - n_ood
+        p = p_values(calibration, scores)
+        for out, rejected in ((fdp, benjamini_hochberg(p, q)), (naive, p <= q)):
+            out.append((rejected & is_id).sum() / max(rejected.sum(), 1))
+    fdp, naive = np.array(fdp), np.array(naive)
+    assert fdp.mean() <= q + 3 * fdp.std() / np.sqrt(repetitions)
+    if ood_share == 0.01:
+        assert naive.mean() > 3 * q
+
+
+def test_predict_with_a_false_discovery_rate(pool, trained_toy, tmp_path, capsys):
+    """Detector.predict(fdr=q) and `predict --fdr q` reject what Benjamini-Hochberg rejects over the batch's
+    p-values; per-class files and levels outside (0, 1) are refused in one line, with nothing written."""
+    import csv
+    import json
+
+    from watermark_ood.detection.conformal import benjamini_hochberg
+
+    detector, scores, classes, noise = pool
+    detector.calibrate(make_images(200, seed=31), 0.95)
+    batch = torch.cat([make_images(40, seed=32).images, uniform_set(10, (3, 8, 8), 5).images])
+    prediction = detector.predict(batch, fdr=0.1)
+    assert np.array_equal(prediction.fdr_rejected, benjamini_hochberg(prediction.p_values, 0.1))
+    assert prediction.fdr_rejected.any() and detector.predict(batch).fdr_rejected is None
+    rows = prediction.to_rows()
+    assert [r["fdr_reject"] for r in rows] == prediction.fdr_rejected.tolist()
+    model, norm, train = trained_toy
+    per_class = Detector(model, norm, score="energy", execution=CPU).fit(train).calibrate(
+        make_images(600, seed=33), 0.9, per_class=True)
+    with pytest.raises(WatermarkOODError, match="--per-class"):
+        per_class.predict(batch, fdr=0.1)
+
+    data = write_npz_dataset(tmp_path / "toy", n_train=300, n_test=30)
+    common = ["--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress"]
+    det = tmp_path / "d.safetensors"
+    assert main(["calibrate", *common, "--id-data", str(data), "--score", "energy", "--tpr", "0.9",
+                 "--out", str(det)]) == 0
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, x=np.concatenate([np.load(data / "test.npz")["x"], np.random.default_rng(1).integers(
+        0, 256, (20, 8, 8, 3), dtype=np.uint8)]))
+    for name in ("p.csv", "p.json"):
+        assert main(["predict", *common, "--detector", str(det), "--input", str(inputs), "--out",
+                     str(tmp_path / name), "--fdr", "0.2"]) == 0
+        assert "false-discovery rate 0.2" in capsys.readouterr().out
+    with (tmp_path / "p.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert list(table[0])[-2:] == ["p_value", "fdr_reject"] and len(table) == 50
+    expected = benjamini_hochberg(np.array([float(r["p_value"]) for r in table]), 0.2)
+    assert [r["fdr_reject"] == "True" for r in table] == expected.tolist()
+    written = json.loads((tmp_path / "p.json").read_text())
+    assert written["fdr"]["rejected"] == int(expected.sum()) and written["fdr"]["tested"] == 50
+    assert [r["fdr_reject"] for r in written["rows"]] == expected.tolist()
+    for level in ("0", "1.5"):
+        out = tmp_path / f"never-{level}.csv"
+        assert main(["predict", *common, "--detector", str(det), "--input", str(inputs), "--out", str(out),
+                     "--fdr", level]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "--fdr is a false-discovery rate in (0, 1)" in err and len(err.splitlines()) == 1 and not out.exists()

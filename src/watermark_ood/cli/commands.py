@@ -116,7 +116,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     outcome = predict(PredictSettings(args.detector, args.input, args.out, args.fail_on_shift, data_options(args),
-                                      not args.no_progress), source(args), execution(args))
+                                      not args.no_progress, args.fdr), source(args), execution(args))
     print(outcome.summary())
     if outcome.adaptation():
         print(outcome.adaptation(), file=sys.stderr)
@@ -149,6 +149,9 @@ def check_options(args: argparse.Namespace) -> None:
     tpr = getattr(args, "tpr", None)
     if tpr is not None and not 0.0 < tpr < 1.0:
         raise WatermarkOODError(f"--tpr is the share of ID inputs to accept, in (0, 1); got {tpr}")
+    fdr = getattr(args, "fdr", None)
+    if fdr is not None and not 0.0 < fdr < 1.0:
+        raise WatermarkOODError(f"--fdr is a false-discovery rate in (0, 1), e.g. 0.1; got {fdr}")
     level = getattr(args, "fail_on_shift", None)
     if level is not None and not 0.0 < level < 1.0:
         raise WatermarkOODError(f"--fail-on-shift is a significance level in (0, 1), e.g. 0.01; got {level}")

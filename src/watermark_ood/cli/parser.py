@@ -260,6 +260,9 @@ def _predict_command(sub: Any) -> None:
     pred.add_argument("--fail-on-shift", type=float, metavar="ALPHA",
                       help="exit with status 3 when the shift alarm's exact test rejects 'these inputs are like the "
                            "calibration data' at level ALPHA, e.g. 0.01 (for pipelines)")
+    pred.add_argument("--fdr", type=float, metavar="Q",
+                      help="also reject by Benjamini-Hochberg over all inputs' conformal p-values (column fdr_reject): "
+                           "the expected share of ID inputs among those rejected is at most Q, e.g. 0.1")
     pred.add_argument("--skip-bad-images", action="store_true",
                       help="write 'unreadable' rows for files that cannot be decoded instead of stopping")
     _add_runtime(pred, INFERS)

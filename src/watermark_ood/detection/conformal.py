@@ -18,6 +18,13 @@ OOD inputs, scored low, get small p-values. An input is rejected exactly when ``
 **Per class.** The same within each predicted class (one threshold and one p-value per class from that class's
 calibration images): each class gets its own guarantee, so no class carries all the false rejections.
 
+**False-discovery rate over a batch.** Rejecting every input with ``p <= alpha`` bounds the share of ID inputs
+rejected, not the share of *rejections* that were ID. The Benjamini-Hochberg procedure over a batch's ``m``
+p-values (sorted ``p_(1) <= ... <= p_(m)``; reject the ``k`` smallest for the largest ``k`` with
+``p_(k) <= k q / m``) bounds that false-discovery rate by ``q``: conformal p-values sharing one calibration set are
+positively dependent (PRDS), which is what the procedure needs (Bates, Candes, Lei, Romano and Sesia, "Testing for
+outliers with conformal p-values", Annals of Statistics 2023). Per-class p-values are not covered by that result.
+
 **Shift alarm.** Among ``m`` inputs, ``r`` are rejected. If they are all ID and exchangeable with the calibration
 set, ``r`` follows a beta-binomial law (the binomial with the calibration set's own luck folded in:
 ``BetaBinomial(m, k, n + 1 - k)``), so ``P(R >= r)`` is an exact p-value for "these inputs are like the
@@ -40,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import betabinom, binom
+from scipy.stats import betabinom, binom, false_discovery_control
 
 from watermark_ood.core.errors import WatermarkOODError
 
@@ -70,6 +77,23 @@ def conformal_threshold(scores: np.ndarray, tpr: float, what: str = "calibration
     """The split-conformal threshold: reject when score < it (see the module docstring)."""
     ordered = np.sort(np.asarray(scores, dtype=np.float64))
     return float(ordered[conformal_rank(len(ordered), tpr, what) - 1])
+
+
+def benjamini_hochberg(p: np.ndarray, level: float) -> np.ndarray:
+    """Which inputs the Benjamini-Hochberg procedure at false-discovery rate ``level`` rejects (scipy's adjusted
+    p-values at most ``level``); NaN p-values (unreadable inputs) are neither counted nor rejected.
+
+    >>> benjamini_hochberg(np.array([0.01, 0.04, 0.03, 0.5, np.nan]), 0.1).tolist()
+    [True, True, True, False, False]
+    """
+    if not 0.0 < level < 1.0:
+        raise WatermarkOODError(f"the false-discovery rate is a level in (0, 1), e.g. 0.1; got {level}")
+    p = np.asarray(p, dtype=np.float64)
+    rejected = np.zeros(len(p), dtype=bool)
+    tested = ~np.isnan(p)
+    if tested.any():
+        rejected[tested] = false_discovery_control(p[tested], method="bh") <= level
+    return rejected
 
 
 def p_values(sorted_scores: np.ndarray, scores: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.data.streaming import readable_rows
 from watermark_ood.detection.conformal import Calibration  # noqa: F401
+from watermark_ood.detection.conformal import benjamini_hochberg
 from watermark_ood.detection.conformal import calibrate as conformal_calibration
 from watermark_ood.detection.conformal import check_tpr, conformal_threshold, shift_test
 from watermark_ood.detection.data_policy import NAMED
@@ -226,16 +227,33 @@ class Detector:
         classes = torch.where(readable_rows(logits), logits.nan_to_num(0.0).argmax(dim=1), -1).numpy()
         return scores, classes
 
-    def predict(self, images: ImageSet | torch.Tensor | np.ndarray) -> Prediction:
-        """Scores, decisions, predicted classes and conformal p-values; ``images`` as :func:`as_images` takes them."""
+    def predict(self, images: ImageSet | torch.Tensor | np.ndarray, fdr: float | None = None) -> Prediction:
+        """Scores, decisions, predicted classes and conformal p-values; ``images`` as :func:`as_images` takes them.
+        ``fdr``: also reject by Benjamini-Hochberg over this batch's p-values at that false-discovery rate
+        (``fdr_rejected``; see :mod:`.conformal`)."""
         if self.threshold is None:
             raise WatermarkOODError("the detector is not calibrated; call calibrate() or run `watermark-ood calibrate`")
+        if fdr is not None:
+            self.check_fdr(fdr)
         scores, classes = self._scores_and_classes(as_images(images))
         if self.calibration is None:  # a file written before conformal calibration: its threshold, no p-values
             return Prediction(scores, scores < self.threshold, classes, self.class_names)
         thresholds = self.calibration.thresholds_for(classes)
-        return Prediction(scores, scores < thresholds, classes, self.class_names,
-                          self.calibration.p_values(scores, classes))
+        p = self.calibration.p_values(scores, classes)
+        return Prediction(scores, scores < thresholds, classes, self.class_names, p,
+                          None if fdr is None else benjamini_hochberg(p, fdr))
+
+    def check_fdr(self, level: float) -> None:
+        """False-discovery control needs one calibration set's p-values (their positive dependence is what
+        Benjamini-Hochberg relies on): refused for files without calibration scores and for per-class ones."""
+        if not 0.0 < level < 1.0:
+            raise WatermarkOODError(f"--fdr is a false-discovery rate in (0, 1), e.g. 0.1; got {level}")
+        if self.calibration is None:
+            raise WatermarkOODError("--fdr needs conformal p-values; this detector file has no calibration scores "
+                                    "(written before them): calibrate it again")
+        if self.calibration.class_thresholds is not None:
+            raise WatermarkOODError("--fdr is not available for a detector calibrated --per-class (its per-class "
+                                    "p-values are not covered by the false-discovery guarantee); calibrate without it")
 
     def shift_test(self, prediction: Prediction) -> dict[str, Any]:
         """The shift alarm for a batch of predictions: are more inputs rejected than ID inputs allow?"""

@@ -20,6 +20,7 @@ class Prediction:
     classes: np.ndarray | None = None  # the classifier's predicted class (-1 for unreadable files)
     class_names: list[str] | None = None  # names of the classes, where the ID data had them
     p_values: np.ndarray | None = None  # conformal p-values (small = unusual); None for files without calibration
+    fdr_rejected: np.ndarray | None = None  # rejected by Benjamini-Hochberg over this batch (predict(fdr=q))
 
     def to_rows(self, names: list[str] | None = None) -> list[dict[str, Any]]:
         """One dict per input: input, score, is_ood, status ("ok", or "unreadable" for a file skipped with
@@ -36,6 +37,8 @@ class Prediction:
             row["predicted_class"] = int(c) if c >= 0 and not np.isnan(s) else None
             if self.p_values is not None:
                 row["p_value"] = None if np.isnan(s) else float(p)
+            if self.fdr_rejected is not None:
+                row["fdr_reject"] = None if np.isnan(s) else bool(self.fdr_rejected[len(rows)])
             if self.class_names is not None:
                 known = row["predicted_class"] is not None and int(c) < len(self.class_names)
                 row["class_name"] = self.class_names[int(c)] if known else None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from watermark_ood.core.errors import WatermarkOODError
@@ -22,6 +23,7 @@ from watermark_ood.core.progress import bar
 from watermark_ood.data.images import ImageSet, load_npz
 from watermark_ood.data.readers import DataOptions, image_files
 from watermark_ood.data.streaming import FileImageSet, ImageTransform
+from watermark_ood.detection.conformal import benjamini_hochberg
 from watermark_ood.detection.detector import Detector
 from watermark_ood.pipelines.source import ModelSource
 from watermark_ood.runtime.device import ExecutionConfig
@@ -38,6 +40,7 @@ class PredictSettings:
     fail_on_shift: float | None = None  # a significance level: the outcome fails when the alarm rejects at it
     data: DataOptions = field(default_factory=DataOptions)
     progress: bool = False
+    fdr: float | None = None  # also reject by Benjamini-Hochberg over all inputs at this false-discovery rate
 
 
 @dataclass
@@ -49,10 +52,13 @@ class PredictOutcome:
     shift: dict[str, Any]  # the shift alarm: counts, p-value, message, whether it fails at fail_on_shift
     adapted: dict[str, int] = field(default_factory=dict)  # what reading changed in image files, with counts
     shape: tuple[int, ...] = DEFAULT_SHAPE  # what the detector reads
+    fdr: dict[str, Any] | None = None  # level, inputs tested, rejected (predict --fdr)
 
     def summary(self) -> str:
         skipped = f"; {self.unreadable} unreadable files skipped" if self.unreadable else ""
-        return f"wrote {self.out}: {self.flagged} of {self.inputs} inputs flagged as OOD{skipped}"
+        fdr = (f"; {self.fdr['rejected']} rejected at false-discovery rate {self.fdr['level']:g} (Benjamini-Hochberg, "
+               "column fdr_reject)" if self.fdr is not None else "")
+        return f"wrote {self.out}: {self.flagged} of {self.inputs} inputs flagged as OOD{skipped}{fdr}"
 
     def adaptation(self) -> str | None:
         """One line saying what was changed in the input files to fit the detector, with counts; None if nothing.
@@ -107,6 +113,8 @@ def read_inputs(path: str | Path, shape: tuple[int, ...], data: DataOptions) -> 
 def predict(settings: PredictSettings, source: ModelSource, execution: ExecutionConfig | None = None) -> PredictOutcome:
     """Score every input and write the rows; nothing is left half-written if it stops."""
     detector = load_detector(settings.detector, source, execution)
+    if settings.fdr is not None:
+        detector.check_fdr(settings.fdr)
     shape = tuple(detector.input_shape or DEFAULT_SHAPE)
     images, names = read_inputs(settings.input, shape, settings.data)
     if images.image_shape != shape:
@@ -115,26 +123,44 @@ def predict(settings: PredictSettings, source: ModelSource, execution: Execution
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
-        rows, flagged, unreadable = _write_rows(detector, images, names, tmp, out.suffix == ".json", settings.progress)
+        keep = out.suffix == ".json" or settings.fdr is not None  # the false-discovery step needs every p-value
+        rows, flagged, unreadable = _write_rows(detector, images, names, tmp, keep, settings.progress)
         shift = shift_alarm(detector, flagged, len(names) - unreadable, settings.fail_on_shift)
         adapted = dict(getattr(images, "adapted", {}))
+        fdr = None if settings.fdr is None else false_discoveries(rows, settings.fdr)
         if out.suffix == ".json":
             atomic_write_text(tmp, json.dumps({"threshold": detector.threshold, "score": detector.score,
-                                               "shift": shift, "adapted": adapted, "rows": rows}, indent=1))
+                                               "shift": shift, "adapted": adapted, **({"fdr": fdr} if fdr else {}),
+                                               "rows": rows}, indent=1))
+        elif keep:
+            with tmp.open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=columns(detector) + ["fdr_reject"])
+                writer.writeheader()
+                writer.writerows(rows)
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
-    return PredictOutcome(out, len(names) - unreadable, flagged, unreadable, shift, adapted, shape)
+    return PredictOutcome(out, len(names) - unreadable, flagged, unreadable, shift, adapted, shape, fdr)
+
+
+def false_discoveries(rows: list[dict[str, Any]], level: float) -> dict[str, Any]:
+    """Benjamini-Hochberg over every readable input's p-value: each row gains ``fdr_reject`` (None when
+    unreadable); returns the JSON block (level, inputs tested, rejected)."""
+    p = np.array([np.nan if r.get("p_value") is None else r["p_value"] for r in rows], dtype=np.float64)
+    rejected = benjamini_hochberg(p, level)
+    for row, reject, tested in zip(rows, rejected, ~np.isnan(p)):
+        row["fdr_reject"] = bool(reject) if tested else None
+    return {"level": level, "tested": int((~np.isnan(p)).sum()), "rejected": int(rejected.sum()),
+            "guarantee": "expected share of ID inputs among the rejected at most the level (Benjamini-Hochberg over "
+                         "conformal p-values of one calibration set; exchangeable ID inputs)"}
 
 
 def _write_rows(detector: Detector, images: ImageSet, names: list[str], tmp: Path, as_json: bool,
                 progress: bool) -> tuple[list[dict[str, Any]], int, int]:
-    """CSV rows are written chunk by chunk; JSON rows are returned to be written whole."""
+    """CSV rows are written chunk by chunk; with ``as_json`` they are returned to be written whole."""
     rows, flagged, unreadable = [], 0, 0
     with tmp.open("w", newline="") as handle:
-        columns = ["input", "score", "is_ood", "status", "predicted_class"] + (["class_name"] if detector.class_names else []) \
-            + (["p_value"] if detector.calibration is not None else [])
-        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer = csv.DictWriter(handle, fieldnames=columns(detector))
         if not as_json:
             writer.writeheader()
         for start in bar(range(0, len(images), CHUNK), progress, desc="predict", unit="batch"):
@@ -147,6 +173,12 @@ def _write_rows(detector: Detector, images: ImageSet, names: list[str], tmp: Pat
             else:
                 writer.writerows(chunk)
     return rows, flagged, unreadable
+
+
+def columns(detector: Detector) -> list[str]:
+    """The CSV columns of predict (``fdr_reject`` follows them with --fdr)."""
+    return (["input", "score", "is_ood", "status", "predicted_class"] + (["class_name"] if detector.class_names else [])
+            + (["p_value"] if detector.calibration is not None else []))
 
 
 def shift_alarm(detector: Detector, flagged: int, inputs: int, fail_on: float | None) -> dict[str, Any]:
