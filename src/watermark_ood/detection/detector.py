@@ -246,8 +246,7 @@ class Detector:
     def check_fdr(self, level: float) -> None:
         """False-discovery control needs one calibration set's p-values (their positive dependence is what
         Benjamini-Hochberg relies on): refused for files without calibration scores and for per-class ones."""
-        if not 0.0 < level < 1.0:
-            raise WatermarkOODError(f"--fdr is a false-discovery rate in (0, 1), e.g. 0.1; got {level}")
+        benjamini_hochberg(np.zeros(0), level)  # the level's own check: in (0, 1)
         if self.calibration is None:
             raise WatermarkOODError("--fdr needs conformal p-values; this detector file has no calibration scores "
                                     "(written before them): calibrate it again")
@@ -385,7 +384,6 @@ class Detector:
                                     f"{list(detector.layer_widths())} channels, the file was fitted on "
                                     f"{list(detector.scorer.widths or ())}")
         return detector
-
 
 
 class WatermarkDetector(Detector):
