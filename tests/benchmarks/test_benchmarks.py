@@ -188,3 +188,20 @@ def test_same_choice_compare_reports_every_difference(tmp_path):
     assert abs(result["scores_max_relative_difference"] - 1e-6) < 1e-9
     assert (result["ranking_rows"], result["ranking_rows_identical"]) == (2, 1)
     assert result["ranking_differences"]["energy (none)"]["after"]["auroc"] == 0.81
+
+
+def test_fdr_control_resplits_measure_both_rules():
+    """One re-split of the FDR benchmark on synthetic scores: a batch of the asked size and OOD share, and each
+    rule's false-discovery proportion and power computed from what it rejected (not a guarantee test: the
+    simulation in tests/detection/test_conformal.py is)."""
+    from fdr_control import resplit, summarise
+
+    rng = np.random.default_rng(0)
+    ids, oods = rng.normal(size=3000), rng.normal(-6.0, 1.0, size=500)
+    runs = [resplit(ids, oods, 0.2, 0.1, 1000, 500, np.random.default_rng(i)) for i in range(20)]
+    summary = summarise(runs)
+    assert set(runs[0]) == {"bh_fdp", "bh_power", "per_input_fdp", "per_input_power"}
+    assert summary["bh_power_mean"] > 0.99 and summary["per_input_power_mean"] > 0.99  # far OOD: all found
+    assert 0 < summary["bh_fdp_mean"] <= 0.1 and summary["per_input_fdp_mean"] > summary["bh_fdp_mean"]
+    none = resplit(ids, oods, 0.0, 0.1, 1000, 500, np.random.default_rng(1))
+    assert none["bh_fdp"] in (0.0, 1.0) and np.isnan(none["bh_power"])  # no OOD input: any rejection is false
