@@ -12,6 +12,7 @@ from typing import Any
 from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.core.progress import say
 from watermark_ood.data.readers import ID_LAYOUTS, DataOptions
+from watermark_ood.detection.conformal import check_fdr_level
 from watermark_ood.detection.registry import check_name
 from watermark_ood.pipelines.bench import BenchConfig, run_benchmark
 from watermark_ood.pipelines.calibrate import CalibrateSettings, calibrate
@@ -149,9 +150,8 @@ def check_options(args: argparse.Namespace) -> None:
     tpr = getattr(args, "tpr", None)
     if tpr is not None and not 0.0 < tpr < 1.0:
         raise WatermarkOODError(f"--tpr is the share of ID inputs to accept, in (0, 1); got {tpr}")
-    fdr = getattr(args, "fdr", None)
-    if fdr is not None and not 0.0 < fdr < 1.0:
-        raise WatermarkOODError(f"--fdr is a false-discovery rate in (0, 1), e.g. 0.1; got {fdr}")
+    if getattr(args, "fdr", None) is not None:
+        check_fdr_level(args.fdr)
     level = getattr(args, "fail_on_shift", None)
     if level is not None and not 0.0 < level < 1.0:
         raise WatermarkOODError(f"--fail-on-shift is a significance level in (0, 1), e.g. 0.01; got {level}")

@@ -63,6 +63,12 @@ def check_tpr(tpr: float) -> float:
     return float(tpr)
 
 
+def check_fdr_level(level: float) -> float:
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
+        raise WatermarkOODError(f"--fdr is a false-discovery rate in (0, 1), e.g. 0.1; got {level}")
+    return float(level)
+
+
 def conformal_rank(n: int, tpr: float, what: str = "calibration images") -> int:
     """k = floor((1 - tpr)(n + 1)): the rank of the threshold among the sorted calibration scores."""
     check_tpr(tpr)
@@ -86,8 +92,7 @@ def benjamini_hochberg(p: np.ndarray, level: float) -> np.ndarray:
     >>> benjamini_hochberg(np.array([0.01, 0.04, 0.03, 0.5, np.nan]), 0.1).tolist()
     [True, True, True, False, False]
     """
-    if not 0.0 < level < 1.0:
-        raise WatermarkOODError(f"the false-discovery rate is a level in (0, 1), e.g. 0.1; got {level}")
+    check_fdr_level(level)
     p = np.asarray(p, dtype=np.float64)
     rejected = np.zeros(len(p), dtype=bool)
     tested = ~np.isnan(p)

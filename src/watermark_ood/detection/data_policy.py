@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from watermark_ood.data.images import ImageSet
 
 
+Z_FRACTION = 0.2  # of a fit split: held out for the z-scores of a combination's parts
+
+
 @dataclass(frozen=True)
 class DataPolicy:
     """Sizes and fractions of the parts; the splits are seeded (``ImageSet.split`` / ``sample``)."""
@@ -23,7 +26,7 @@ class DataPolicy:
     holdout_fraction: float  # of the ID training images: never fitted on; ranks (auto) and calibrates
     calibration_images: int  # at most this many held-out images set the threshold
     fit_images: int = 5000  # at most this many of the rest fit a score
-    z_fraction: float = 0.2  # a combination's parts fit on the rest of the fit split, their z-scores come from this
+    z_fraction: float = Z_FRACTION  # a combination's parts fit on the rest of the fit split, z-scores from this
 
     @property
     def z_images(self) -> int:
@@ -38,7 +41,7 @@ class DataPolicy:
         return fit_part.sample(count, seed), z_part.sample(max(1, count // 4), seed)
 
 
-def z_split(images: ImageSet, seed: int, fraction: float = 0.2) -> tuple[ImageSet, ImageSet]:
+def z_split(images: ImageSet, seed: int, fraction: float = Z_FRACTION) -> tuple[ImageSet, ImageSet]:
     """The whole fit split and the whole z-score split (a leaderboard fits on all it is given); a set too small to
     split (at most 4 images) gives both parts."""
     return images.split(fraction, seed) if len(images) > 4 else (images, images)

@@ -34,7 +34,7 @@ from watermark_ood.data.streaming import readable_rows
 from watermark_ood.detection.conformal import Calibration  # noqa: F401
 from watermark_ood.detection.conformal import benjamini_hochberg
 from watermark_ood.detection.conformal import calibrate as conformal_calibration
-from watermark_ood.detection.conformal import check_tpr, conformal_threshold, shift_test
+from watermark_ood.detection.conformal import check_fdr_level, check_tpr, conformal_threshold, shift_test
 from watermark_ood.detection.data_policy import NAMED
 from watermark_ood.detection.detector_file import (FORMAT, FORMAT_VERSION, check_calibration,  # noqa: F401
                                                    check_metadata, check_score_state, model_fingerprint,
@@ -246,7 +246,7 @@ class Detector:
     def check_fdr(self, level: float) -> None:
         """False-discovery control needs one calibration set's p-values (their positive dependence is what
         Benjamini-Hochberg relies on): refused for files without calibration scores and for per-class ones."""
-        benjamini_hochberg(np.zeros(0), level)  # the level's own check: in (0, 1)
+        check_fdr_level(level)
         if self.calibration is None:
             raise WatermarkOODError("--fdr needs conformal p-values; this detector file has no calibration scores "
                                     "(written before them): calibrate it again")

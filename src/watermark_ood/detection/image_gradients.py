@@ -82,13 +82,13 @@ def per_image_norms(model: nn.Module, x: torch.Tensor, norm: GradientNorm) -> to
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             loss = norm.loss(model(x).float())
-            outputs = [seen[layer][2] for layer in layers if layer in seen]
-            grads = torch.autograd.grad(loss, outputs, allow_unused=True)
+            ran = [layer for layer in layers if layer in seen]
+            grads = torch.autograd.grad(loss, [seen[layer][2] for layer in ran], allow_unused=True)
     finally:
         for handle in handles:
             handle.remove()
     total = torch.zeros(len(x), dtype=torch.float64, device=x.device)
-    for layer, grad in zip((layer for layer in layers if layer in seen), grads):
+    for layer, grad in zip(ran, grads):
         inputs, version, _ = seen[layer]
         if inputs._version != version:
             raise Unsupported(f"the input of a {type(layer).__name__} was changed in place after it was read")
@@ -98,7 +98,7 @@ def per_image_norms(model: nn.Module, x: torch.Tensor, norm: GradientNorm) -> to
 
 
 def _parametrised(model: nn.Module) -> list[nn.Module]:
-    layers = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+    layers = [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
     for layer in layers:
         names = {name for name, _ in layer.named_parameters(recurse=False)}
         if isinstance(layer, nn.Linear) or (isinstance(layer, nn.Conv2d) and layer.padding_mode == "zeros"):
@@ -128,9 +128,9 @@ def _reduce(tensor: torch.Tensor, power: int, scratch: bool = False) -> torch.Te
 
 
 def _linear(layer: nn.Linear, a: torch.Tensor, g: torch.Tensor, power: int) -> torch.Tensor:
-    bias = _reduce(g, power) if layer.bias is not None else 0.0
     if a.dim() == 2:  # one position per image: the outer product's norm is the product of norms
-        return _reduce(g, power) * _reduce(a, power) + bias
+        gradient = _reduce(g, power)
+        return gradient * _reduce(a, power) + (gradient if layer.bias is not None else 0.0)
     weight = torch.einsum("bto,bti->boi", g.flatten(1, -2), a.flatten(1, -2))
     bias = _reduce(g.flatten(1, -2).sum(dim=1), power) if layer.bias is not None else 0.0
     return _reduce(weight, power, True) + bias

@@ -24,7 +24,7 @@ from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.runtime.inference import WatermarkedModel, batched_scores, gradient_batch
 from watermark_ood.watermark.file import Watermark
 
-SCORED_ON_IMAGES = ("perturbed", "coverage")  # fitted score objects whose scores need the images
+SCORED_ON_IMAGES = (Reads.PERTURBED, Reads.COVERAGE)  # fitted score objects whose scores need the images
 
 
 class RunsModel(Protocol):
@@ -38,7 +38,7 @@ class RunsModel(Protocol):
     layers: tuple[str, ...] | None
 
     @property
-    def reads(self) -> str: ...
+    def reads(self) -> Reads: ...
 
 
 def odin_scores(model: nn.Module, images: ImageSet, normalization: Normalization, watermark: Watermark | None,
@@ -84,12 +84,16 @@ def parameter_gradient_scores(library: str, norm: GradientNorm) -> Callable[...,
         device = execution.torch_device()
         module = WatermarkedModel(model, watermark).eval().to(device)
         reference = getattr(pod, library)(module)
+        unsupported = False  # found once per model, so later batches go straight to the library
 
         def outlier(x: torch.Tensor, _: int) -> torch.Tensor:
-            try:
-                return -per_image_norms(module, x, norm)
-            except Unsupported:
-                return reference.predict(x)
+            nonlocal unsupported
+            if not unsupported:
+                try:
+                    return -per_image_norms(module, x, norm)
+                except Unsupported:
+                    unsupported = True
+            return reference.predict(x)
 
         return batched_scores(images, normalization, device, gradient_batch(execution, module, images.image_shape),
                               outlier)

@@ -28,8 +28,9 @@ class Prediction:
         names = names or [str(i) for i in range(len(self.scores))]
         classes = self.classes if self.classes is not None else np.full(len(self.scores), -1)
         p_values = self.p_values if self.p_values is not None else [None] * len(self.scores)
+        fdr = self.fdr_rejected if self.fdr_rejected is not None else [None] * len(self.scores)
         rows = []
-        for n, s, o, c, p in zip(names, self.scores, self.is_ood, classes, p_values):
+        for n, s, o, c, p, f in zip(names, self.scores, self.is_ood, classes, p_values, fdr):
             # A file skipped as unreadable (--skip-bad-images) has no score: its row says so instead of deciding.
             row: dict[str, Any] = ({"input": n, "score": float(s), "is_ood": bool(o), "status": "ok"}
                                    if not np.isnan(s) else
@@ -38,7 +39,7 @@ class Prediction:
             if self.p_values is not None:
                 row["p_value"] = None if np.isnan(s) else float(p)
             if self.fdr_rejected is not None:
-                row["fdr_reject"] = None if np.isnan(s) else bool(self.fdr_rejected[len(rows)])
+                row["fdr_reject"] = None if np.isnan(s) else bool(f)
             if self.class_names is not None:
                 known = row["predicted_class"] is not None and int(c) < len(self.class_names)
                 row["class_name"] = self.class_names[int(c)] if known else None

@@ -105,9 +105,12 @@ def score_names() -> tuple[str, ...]:
     return tuple(DETECTOR_KINDS)
 
 
+_LAYER_READS = (Reads.LAYERS, Reads.MAP, Reads.COVERAGE)  # read or change intermediate layers (--layers)
+
+
 def layer_scores() -> tuple[str, ...]:
     """The kinds that read or change intermediate layers (``--layers`` is for them)."""
-    return tuple(n for n, k in DETECTOR_KINDS.items() if k.reads in (Reads.LAYERS, Reads.MAP, Reads.COVERAGE))
+    return tuple(n for n, k in DETECTOR_KINDS.items() if k.reads in _LAYER_READS)
 
 
 def auto_candidates() -> tuple[str, ...]:
@@ -168,7 +171,7 @@ class DetectorSpec:
             if own is not None:
                 why = _OWN_INPUTS[DETECTOR_KINDS[own].reads]
                 raise WatermarkOODError(f"{own} {why} and cannot be part of a combination")
-            layered = next((p for p in parts if p in layer_scores()), None)
+            layered = next((p for p in parts if DETECTOR_KINDS[p].reads in _LAYER_READS), None)
             if layered is not None:
                 raise WatermarkOODError(f"{layered} reads intermediate layers and cannot be part of a combination yet")
         return cls(str(name), parts)
@@ -204,7 +207,7 @@ class DetectorSpec:
     @property
     def reads_layers(self) -> bool:
         """Whether it reads or changes intermediate layers (then it is never part of a combination)."""
-        return any(part in layer_scores() for part in self.parts)
+        return any(kind.reads in _LAYER_READS for kind in self.kinds)
 
     @property
     def needs_dropout(self) -> bool:

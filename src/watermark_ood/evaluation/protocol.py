@@ -16,7 +16,7 @@ from watermark_ood.data.streaming import without_skipped
 from watermark_ood.detection.data_policy import z_split
 from watermark_ood.detection.detector import Detector
 from watermark_ood.detection.logit_scores import get_score
-from watermark_ood.detection.registry import DetectorSpec, check_name, layers_for
+from watermark_ood.detection.registry import check_name, layers_for
 from watermark_ood.evaluation.metrics import accuracy, mean_metrics, ood_metrics
 from watermark_ood.runtime.device import ExecutionConfig
 from watermark_ood.runtime.inference import logits_and_features, predict_logits
@@ -157,14 +157,13 @@ def evaluate_scores(
         for s_index, score in enumerate(scores):
             detector = Detector(model, normalization, mark, score, execution=execution,
                                 layers=layers_for(score, layers))
-            per_set, cost = _leaderboard_row(detector, shared, fit_part, id_test, ood_sets)
+            per_set, cost, seconds = _leaderboard_row(detector, shared, fit_part, id_test, ood_sets)
             table[score][condition] = {**per_set, "mean": mean_metrics(per_set)}
             table[score]["cost"][condition] = cost
             if log is not None:
                 log(f"[{c_index * len(scores) + s_index + 1}/{len(scores) * len(conditions)}] {score} "
                     f"({condition}): mean FPR95 {100 * table[score][condition]['mean']['fpr95']:.2f}%, fit "
-                    f"{cost['fit_seconds']:.1f}s, scored {shared.scored} images in {cost['seconds']:.1f}s")
-            del cost["seconds"]
+                    f"{cost['fit_seconds']:.1f}s, scored {shared.scored} images in {seconds:.1f}s")
     return table
 
 
@@ -196,15 +195,15 @@ def _shared_outputs(model, normalization, mark, execution, id_test, ood_sets, fi
 
 
 def _leaderboard_row(detector: Detector, shared: _SharedOutputs, fit_part: ImageSet, id_test: ImageSet,
-                     ood_sets: Sequence[ImageSet]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One detector fitted and scored under one condition: its metrics per OOD set and its cost (fit seconds with
+                     ood_sets: Sequence[ImageSet]) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """One detector fitted and scored under one condition: its metrics per OOD set, its cost (fit seconds with
     the fit sets' forward pass for fitted kinds, images per second with the forward pass, the file's size without
-    calibration scores, and ``seconds``, the scoring time, for the log)."""
+    calibration scores) and the scoring seconds."""
     own = detector.own_passes
     t0 = time.perf_counter()
     detector.fit_shared(fit_part, shared.fit, shared.z)
     fit_seconds = time.perf_counter() - t0 + (shared.fit_forward_seconds if not own and detector.scorer is not None
-                                              and _is_fitted_kind(detector.score) else 0.0)
+                                              and detector.spec.fitted else 0.0)
     t0 = time.perf_counter()
     if own:
         s_id = detector.scores(id_test)
@@ -217,11 +216,7 @@ def _leaderboard_row(detector: Detector, shared: _SharedOutputs, fit_part: Image
     per_set = {k: ood_metrics(without_skipped(s_id), without_skipped(v)) for k, v in s_ood.items()}
     detector.input_shape = tuple(id_test.image_shape)
     return per_set, {"fit_seconds": fit_seconds, "images_per_second": shared.scored / max(seconds, 1e-9),
-                     "file_bytes": len(detector.file_bytes()[0]), "seconds": seconds}
-
-
-def _is_fitted_kind(name: str) -> bool:
-    return DetectorSpec.parse(name).fitted
+                     "file_bytes": len(detector.file_bytes()[0])}, seconds
 
 
 def evaluate_detector(detector: Any, id_fit: ImageSet, id_test: ImageSet, ood_sets: Sequence[ImageSet],

@@ -155,20 +155,20 @@ def false_discoveries(rows: list[dict[str, Any]], level: float) -> dict[str, Any
                          "conformal p-values of one calibration set; exchangeable ID inputs)"}
 
 
-def _write_rows(detector: Detector, images: ImageSet, names: list[str], tmp: Path, as_json: bool,
+def _write_rows(detector: Detector, images: ImageSet, names: list[str], tmp: Path, keep: bool,
                 progress: bool) -> tuple[list[dict[str, Any]], int, int]:
-    """CSV rows are written chunk by chunk; with ``as_json`` they are returned to be written whole."""
+    """CSV rows are written chunk by chunk; with ``keep`` (JSON, --fdr) they are returned to be written whole."""
     rows, flagged, unreadable = [], 0, 0
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns(detector))
-        if not as_json:
+        if not keep:
             writer.writeheader()
         for start in bar(range(0, len(images), CHUNK), progress, desc="predict", unit="batch"):
             part = images.subset(torch.arange(start, min(start + CHUNK, len(images))))
             chunk = detector.predict(part).to_rows(names[start:start + CHUNK])
             flagged += sum(r["is_ood"] is True for r in chunk)
             unreadable += sum(r["status"] == "unreadable" for r in chunk)
-            if as_json:
+            if keep:
                 rows += chunk
             else:
                 writer.writerows(chunk)
