@@ -48,6 +48,19 @@ def test_parameter_counts_match_the_published_ones():
     assert round(count(build_model("resnet20")[0]) / 1e6, 2) == 0.27
     assert round(count(build_model("resnet56")[0]) / 1e6, 2) == 0.85
     assert round(count(build_model("wrn40_2")[0]) / 1e6, 1) == 2.2
+    assert round(count(build_model("densenet_bc100")[0]) / 1e6, 2) == 0.77
+
+
+def test_densenet_pools_the_top_left_7x7_window_of_its_8x8_map_as_the_release_did():
+    model = build_model("densenet_bc100")[0].eval()
+    x = torch.randn(2, 3, 32, 32)
+    captured = {}
+    model.bn1.register_forward_hook(lambda module, inputs, output: captured.setdefault("map", output))
+    with torch.no_grad():
+        features = model.features(x)
+    window = torch.relu(captured["map"])[:, :, :7, :7].mean((2, 3))
+    assert captured["map"].shape[-2:] == (8, 8) and torch.allclose(features, window, atol=1e-6)
+    assert not torch.allclose(features, torch.relu(captured["map"]).mean((2, 3)), atol=1e-4)
 
 
 def test_mismatched_checkpoint_names_the_keys(tmp_path):

@@ -1,6 +1,6 @@
 """Model registry: a name gives an architecture plus the input normalization it was trained with.
 
-Names: ``wrn40_2``, ``wrn16_2``, ``wrn16_4``, ``resnet8/14/20/32/44/56/110`` (CIFAR; 8 and 14 train on a CPU in minutes),
+Names: ``wrn40_2``, ``wrn16_2``, ``wrn16_4``, ``densenet_bc100``, ``resnet8/14/20/32/44/56/110`` (CIFAR; 8 and 14 train on a CPU in minutes),
 ``small_cnn``, ``torchvision:NAME`` (any torchvision classifier), ``package.module:callable``.
 Checkpoints load with ``weights_only=True`` and never unpickle code.
 """
@@ -23,7 +23,7 @@ from torch import nn
 from watermark_ood.core.errors import WatermarkOODError, describe
 from watermark_ood.core.fileio import what_file_is
 from watermark_ood.data.preprocessing import CIFAR, IMAGENET, Normalization
-from watermark_ood.models.architectures import SmallCNN, WideResNet, cifar_resnet
+from watermark_ood.models.architectures import DenseNetBC, SmallCNN, WideResNet, cifar_resnet
 
 Builder = Callable[[int, int], nn.Module]  # (num_classes, in_channels) -> module
 
@@ -45,6 +45,8 @@ REGISTRY: dict[str, ModelSpec] = {
                          "WRN-16-2, CIFAR normalization (small enough to train on a CPU: benchmarks/train_classifier.py)"),
     "wrn16_4": ModelSpec("wrn16_4", lambda k, c: WideResNet(16, k, 4, 0.3, c), CIFAR,
                          "WRN-16-4 (256-d features), CIFAR normalization (trains on a CPU in a few hours in bf16)"),
+    "densenet_bc100": ModelSpec("densenet_bc100", lambda k, c: DenseNetBC(100, k, c), CIFAR,
+                                "DenseNet-BC-100 (k = 12) of ODIN and the Mahalanobis paper, CIFAR normalization"),
     "small_cnn": ModelSpec("small_cnn", lambda k, c: SmallCNN(k, c), Normalization((0.5,), (0.5,)),
                            "3-layer CNN of the offline demo"),
 }

@@ -45,4 +45,5 @@ from watermark_ood.detection.kinds import ash_map  # noqa: F401
 from watermark_ood.detection.kinds import scale_map  # noqa: F401
 from watermark_ood.detection.kinds import rankfeat  # noqa: F401
 from watermark_ood.detection.kinds import mahalanobis_pp  # noqa: F401
+from watermark_ood.detection.kinds import neco  # noqa: F401
 # isort: on
