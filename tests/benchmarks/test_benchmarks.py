@@ -205,3 +205,19 @@ def test_fdr_control_resplits_measure_both_rules():
     assert 0 < summary["bh_fdp_mean"] <= 0.1 and summary["per_input_fdp_mean"] > summary["bh_fdp_mean"]
     none = resplit(ids, oods, 0.0, 0.1, 1000, 500, np.random.default_rng(1))
     assert none["bh_fdp"] in (0.0, 1.0) and np.isnan(none["bh_power"])  # no OOD input: any rejection is false
+
+
+def test_stream_monitor_counts_false_alarms_and_delays():
+    """The monitor benchmark's two kinds of streams on synthetic scores: ID streams are counted against 1/C, changed
+    streams give the delay after the change (not a guarantee test: tests/detection/test_monitor.py has it)."""
+    import argparse
+
+    from stream_monitor import CHANGE_AT, changed_streams, id_streams
+
+    rng = np.random.default_rng(0)
+    ids, oods = rng.normal(size=3000), rng.normal(-4.0, 1.0, size=500)
+    args = argparse.Namespace(streams=5, length=CHANGE_AT + 1000, calibration=500, alarm=100.0)
+    quiet = id_streams(ids, args)
+    assert quiet["false_alarms"] <= 1 and quiet["bound"] == 0.01 and quiet["microseconds_per_update"] > 0
+    changed = changed_streams(ids, oods, 0.2, args)
+    assert changed["never"] == 0 and changed["alarm_before_change"] == 0 and 0 < changed["median_delay"] < 200

@@ -13,6 +13,7 @@ from watermark_ood.core.errors import WatermarkOODError
 from watermark_ood.core.progress import say
 from watermark_ood.data.readers import ID_LAYOUTS, DataOptions
 from watermark_ood.detection.conformal import check_fdr_level
+from watermark_ood.detection.monitor import check_alarm_level
 from watermark_ood.detection.registry import check_name
 from watermark_ood.pipelines.bench import BenchConfig, run_benchmark
 from watermark_ood.pipelines.calibrate import CalibrateSettings, calibrate
@@ -117,12 +118,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     outcome = predict(PredictSettings(args.detector, args.input, args.out, args.fail_on_shift, data_options(args),
-                                      not args.no_progress, args.fdr), source(args), execution(args))
+                                      not args.no_progress, args.fdr, args.monitor, args.alarm),
+                      source(args), execution(args))
     print(outcome.summary())
     if outcome.adaptation():
         print(outcome.adaptation(), file=sys.stderr)
     print(outcome.shift["message"], file=sys.stderr)
-    return 3 if outcome.shift["fail"] else 0
+    if outcome.monitor is not None:
+        print(outcome.monitor.message(), file=sys.stderr)
+    alarm = outcome.monitor is not None and outcome.monitor.alarm_at is not None
+    return 3 if outcome.shift["fail"] or alarm else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -152,6 +157,10 @@ def check_options(args: argparse.Namespace) -> None:
         raise WatermarkOODError(f"--tpr is the share of ID inputs to accept, in (0, 1); got {tpr}")
     if getattr(args, "fdr", None) is not None:
         check_fdr_level(args.fdr)
+    if getattr(args, "alarm", None) is not None:
+        check_alarm_level(args.alarm)
+        if args.monitor is None:
+            raise WatermarkOODError("--alarm is the level of a stream monitor; give --monitor STATE with it")
     level = getattr(args, "fail_on_shift", None)
     if level is not None and not 0.0 < level < 1.0:
         raise WatermarkOODError(f"--fail-on-shift is a significance level in (0, 1), e.g. 0.01; got {level}")

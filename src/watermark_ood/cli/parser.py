@@ -263,6 +263,12 @@ def _predict_command(sub: Any) -> None:
     pred.add_argument("--fdr", type=float, metavar="Q",
                       help="also reject by Benjamini-Hochberg over all inputs' conformal p-values (column fdr_reject): "
                            "the expected share of ID inputs among those rejected is at most Q, e.g. 0.1")
+    pred.add_argument("--monitor", metavar="STATE",
+                      help="watch the inputs as one stream (in input order, across calls): a conformal test martingale "
+                           "whose state file STATE is created, or resumed and extended; exit status 3 once its alarm "
+                           "has fired (false alarm over the whole ID stream at most 1/C)")
+    pred.add_argument("--alarm", type=float, metavar="C",
+                      help="the stream monitor's alarm level, above 1, for a new STATE [100: false alarms at most 1%%]")
     pred.add_argument("--skip-bad-images", action="store_true",
                       help="write 'unreadable' rows for files that cannot be decoded instead of stopping")
     _add_runtime(pred, INFERS)

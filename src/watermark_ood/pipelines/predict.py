@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,13 @@ from watermark_ood.data.readers import DataOptions, image_files
 from watermark_ood.data.streaming import FileImageSet, ImageTransform
 from watermark_ood.detection.conformal import benjamini_hochberg
 from watermark_ood.detection.detector import Detector
+from watermark_ood.detection.monitor import MonitorStatus, StreamMonitor, check_alarm_level
 from watermark_ood.pipelines.source import ModelSource
 from watermark_ood.runtime.device import ExecutionConfig
 
 CHUNK = 1000  # inputs scored and written at a time
 DEFAULT_SHAPE = (3, 32, 32)  # detector files written before input_shape was recorded
+DEFAULT_ALARM = 100.0  # a new stream monitor's C: at most one false alarm in 100 ID streams, however long
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class PredictSettings:
     data: DataOptions = field(default_factory=DataOptions)
     progress: bool = False
     fdr: float | None = None  # also reject by Benjamini-Hochberg over all inputs at this false-discovery rate
+    monitor: str | Path | None = None  # a stream monitor's state file: created, or resumed and extended
+    alarm: float | None = None  # a new monitor's alarm level C (false alarms at most 1/C); DEFAULT_ALARM if None
 
 
 @dataclass
@@ -53,6 +57,7 @@ class PredictOutcome:
     adapted: dict[str, int] = field(default_factory=dict)  # what reading changed in image files, with counts
     shape: tuple[int, ...] = DEFAULT_SHAPE  # what the detector reads
     fdr: dict[str, Any] | None = None  # level, inputs tested, rejected (predict --fdr)
+    monitor: MonitorStatus | None = None  # the stream monitor after these inputs (predict --monitor)
 
     def summary(self) -> str:
         skipped = f"; {self.unreadable} unreadable files skipped" if self.unreadable else ""
@@ -115,6 +120,7 @@ def predict(settings: PredictSettings, source: ModelSource, execution: Execution
     detector = load_detector(settings.detector, source, execution)
     if settings.fdr is not None:
         detector.check_fdr(settings.fdr)
+    monitor = None if settings.monitor is None else open_monitor(detector, settings.monitor, settings.alarm)
     shape = tuple(detector.input_shape or DEFAULT_SHAPE)
     images, names = read_inputs(settings.input, shape, settings.data)
     if images.image_shape != shape:
@@ -124,23 +130,43 @@ def predict(settings: PredictSettings, source: ModelSource, execution: Execution
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         keep = out.suffix == ".json" or settings.fdr is not None  # the false-discovery step needs every p-value
-        rows, flagged, unreadable = _write_rows(detector, images, names, tmp, keep, settings.progress)
+        rows, flagged, unreadable = _write_rows(detector, images, names, tmp, keep, settings.progress, monitor)
         shift = shift_alarm(detector, flagged, len(names) - unreadable, settings.fail_on_shift)
         adapted = dict(getattr(images, "adapted", {}))
         fdr = None if settings.fdr is None else false_discoveries(rows, settings.fdr)
+        status = None if monitor is None else monitor.status()
         if out.suffix == ".json":
+            extra = {**({"fdr": fdr} if fdr else {}),
+                     **({"monitor": {**asdict(status), "message": status.message()}} if status else {})}
             atomic_write_text(tmp, json.dumps({"threshold": detector.threshold, "score": detector.score,
-                                               "shift": shift, "adapted": adapted, **({"fdr": fdr} if fdr else {}),
-                                               "rows": rows}, indent=1))
+                                               "shift": shift, "adapted": adapted, **extra, "rows": rows}, indent=1))
         elif keep:
             with tmp.open("w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=columns(detector) + ["fdr_reject"])
                 writer.writeheader()
                 writer.writerows(rows)
         tmp.replace(out)
+        if monitor is not None:  # after the rows: a stop before leaves the state as it was, for the same inputs
+            monitor.save(settings.monitor)
     finally:
         tmp.unlink(missing_ok=True)
-    return PredictOutcome(out, len(names) - unreadable, flagged, unreadable, shift, adapted, shape, fdr)
+    return PredictOutcome(out, len(names) - unreadable, flagged, unreadable, shift, adapted, shape, fdr, status)
+
+
+def open_monitor(detector: Detector, path: str | Path, alarm: float | None) -> StreamMonitor:
+    """The stream monitor of ``path``: resumed when the file exists (it must be this detector's; ``alarm``, if
+    given, must be its level), else a new one at level ``alarm``."""
+    if detector.calibration is None:
+        raise WatermarkOODError("--monitor needs conformal calibration scores; this detector file has none (written "
+                                "before them): calibrate it again")
+    scores = np.sort(detector.calibration.scores)  # per-class files pool their classes: still exchangeable with ID
+    if not Path(path).exists():
+        return StreamMonitor(scores, DEFAULT_ALARM if alarm is None else check_alarm_level(alarm))
+    monitor = StreamMonitor.resume(path, scores)
+    if alarm is not None and check_alarm_level(alarm) != monitor.alarm:
+        raise WatermarkOODError(f"{path}: this monitor raises its alarm at C = {monitor.alarm:g}, not --alarm {alarm:g}: "
+                                "a level cannot change mid-stream (its guarantee would not hold); start a new state file")
+    return monitor
 
 
 def false_discoveries(rows: list[dict[str, Any]], level: float) -> dict[str, Any]:
@@ -156,8 +182,9 @@ def false_discoveries(rows: list[dict[str, Any]], level: float) -> dict[str, Any
 
 
 def _write_rows(detector: Detector, images: ImageSet, names: list[str], tmp: Path, keep: bool,
-                progress: bool) -> tuple[list[dict[str, Any]], int, int]:
-    """CSV rows are written chunk by chunk; with ``keep`` (JSON, --fdr) they are returned to be written whole."""
+                progress: bool, monitor: StreamMonitor | None = None) -> tuple[list[dict[str, Any]], int, int]:
+    """CSV rows are written chunk by chunk; with ``keep`` (JSON, --fdr) they are returned to be written whole.
+    ``monitor`` takes the scores in input order (unreadable inputs skipped)."""
     rows, flagged, unreadable = [], 0, 0
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns(detector))
@@ -165,7 +192,10 @@ def _write_rows(detector: Detector, images: ImageSet, names: list[str], tmp: Pat
             writer.writeheader()
         for start in bar(range(0, len(images), CHUNK), progress, desc="predict", unit="batch"):
             part = images.subset(torch.arange(start, min(start + CHUNK, len(images))))
-            chunk = detector.predict(part).to_rows(names[start:start + CHUNK])
+            prediction = detector.predict(part)
+            if monitor is not None:
+                monitor.update_many(prediction.scores.tolist())
+            chunk = prediction.to_rows(names[start:start + CHUNK])
             flagged += sum(r["is_ood"] is True for r in chunk)
             unreadable += sum(r["status"] == "unreadable" for r in chunk)
             if keep:
