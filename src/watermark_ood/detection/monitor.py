@@ -24,8 +24,8 @@ over an unbounded stream. Two parts make it one:
   as less ID than the calibration images; a < 1 bets a part only, which is what wins when a few percent of the
   inputs are OOD), and f(p) = 1 - a + a k (1 - p)^(k-1) for a in {0.3, 1}, k = 0.5 (inputs more ID-like than the
   calibration images: also a change). ALRW's linear bets 1 + e (p - 1/2), e in {-1, 1}, win at most 1.5x per input:
-  on streams of scores from the shared models they needed ~6x more inputs after a change to 20% far-OOD inputs,
-  and did not find 5% (benchmarks/stream_monitor.py).
+  in a simulation (normal scores, 1,000 calibration scores, 20 streams) they needed a median 322 inputs after a change
+  to 20% far-OOD inputs (these bets: 53), and did not find 5% within 4,000 inputs (these: a median 482).
 
 It reports the input at which the alarm fired and the input from which the evidence grew (the one after the
 martingale's lowest value before the alarm). Its state (the bag, the accounts, the counters) saves to a file and
