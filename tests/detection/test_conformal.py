@@ -275,3 +275,88 @@ def test_predict_with_a_false_discovery_rate(pool, trained_toy, tmp_path, capsys
                      "--fdr", level]) == 2
         err = capsys.readouterr().err.strip()
         assert "--fdr is a false-discovery rate in (0, 1)" in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+# ---------------------------------------------------------------- guarantees pinned at their exact values
+def test_the_recorded_bound_is_k_over_n_plus_one():
+    """19 calibration scores at tpr 0.95: rank 1, bound 1/20 (k/n would say 1/19); per class the same per class."""
+    overall = calibrate(np.arange(19.0), 0.95).summary()
+    assert overall["rank"] == 1 and overall["guaranteed_false_rejection_at_most"] == 1 / 20
+    per_class = calibrate(np.arange(60.0), 0.9, np.repeat([0, 1, 2], 20), per_class=True).summary()
+    assert {c: v["guaranteed_false_rejection_at_most"] for c, v in per_class["classes"].items()} == {
+        "0": 2 / 21, "1": 2 / 21, "2": 2 / 21}
+
+
+def test_p_values_count_ties_as_conforming():
+    """p = (1 + #{calibration <= s}) / (n + 1): a score equal to calibration scores counts them (with < it would
+    not), so an input tied with the lowest calibration score is not more suspicious than that score."""
+    cal = np.array([1.0, 2.0, 2.0, 2.0, 3.0])
+    assert p_values(cal, np.array([2.0, 1.0, 0.5, 3.0])).tolist() == [5 / 6, 2 / 6, 1 / 6, 1.0]
+
+
+def test_a_hand_edited_threshold_is_refused(pool, tmp_path):
+    import json as json_module
+
+    from safetensors.torch import load_file, save_file
+
+    detector = pool[0]
+    detector.calibrate(make_images(400, seed=5), 0.9)
+    path = detector.save(tmp_path / "d.safetensors")
+    with open(path, "rb") as handle:
+        data = handle.read()
+    header = json_module.loads(data[8:8 + int.from_bytes(data[:8], "little")])["__metadata__"]
+    meta = json_module.loads(header["detector"])
+    meta["threshold"] = meta["threshold"] * 1.001 + 1e-3  # a little more permissive than its conformal rank
+    save_file(load_file(str(path)), str(tmp_path / "edited.safetensors"), metadata={"detector": json_module.dumps(meta)})
+    with pytest.raises(WatermarkOODError, match="threshold: expected .* the split-conformal threshold"):
+        Detector.load(tmp_path / "edited.safetensors", detector.model, CPU)
+
+
+def test_exported_p_values_and_per_class_thresholds_are_the_library_formula(pool, trained_toy, tmp_path):
+    """The exported p-value is (1 + #{calibration <= s}) / (n + 1) of the module's own score, to float precision
+    (not within 1/(n + 1)), and a per-class file exports each class's own threshold and p-values."""
+    from watermark_ood.detection.export import export_torchscript
+
+    model, norm, train = trained_toy
+    images = make_images(60, seed=8)
+    x = images.images.float() / 255
+    for per_class in (False, True):
+        detector = Detector(model, norm, score="energy", execution=CPU).fit(train).calibrate(
+            make_images(600, seed=33), 0.9, per_class=per_class, num_classes=3 if per_class else None)
+        module = torch.jit.load(str(export_torchscript(detector, tmp_path / f"d{per_class}.pt", with_p_value=True)))
+        logits, score, is_ood, p = module(x)
+        predicted = logits.argmax(1).numpy()
+        cal = detector.calibration
+        own = np.float32(cal.scores).astype(np.float64)  # the module holds them as float32, like its scores
+        expected = np.array([p_values(own if not per_class else own[cal.classes == c], [s])[0]
+                             for s, c in zip(score.numpy().astype(np.float64), predicted)])
+        assert np.allclose(p.numpy(), expected, rtol=1e-6, atol=0)
+        thresholds = module.class_thresholds.numpy()
+        if per_class:
+            assert {c: float(thresholds[c]) for c in cal.class_thresholds} == pytest.approx(cal.class_thresholds)
+            assert len(set(cal.class_thresholds.values())) > 1  # the classes' thresholds differ here
+        else:
+            assert np.all(thresholds == np.float32(detector.threshold))
+        assert np.array_equal(is_ood.numpy(), score.numpy() < thresholds[predicted])
+
+
+def test_fail_on_shift_exits_3_exactly_below_the_level(tmp_path, capsys):
+    """The alarm's p-value p fails the run at any level above p and passes it at any level below."""
+    import json as json_module
+
+    data = write_npz_dataset(tmp_path / "toy", n_train=300, n_test=30)
+    common = ["--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress"]
+    det = tmp_path / "d.safetensors"
+    assert main(["calibrate", *common, "--id-data", str(data), "--score", "energy", "--tpr", "0.9",
+                 "--out", str(det)]) == 0
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, x=np.concatenate([np.load(data / "test.npz")["x"][:20], np.random.default_rng(2).integers(
+        0, 256, (10, 8, 8, 3), dtype=np.uint8)]))
+    assert main(["predict", *common, "--detector", str(det), "--input", str(inputs), "--out",
+                 str(tmp_path / "p.json")]) == 0
+    p = json_module.loads((tmp_path / "p.json").read_text())["shift"]["p_value"]
+    assert 0 < p < 1
+    for level, code in ((min(0.999, p * 1.01), 3), (p * 0.99, 0)):
+        assert main(["predict", *common, "--detector", str(det), "--input", str(inputs), "--out",
+                     str(tmp_path / "q.json"), "--fail-on-shift", repr(level)]) == code
+    capsys.readouterr()
