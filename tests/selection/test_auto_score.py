@@ -26,7 +26,7 @@ PLAIN = {"per_kind": {"patch-shuffle": 0.3, "greyscale": 0.3}}
 def test_the_default_pool_is_every_detector_but_combood_and_mcd():
     """README: `--candidates shipped` by default, every detector but combood and mcd, and the kinds added since the
     pool test that no test has adopted yet."""
-    assert set(AUTO_CANDIDATES) == set(SCORE_NAMES) - {"combood", "mcd", "mahalanobis-pp"}
+    assert set(AUTO_CANDIDATES) == set(SCORE_NAMES) - {"combood", "mcd", "mahalanobis-pp", "neco"}
     assert tuple(SelectionSettings().candidates) == AUTO_CANDIDATES and set(DEFAULT_POOL) == {"shipped"}
     assert tuple(SelectionSettings().combine) == (2, 3)  # README: combinations of the best two and three
 

@@ -3,7 +3,7 @@
 ``shipped`` is the default: every registered detector but combood (which the synthetic outliers overrated on
 ResNet-20) and mcd (dropout models only), chosen by the fourth pre-registered pool test (benchmarks/README)
 after three earlier tests had kept the 16 detectors measured before the pool grew; a kind added since stays out
-(``in_auto=False``) until a pre-registered test adopts it (mahalanobis-pp). ``all`` is every registered detector
+(``in_auto=False``) until a pre-registered test adopts it (mahalanobis-pp, neco). ``all`` is every registered detector
 the model can run (mcd only where the model has dropout).
 Named detectors may be added to either (``shipped multimahalanobis``) or given alone.
 """
