@@ -20,12 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from watermark_ood.data.readers import load_id_data, load_ood_data
+from named_scores import add_arguments, named_scores
+
 from watermark_ood.detection.conformal import benjamini_hochberg, conformal_rank, p_values
-from watermark_ood.detection.data_policy import NAMED
-from watermark_ood.detection.detector import Detector
-from watermark_ood.models.registry import load_model
-from watermark_ood.runtime.device import ExecutionConfig
 
 
 def resplit(id_scores: np.ndarray, ood_scores: np.ndarray, share: float, q: float, calibration: int, batch: int,
@@ -55,11 +52,7 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--id-data", required=True)
-    p.add_argument("--ood-data", nargs="+", required=True)
-    p.add_argument("--score", default="knn", help="the detector [knn]")
+    add_arguments(p)
     p.add_argument("--resplits", type=int, default=200)
     p.add_argument("--levels", type=float, nargs="+", default=[0.05, 0.1, 0.2])
     p.add_argument("--shares", type=float, nargs="+", default=[0.01, 0.05, 0.2, 0.5])
@@ -68,28 +61,23 @@ def main() -> None:
     p.add_argument("--out", required=True)
     args = p.parse_args()
     t0 = time.perf_counter()
-    train, test = load_id_data(args.id_data)
-    model = load_model(args.model, args.checkpoint)
-    fit_split, _ = train.split(NAMED.holdout_fraction, 0)
-    detector = Detector(model.module, model.normalization, score=args.score, execution=ExecutionConfig(device="cpu"))
-    detector.fit(fit_split)
-    id_scores = detector.scores(test).astype(np.float64)
-    ood = {s: detector.scores(load_ood_data(s, test.image_shape)).astype(np.float64) for s in args.ood_data}
+    scored = named_scores(args)
+    id_scores, ood = scored.id_scores, scored.ood_scores
     rows = []
-    for path, scores in ood.items():
+    for name, scores in ood.items():
         for share in args.shares:
             for q in args.levels:
                 rng = np.random.default_rng(0)
                 runs = [resplit(id_scores, scores, share, q, args.calibration, args.batch, rng)
                         for _ in range(args.resplits)]
-                row = {"ood_set": Path(path).stem, "ood_share": share, "level": q, **summarise(runs)}
+                row = {"ood_set": name, "ood_share": share, "level": q, **summarise(runs)}
                 row["bh_fdr_within_level"] = bool(row["bh_fdp_mean"] <= q + 2 * row["bh_fdp_se"])
                 rows.append(row)
                 print(f"{row['ood_set']:22s} share {share:4.2f} q {q:4.2f}: BH FDP {row['bh_fdp_mean']:.3f} "
                       f"power {row['bh_power_mean']:.3f} | per-input FDP {row['per_input_fdp_mean']:.3f} power "
                       f"{row['per_input_power_mean']:.3f}", flush=True)
-    out = {"model": model.model_id, "score": args.score, "resplits": args.resplits, "calibration": args.calibration,
-           "batch": args.batch, "id_test_images": len(test), "seconds": time.perf_counter() - t0, "rows": rows,
+    out = {"model": scored.model_id, "score": args.score, "resplits": args.resplits, "calibration": args.calibration,
+           "batch": args.batch, "id_test_images": scored.id_test_images, "seconds": time.perf_counter() - t0, "rows": rows,
            "all_within_level": all(r["bh_fdr_within_level"] for r in rows)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))

@@ -23,12 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from watermark_ood.data.readers import load_id_data, load_ood_data
-from watermark_ood.detection.data_policy import NAMED
-from watermark_ood.detection.detector import Detector
+from named_scores import add_arguments, named_scores
+
 from watermark_ood.detection.monitor import StreamMonitor
-from watermark_ood.models.registry import load_model
-from watermark_ood.runtime.device import ExecutionConfig
 
 CHANGE_AT = 5000
 
@@ -84,11 +81,7 @@ def changed_streams(id_scores: np.ndarray, ood_scores: np.ndarray, share: float,
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--id-data", required=True)
-    p.add_argument("--ood-data", nargs="+", required=True)
-    p.add_argument("--score", default="knn", help="the detector [knn]")
+    add_arguments(p)
     p.add_argument("--streams", type=int, default=200)
     p.add_argument("--length", type=int, default=20000, help="inputs per stream [20000]")
     p.add_argument("--calibration", type=int, default=2000, help="calibration scores per stream [2000]")
@@ -97,13 +90,9 @@ def main() -> None:
     p.add_argument("--out", required=True)
     args = p.parse_args()
     t0 = time.perf_counter()
-    train, test = load_id_data(args.id_data)
-    model = load_model(args.model, args.checkpoint)
-    fit_split, _ = train.split(NAMED.holdout_fraction, 0)
-    detector = Detector(model.module, model.normalization, score=args.score, execution=ExecutionConfig(device="cpu"))
-    detector.fit(fit_split)
-    id_scores = detector.scores(test).astype(np.float64)
-    ood = {Path(s).stem: detector.scores(load_ood_data(s, test.image_shape)).astype(np.float64) for s in args.ood_data}
+    scored = named_scores(args)
+    id_scores = scored.id_scores
+    ood = scored.ood_scores
     print(f"scores ready in {time.perf_counter() - t0:.0f}s", flush=True)
     quiet = id_streams(id_scores, args)
     print(f"ID streams: {quiet['false_alarms']} of {quiet['streams']} raised the alarm (bound 1/C = {quiet['bound']:g}); "
@@ -116,9 +105,9 @@ def main() -> None:
             print(f"{name:22s} {100 * share:4.0f}% OOD after input {CHANGE_AT}: median delay {row['median_delay']} "
                   f"inputs (p90 {row['p90_delay']}), never {row['never']}, before the change {row['alarm_before_change']}",
                   flush=True)
-    out = {"model": model.model_id, "score": args.score, "alarm": args.alarm, "calibration": args.calibration,
+    out = {"model": scored.model_id, "score": args.score, "alarm": args.alarm, "calibration": args.calibration,
            "change_at": CHANGE_AT, "machine": platform.processor() or platform.machine(),
-           "id_test_images": len(test), "id_streams": quiet, "changed_streams": changed,
+           "id_test_images": scored.id_test_images, "id_streams": quiet, "changed_streams": changed,
            "seconds": time.perf_counter() - t0}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from watermark_ood.cli import main
 from watermark_ood.data.images import ImageSet
 from watermark_ood.data.preprocessing import Normalization
 from watermark_ood.models.architectures import SmallCNN
@@ -68,6 +69,18 @@ def write_npz_dataset(folder, n_train=64, n_test=30, classes=3, size=8, seed=0):
         np.savez_compressed(folder / f"{split}.npz", x=data.images.permute(0, 2, 3, 1).numpy(),
                             y=data.labels.numpy())
     return folder
+
+
+CLI_TOY = ["--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress"]
+
+
+def calibrated_toy_detector(tmp_path):
+    """`calibrate --score energy --tpr 0.9` through the CLI on a toy npz folder: (the folder, the detector file)."""
+    data = write_npz_dataset(tmp_path / "toy", n_train=300, n_test=30)
+    det = tmp_path / "d.safetensors"
+    assert main(["calibrate", *CLI_TOY, "--id-data", str(data), "--score", "energy", "--tpr", "0.9",
+                 "--out", str(det)]) == 0
+    return data, det
 
 
 def train_toy(classes: int, width: int, images: int, epochs: int) -> tuple[SmallCNN, Normalization, ImageSet]:

@@ -4,7 +4,7 @@ inputs and small on far-OOD ones, the shift alarm fires on mixtures and not on I
 import numpy as np
 import pytest
 import torch
-from conftest import make_images, write_npz_dataset
+from conftest import CLI_TOY, calibrated_toy_detector, make_images
 from scipy.stats import kstest
 
 from watermark_ood.cli import main
@@ -125,11 +125,8 @@ def test_exported_p_values_match_the_library(pool, tmp_path):
 
 
 def test_cli_per_class_shift_and_bad_input(tmp_path, capsys):
-    data = write_npz_dataset(tmp_path / "toy", n_train=300, n_test=30)
-    common = ["--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress"]
-    det = tmp_path / "d.safetensors"
-    assert main(["calibrate", *common, "--id-data", str(data), "--score", "energy", "--tpr", "0.9",
-                 "--out", str(det)]) == 0
+    common = CLI_TOY
+    data, det = calibrated_toy_detector(tmp_path)
     assert "guaranteed" in capsys.readouterr().out
     noise = tmp_path / "noise.npz"
     np.savez(noise, x=np.random.default_rng(0).integers(0, 256, (60, 8, 8, 3), dtype=np.uint8))
@@ -249,11 +246,8 @@ def test_predict_with_a_false_discovery_rate(pool, trained_toy, tmp_path, capsys
     with pytest.raises(WatermarkOODError, match="--per-class"):
         per_class.predict(batch, fdr=0.1)
 
-    data = write_npz_dataset(tmp_path / "toy", n_train=300, n_test=30)
-    common = ["--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress"]
-    det = tmp_path / "d.safetensors"
-    assert main(["calibrate", *common, "--id-data", str(data), "--score", "energy", "--tpr", "0.9",
-                 "--out", str(det)]) == 0
+    common = CLI_TOY
+    data, det = calibrated_toy_detector(tmp_path)
     inputs = tmp_path / "inputs.npz"
     np.savez(inputs, x=np.concatenate([np.load(data / "test.npz")["x"], np.random.default_rng(1).integers(
         0, 256, (20, 8, 8, 3), dtype=np.uint8)]))
@@ -344,11 +338,8 @@ def test_fail_on_shift_exits_3_exactly_below_the_level(tmp_path, capsys):
     """The alarm's p-value p fails the run at any level above p and passes it at any level below."""
     import json as json_module
 
-    data = write_npz_dataset(tmp_path / "toy", n_train=300, n_test=30)
-    common = ["--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress"]
-    det = tmp_path / "d.safetensors"
-    assert main(["calibrate", *common, "--id-data", str(data), "--score", "energy", "--tpr", "0.9",
-                 "--out", str(det)]) == 0
+    common = CLI_TOY
+    data, det = calibrated_toy_detector(tmp_path)
     inputs = tmp_path / "inputs.npz"
     np.savez(inputs, x=np.concatenate([np.load(data / "test.npz")["x"][:20], np.random.default_rng(2).integers(
         0, 256, (10, 8, 8, 3), dtype=np.uint8)]))

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 from scipy.integrate import quad
-from conftest import write_npz_dataset
+from conftest import CLI_TOY, calibrated_toy_detector
 from safetensors.torch import load_file, save_file
 
 from watermark_ood.cli import main
@@ -134,11 +134,8 @@ def test_state_resumes_exactly_and_refuses_another_detector_or_an_edit(tmp_path)
 
 
 def test_predict_monitor_extends_one_stream_across_calls(tmp_path, capsys):
-    data = write_npz_dataset(tmp_path / "toy", n_train=300, n_test=30)
-    common = ["--model", "small_cnn", "--random-weights", "--device", "cpu", "--no-progress"]
-    det = tmp_path / "d.safetensors"
-    assert main(["calibrate", *common, "--id-data", str(data), "--score", "energy", "--tpr", "0.9",
-                 "--out", str(det)]) == 0
+    common = CLI_TOY
+    data, det = calibrated_toy_detector(tmp_path)
     ids = np.load(data / "test.npz")["x"]
     np.savez(tmp_path / "a.npz", x=ids[:20])
     np.savez(tmp_path / "b.npz", x=ids[20:])

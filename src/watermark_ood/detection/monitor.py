@@ -51,11 +51,10 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from watermark_ood.core.errors import WatermarkOODError
-from watermark_ood.core.fileio import atomic_write_bytes
+from watermark_ood.core.fileio import atomic_write_bytes, read_safetensors
 from watermark_ood.core.randomness import derived_seed
 from watermark_ood.core.schema import check_float, check_int, fail
 
@@ -147,10 +146,14 @@ class StreamMonitor:
             self._block, self._thetas = block, thetas.tolist()
         return self._thetas[offset]
 
+    def _rank(self, score: float) -> tuple[float, int]:
+        """The next input's smoothed p-value against the bag, and where the score goes in it."""
+        below, upto = bisect.bisect_left(self.bag, score), bisect.bisect_right(self.bag, score)
+        return (below + self._theta(self.inputs) * (1 + upto - below)) / (len(self.bag) + 1), upto
+
     def p_value(self, score: float) -> float:
         """The next input's smoothed p-value against the bag (without adding it)."""
-        below, upto = bisect.bisect_left(self.bag, score), bisect.bisect_right(self.bag, score)
-        return (below + self._theta(self.inputs) * (1 + upto - below)) / (len(self.bag) + 1)
+        return self._rank(score)[0]
 
     def update(self, score: float) -> float:
         """Add one input's score (higher = more ID; NaN for an unreadable input, which is skipped); returns its
@@ -158,10 +161,8 @@ class StreamMonitor:
         score = float(score)
         if math.isnan(score):
             return math.nan
-        bag = self.bag
-        below, upto = bisect.bisect_left(bag, score), bisect.bisect_right(bag, score)
-        p = (below + self._theta(len(self.stream)) * (1 + upto - below)) / (len(bag) + 1)  # as p_value()
-        bag.insert(upto, score)
+        p, upto = self._rank(score)
+        self.bag.insert(upto, score)
         self.stream.append(score)
         rewards = _rewards(self.weights, p)
         total = sum(rewards)
@@ -214,9 +215,8 @@ class StreamMonitor:
         if record["calibration_sha256"] != monitor.calibration:
             raise WatermarkOODError(f"{path}: this monitor state was started for another detector (its calibration "
                                     "scores differ); start a new state file for this detector")
-        for score in stream.tolist():
-            bisect.insort_right(monitor.bag, score)
         monitor.stream = stream.tolist()
+        monitor.bag = sorted(monitor.bag + monitor.stream)
         monitor.weights, monitor.log_s = [float(w) for w in record["weights"]], float(record["log_martingale"])
         monitor.min_log, monitor.min_at = float(record["min_log"]), int(record["min_at"])
         monitor.alarm_at, monitor.evidence_from = record["alarm_at"], record["evidence_from"]
@@ -232,12 +232,10 @@ def _read(path: Path) -> tuple[dict[str, Any], torch.Tensor]:
     """The record and stream of a state file, every field checked (one line on the first that is wrong)."""
     if not path.is_file():
         raise WatermarkOODError(f"{path}: monitor state not found")
-    data = path.read_bytes()
     try:
-        tensors = load_bytes(data)
-        header_len = int.from_bytes(data[:8], "little")
-        record = json.loads(json.loads(data[8:8 + header_len])["__metadata__"]["monitor"])
-    except (SafetensorError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        tensors, metadata = read_safetensors(path.read_bytes())
+        record = json.loads(metadata["monitor"])
+    except (SafetensorError, ValueError, KeyError, TypeError):  # json's decode error is a ValueError
         raise WatermarkOODError(f"{path}: not a watermark-ood monitor state (expected safetensors with a 'monitor' "
                                 "record)") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:

@@ -159,9 +159,9 @@ def open_monitor(detector: Detector, path: str | Path, alarm: float | None) -> S
     if detector.calibration is None:
         raise WatermarkOODError("--monitor needs conformal calibration scores; this detector file has none (written "
                                 "before them): calibrate it again")
-    scores = np.sort(detector.calibration.scores)  # per-class files pool their classes: still exchangeable with ID
+    scores = detector.calibration.scores  # per-class files pool their classes: still exchangeable with ID inputs
     if not Path(path).exists():
-        return StreamMonitor(scores, DEFAULT_ALARM if alarm is None else check_alarm_level(alarm))
+        return StreamMonitor(scores, DEFAULT_ALARM if alarm is None else alarm)  # the monitor checks its level
     monitor = StreamMonitor.resume(path, scores)
     if alarm is not None and check_alarm_level(alarm) != monitor.alarm:
         raise WatermarkOODError(f"{path}: this monitor raises its alarm at C = {monitor.alarm:g}, not --alarm {alarm:g}: "
